@@ -1,0 +1,81 @@
+"""The Python API; the CLI is a thin layer over it.
+
+    import charlm
+    lm = charlm.load("runs/shakespeare")        # a run directory (best.pt) or a checkpoint file
+    print(lm.sample(prime="ROMEO:", length=200, temperature=0.8, seed=1))
+    print(lm.evaluate("Some held-out text.").bits_per_char)
+    run_dir = charlm.train(charlm.TrainConfig(corpus="input.txt", max_time=60))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+
+from .config import ModelConfig, SampleConfig, TrainConfig
+from .data import Corpus
+from .devices import resolve_device
+from .evaluation import EvalResult, evaluate_ids
+from .checkpoint import load_model
+from .sampling import generate, sample_text
+
+
+class LanguageModel:
+    """A trained model with its tokenizer, ready to sample, evaluate and inspect."""
+
+    def __init__(self, model, tokenizer, checkpoint: dict[str, Any], device: torch.device, path: Path):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.checkpoint = checkpoint
+        self.device = device
+        self.path = path
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    def stream(self, prime: str = "", length: int = 500, temperature: float = 0.8,
+               top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
+               num_samples: int = 1) -> Iterator[list[str]]:
+        """Yield the new text of each sample as it is generated (a list per step)."""
+        cfg = SampleConfig(prime=prime, length=length, temperature=temperature, top_k=top_k,
+                           top_p=top_p, seed=seed, num_samples=num_samples).validate()
+        return generate(self.model, self.tokenizer, cfg, self.device)
+
+    def sample(self, prime: str = "", length: int = 500, temperature: float = 0.8,
+               top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
+               num_samples: int = 1) -> str | list[str]:
+        """Generated text (without the prime); a list when num_samples > 1."""
+        cfg = SampleConfig(prime=prime, length=length, temperature=temperature, top_k=top_k,
+                           top_p=top_p, seed=seed, num_samples=num_samples).validate()
+        texts = sample_text(self.model, self.tokenizer, cfg, self.device)
+        return texts[0] if num_samples == 1 else texts
+
+    def evaluate(self, text: str) -> EvalResult:
+        """Loss (nats/token), bits per character and perplexity over text, evaluated statefully."""
+        ids = self.tokenizer.encode(text)
+        return evaluate_ids(self.model, ids, len(text), self.device)
+
+    def evaluate_file(self, path: str | Path, tail: Optional[float] = None) -> EvalResult:
+        """Evaluate a UTF-8 file (or folder); with ``tail``, only that last fraction of its characters."""
+        text = "".join(Corpus.resolve(str(path)).blocks())
+        if tail is not None:
+            text = text[len(text) - int(round(len(text) * tail)):]
+        return self.evaluate(text)
+
+
+def load(path: str | Path, device: str = "auto") -> LanguageModel:
+    """Load a checkpoint file or run directory (its best.pt) safely, onto device."""
+    dev = resolve_device(device)
+    model, tokenizer, ckpt = load_model(path, dev)
+    return LanguageModel(model, tokenizer, ckpt, dev, Path(path))
+
+
+def train(config: TrainConfig, model: Optional[ModelConfig] = None,
+          on_event: Optional[Callable] = None) -> Path:
+    """Train headless; return the run directory."""
+    from .train import train as _train
+
+    return _train(config, model, on_event=on_event)

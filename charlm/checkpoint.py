@@ -1,0 +1,180 @@
+"""Checkpoints and run directories.
+
+A checkpoint is one file that ``torch.load(path, weights_only=True)`` reads: only tensors and
+plain containers/str/int/float/bytes, never arbitrary pickled objects. It holds everything needed
+to sample, evaluate, inspect and resume on any device. Files are written atomically: a temporary
+file in the same folder, flushed and fsynced, then ``os.replace``d over the old one, so a crash at
+any instant leaves either the old or the new checkpoint, both complete.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .config import ModelConfig
+from .errors import CheckpointError, RunDirError
+from .model import CharRNN
+from .tokenizers import Tokenizer, tokenizer_from_dict
+
+FORMAT = "charlm-checkpoint"
+FORMAT_VERSION = 1
+RUN_MARKERS = ("last.pt", "best.pt", "metrics.jsonl", "config.toml")
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory means its best.pt (or last.pt when no eval has run); a file means itself."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise CheckpointError(f"run directory {p} has no best.pt or last.pt checkpoint yet")
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} is not a regular file")
+    return p
+
+
+def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
+    """Atomically write payload to path; on any failure the old file is left untouched."""
+    path = Path(path)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    fd, tmp_name = -1, None
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            fd = -1
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+        tmp_name = None
+        _fsync_dir(path.parent)
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise CheckpointError(f"could not save checkpoint {path}: {reason}; the previous checkpoint "
+                              f"is unchanged") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except OSError:
+                pass
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not supported on this platform (Windows)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Safely read a checkpoint (weights_only=True: a malicious pickle cannot run code)."""
+    p = resolve_checkpoint(path)
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p} is empty: not a charlm checkpoint")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if "WeightsUnpickler error" in ln]
+        first = lines[0].replace("WeightsUnpickler error: ", "").split(". Please use")[0] if lines else ""
+        raise CheckpointError(f"{p} was refused by the safe loader (it holds objects other than "
+                              f"tensors and plain data; it may be unsafe or from another program): "
+                              f"{first[:160]}") from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, UnicodeDecodeError, KeyError,
+            AttributeError, TypeError, IndexError, OSError) as e:
+        raise CheckpointError(f"{p} is not a readable charlm checkpoint (truncated or corrupt: "
+                              f"{type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{p} is not a charlm checkpoint (it was written by another program)")
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{p} was written by a newer charlm (format {ckpt['format_version']}); upgrade charlm")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> tuple[CharRNN, Tokenizer]:
+    """Rebuild the model (in eval mode, on device) and its tokenizer from a loaded checkpoint."""
+    config = ModelConfig(**ckpt["model_config"]).validate()
+    model = CharRNN(config)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint weights do not match its model config: {str(e).splitlines()[0]}") from None
+    model.to(device).eval()
+    model.rnn.flatten_parameters()
+    return model, tokenizer_from_dict(ckpt["tokenizer"])
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[CharRNN, Tokenizer, dict[str, Any]]:
+    ckpt = load_checkpoint(path, map_location="cpu")
+    model, tok = model_from_checkpoint(ckpt, device)
+    return model, tok, ckpt
+
+
+# ----------------------------------------------------------------------------------------------
+# Run directories
+
+
+def default_run_dir(root: Path = Path("runs")) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    candidate = root / stamp
+    n = 1
+    while candidate.exists():
+        n += 1
+        candidate = root / f"{stamp}-{n}"
+    return candidate
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / m).exists() for m in RUN_MARKERS)
+
+
+def prepare_run_dir(out: Optional[str], resume: bool, force: bool) -> Path:
+    """Create (or check, for --resume) the run directory. Never deletes what is not a run."""
+    if out is None:
+        if resume:
+            raise RunDirError("--resume needs --out DIR naming the run to continue")
+        path = default_run_dir()
+    else:
+        path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"run directory {path} is a file; choose another --out")
+    if resume:
+        if not (path / "last.pt").is_file():
+            raise RunDirError(f"cannot resume: {path} has no last.pt (start it without --resume)")
+        return path
+    if path.exists() and any(path.iterdir()):
+        if not force:
+            raise RunDirError(f"run directory {path} already exists; pass --resume to continue it "
+                              f"or --force to replace it")
+        if not is_run_dir(path):
+            raise RunDirError(f"{path} is not a charlm run directory (no last.pt, metrics.jsonl or "
+                              f"config.toml); refusing to delete it with --force")
+        shutil.rmtree(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise RunDirError(f"cannot write to run directory {path}: {e.strerror or e}") from None
+    return path

@@ -1,0 +1,325 @@
+"""Configuration as dataclasses: one place for every option, its default, and its validation.
+
+``ModelConfig`` fixes the network's shape, ``TrainConfig`` everything about a training run,
+``SampleConfig`` generation. The CLI builds these from flags (and an optional TOML file); the core
+only ever sees validated dataclasses. Checkpoints store them as plain dicts (``asdict``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, get_args, get_origin, get_type_hints
+
+from .errors import ConfigError
+
+CELLS = ("lstm", "gru", "rnn")
+TOKENIZERS = ("char", "spm-char", "bpe", "unigram")
+NORMALIZATIONS = ("none", "nfc", "nfd")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+# When a run names no stopping rule at all, it trains for this many seconds: long enough for a
+# readable sample on a 2-core CPU, short enough that `charlm train` "just works".
+DEFAULT_MAX_TIME = 180.0
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _positive_int(name: str, value: Optional[int], allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+           f"--{name.replace('_', '-')} must be a positive whole number, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the recurrent language model: Embedding -> RNN/LSTM/GRU stack -> Linear."""
+
+    cell: str = "lstm"
+    """Recurrent cell: 'lstm', 'gru' or 'rnn' (tanh)."""
+    vocab_size: int = 0
+    """Number of token ids; set from the tokenizer, never by hand."""
+    embedding_size: int = 64
+    """Width of the input embedding."""
+    hidden_size: int = 384
+    """Units per recurrent layer (H)."""
+    layers: int = 1
+    """Number of stacked recurrent layers."""
+    dropout: float = 0.0
+    """Dropout on the embedding, between layers and before the output layer; in [0, 1)."""
+
+    def validate(self) -> "ModelConfig":
+        _check(self.cell in CELLS, f"--model must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        for name in ("embedding_size", "hidden_size", "layers"):
+            _positive_int(name, getattr(self, name))
+        _check(isinstance(self.vocab_size, int) and self.vocab_size >= 0,
+               f"vocab_size must be >= 0, got {self.vocab_size!r}")
+        _check(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
+               f"--dropout must be in [0, 1), got {self.dropout!r}")
+        return self
+
+
+@dataclass
+class TrainConfig:
+    """Everything about one training run besides the model's shape."""
+
+    corpus: Optional[str] = None
+    """Text file, folder of text files, catalog name, or None for the built-in corpus."""
+    tokenizer: str = "char"
+    """'char' (Unicode code points), or a sentencepiece model: 'spm-char', 'bpe', 'unigram'."""
+    vocab_size: Optional[int] = None
+    """Vocabulary size for sentencepiece tokenizers (default 2000 for bpe/unigram)."""
+    min_char_count: int = 1
+    """Characters seen fewer times than this map to <unk> (char tokenizer)."""
+    normalize: str = "none"
+    """Unicode normalisation before tokenising: 'none', 'nfc' or 'nfd' (splits Hangul into jamo)."""
+    seq_len: int = 64
+    """BPTT chunk length k: the gradient reaches back at most k steps."""
+    batch_size: int = 64
+    """Number of parallel contiguous streams B (per process under torchrun)."""
+    lr: float = 3e-3
+    """Peak learning rate (Adam)."""
+    min_lr_ratio: float = 0.1
+    """The learning rate decays (cosine) to lr * min_lr_ratio at the end of the budget."""
+    warmup_steps: int = 50
+    """Linear warm-up from 0 to lr over this many steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 disables clipping)."""
+    epochs: Optional[float] = None
+    """Stop after this many passes over the training streams (the whole run, across resumes)."""
+    max_steps: Optional[int] = None
+    """Stop after this many optimizer steps (the whole run, across resumes)."""
+    max_time: Optional[float] = None
+    """Stop after this many seconds of training (the whole run, across resumes)."""
+    val_fraction: float = 0.1
+    """Fraction of the corpus (its tail, in characters) held out for validation."""
+    eval_every: int = 200
+    """Evaluate on the validation split every this many steps."""
+    out: Optional[str] = None
+    """Run directory; a fresh one under runs/ by default."""
+    resume: bool = False
+    """Continue the run in --out from its last.pt."""
+    force: bool = False
+    """Replace an existing run directory."""
+    seed: int = 1337
+    """Seed for weights, dropout, and everything random."""
+    device: str = "auto"
+    """'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda' or 'mps'."""
+    precision: str = "fp32"
+    """'fp32', or autocast 'fp16' / 'bf16' on CUDA."""
+    grad_report_every: int = 0
+    """Every N steps, log a gradient-through-time summary to metrics.jsonl (0: never)."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files into the run directory."""
+    max_bad_steps: int = 3
+    """Non-finite steps in a row before rolling back to the last good checkpoint."""
+    sample_length: int = 300
+    """Characters of sample text printed at the end of training (0: none)."""
+
+    def validate(self) -> "TrainConfig":
+        _check(self.tokenizer in TOKENIZERS,
+               f"--tokenizer must be one of {', '.join(TOKENIZERS)}, got {self.tokenizer!r}")
+        _check(self.normalize in NORMALIZATIONS,
+               f"--normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
+        _check(self.device in DEVICES,
+               f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        _check(self.precision in PRECISIONS,
+               f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("seq_len", "batch_size", "eval_every", "min_char_count", "max_bad_steps"):
+            _positive_int(name, getattr(self, name))
+        _positive_int("max_steps", self.max_steps, allow_none=True)
+        _positive_int("vocab_size", self.vocab_size, allow_none=True)
+        _check(_finite(self.lr) and self.lr > 0, f"--lr must be > 0, got {self.lr!r}")
+        _check(_finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1,
+               f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        _check(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
+               f"--warmup-steps must be >= 0, got {self.warmup_steps!r}")
+        _check(_finite(self.weight_decay) and self.weight_decay >= 0,
+               f"--weight-decay must be >= 0, got {self.weight_decay!r}")
+        _check(_finite(self.grad_clip) and self.grad_clip >= 0,
+               f"--grad-clip must be >= 0 (0 disables clipping), got {self.grad_clip!r}")
+        _check(self.epochs is None or (_finite(self.epochs) and self.epochs > 0),
+               f"--epochs must be > 0, got {self.epochs!r}")
+        _check(self.max_time is None or (_finite(self.max_time) and self.max_time > 0),
+               f"--max-time must be > 0 seconds, got {self.max_time!r}")
+        _check(_finite(self.val_fraction) and 0 < self.val_fraction < 1,
+               f"--val-fraction must be in (0, 1), got {self.val_fraction!r}")
+        _check(isinstance(self.grad_report_every, int) and self.grad_report_every >= 0,
+               f"--grad-report-every must be >= 0, got {self.grad_report_every!r}")
+        _check(isinstance(self.sample_length, int) and self.sample_length >= 0,
+               f"--sample-length must be >= 0, got {self.sample_length!r}")
+        if self.tokenizer == "char" and self.vocab_size is not None:
+            raise ConfigError("--vocab-size applies to sentencepiece tokenizers only "
+                              "(the char tokenizer's vocabulary is the corpus's characters)")
+        _check(not (self.resume and self.force),
+               "--resume and --force contradict each other: choose one")
+        return self
+
+    def stopping_rule_given(self) -> bool:
+        return any(v is not None for v in (self.epochs, self.max_steps, self.max_time))
+
+
+@dataclass
+class SampleConfig:
+    """How to generate text from a trained model."""
+
+    prime: str = ""
+    """Text to condition on before generating (default: a newline)."""
+    length: int = 500
+    """Number of tokens to generate."""
+    temperature: float = 0.8
+    """Softmax temperature (> 0); lower is more conservative."""
+    top_k: Optional[int] = None
+    """Sample only among the k most likely tokens."""
+    top_p: Optional[float] = None
+    """Nucleus sampling: the smallest set of tokens whose probability reaches p, in (0, 1]."""
+    seed: Optional[int] = None
+    """Seed for reproducible samples (same seed, same text)."""
+    num_samples: int = 1
+    """Independent samples, generated together as one batch."""
+
+    def validate(self) -> "SampleConfig":
+        _check(isinstance(self.length, int) and self.length >= 0,
+               f"--length must be >= 0, got {self.length!r}")
+        _check(_finite(self.temperature) and self.temperature > 0,
+               f"--temperature must be > 0, got {self.temperature!r}")
+        _positive_int("top_k", self.top_k, allow_none=True)
+        _check(self.top_p is None or (_finite(self.top_p) and 0 < self.top_p <= 1),
+               f"--top-p must be in (0, 1], got {self.top_p!r}")
+        _positive_int("num_samples", self.num_samples)
+        return self
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# TOML files: flat keys named like the long options (hidden_size = 256), or [model]/[train]
+# sections. Unknown keys and wrong types are errors that name the key and the file.
+
+# Option names that differ from the dataclass field they set.
+ALIASES = {"model": "cell"}
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
+    """Check a TOML value against a dataclass field type (ints are accepted for floats)."""
+    allowed = get_args(typ) if get_origin(typ) is not None else (typ,)
+    allowed = tuple(a for a in allowed if a is not type(None))
+    base = allowed[0]
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is int and isinstance(value, bool):
+        raise ConfigError(f"{source}: key '{key}' must be an integer, got {value!r}")
+    if not isinstance(value, base):
+        raise ConfigError(f"{source}: key '{key}' must be {base.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def config_keys() -> dict[str, tuple[type, str]]:
+    """Every settable key -> (dataclass, field name). vocab_size means the tokenizer's."""
+    keys: dict[str, tuple[type, str]] = {}
+    for cls in (ModelConfig, TrainConfig):
+        for f in fields(cls):
+            if cls is ModelConfig and f.name == "vocab_size":
+                continue
+            keys[f.name] = (cls, f.name)
+    for alias, target in ALIASES.items():
+        keys[alias] = (ModelConfig, target)
+        keys.pop(target, None)
+    return keys
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a config file into {option_name: value}, validating names and types."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on Python 3.10 only
+        import tomli as tomllib
+    path = Path(path)
+    source = str(path)
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {source} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {source}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source} is not valid TOML: {e}") from None
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict) and key in ("model", "train", "data", "optim"):
+            for sub, v in value.items():
+                flat[sub] = v
+        else:
+            flat[key] = value
+    keys = config_keys()
+    types = {**_field_types(ModelConfig), **_field_types(TrainConfig)}
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        name = key.replace("-", "_")
+        if name not in keys:
+            raise ConfigError(f"{source}: unknown key '{key}' (known keys: {', '.join(sorted(keys))})")
+        _, field_name = keys[name]
+        out[name] = _coerce(value, types[field_name], key, source)
+    return out
+
+
+def split_options(options: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+    """Build validated configs from {option_name: value} (CLI flags merged over a TOML file)."""
+    keys = config_keys()
+    model_kw: dict[str, Any] = {}
+    train_kw: dict[str, Any] = {}
+    for name, value in options.items():
+        if name not in keys:
+            raise ConfigError(f"unknown option '{name}'")
+        cls, field_name = keys[name]
+        (model_kw if cls is ModelConfig else train_kw)[field_name] = value
+    return ModelConfig(**model_kw).validate(), TrainConfig(**train_kw).validate()
+
+
+def to_toml(model: ModelConfig, train: TrainConfig) -> str:
+    """Render resolved configs as a TOML file that load_toml reads back (None values omitted)."""
+    lines = ["# charlm resolved configuration", "", "[model]"]
+    inverse = {v: k for k, v in ALIASES.items()}
+    for f in fields(model):
+        if f.name == "vocab_size":
+            continue
+        lines.append(f"{inverse.get(f.name, f.name)} = {_toml_value(getattr(model, f.name))}")
+    lines += ["", "[train]"]
+    for f in fields(train):
+        value = getattr(train, f.name)
+        if value is None:
+            lines.append(f"# {f.name} = (unset)")
+        else:
+            lines.append(f"{f.name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    s = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+def asdict(obj) -> dict[str, Any]:
+    return dataclasses.asdict(obj)

@@ -1,0 +1,225 @@
+"""Tokenizers: text <-> integer ids.
+
+Two families share one small protocol (``encode``, ``decode``, ``vocab_size``, ``to_dict``):
+- ``CharTokenizer``: one id per Unicode code point (after optional NFC/NFD normalisation), with an
+  ``<unk>`` id 0 for characters rarer than ``min_char_count`` or never seen. Encoding is vectorised
+  through a code-point lookup table, not a Python loop per character.
+- ``SentencePieceTokenizer``: a sentencepiece model ('char', 'bpe' or 'unigram') trained on the
+  corpus with byte fallback, so any text round-trips; its serialized model travels in the checkpoint.
+
+Both are rebuilt from ``to_dict()`` alone, which holds only str/int/bytes/list values so that a
+checkpoint stays loadable with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import io
+import unicodedata
+from collections import Counter
+from typing import Iterable, Iterator, Protocol
+
+import numpy as np
+
+from .errors import TokenizerError
+
+UNK = "<unk>"
+UNK_DISPLAY = "\ufffd"  # what an <unk> id decodes to
+
+
+class Tokenizer(Protocol):
+    kind: str
+    normalize: str
+
+    @property
+    def vocab_size(self) -> int: ...
+    def encode(self, text: str) -> np.ndarray: ...
+    def decode(self, ids: Iterable[int]) -> str: ...
+    def unknown_chars(self, text: str) -> list[str]: ...
+    def to_dict(self) -> dict: ...
+
+
+def normalize_text(text: str, form: str) -> str:
+    if form == "none":
+        return text
+    return unicodedata.normalize(form.upper(), text)
+
+
+def for_display(text: str, form: str) -> str:
+    """Text as a person should see it: NFD jamo are recomposed into syllables."""
+    return unicodedata.normalize("NFC", text) if form == "nfd" else text
+
+
+class CharTokenizer:
+    """One id per code point; id 0 is <unk>."""
+
+    kind = "char"
+
+    def __init__(self, chars: list[str], normalize: str = "none"):
+        if not chars or chars[0] != UNK:
+            chars = [UNK] + [c for c in chars if c != UNK]
+        self.itos = list(chars)
+        self.normalize = normalize
+        self.stoi = {c: i for i, c in enumerate(self.itos)}
+        # Dense lookup table over code points: encode = one numpy gather.
+        max_cp = max((ord(c) for c in self.itos[1:]), default=0)
+        self._lut = np.zeros(max_cp + 1, dtype=np.int64)
+        for i, c in enumerate(self.itos[1:], start=1):
+            self._lut[ord(c)] = i
+        self._decode_table = self.itos.copy()
+        self._decode_table[0] = UNK_DISPLAY
+
+    @classmethod
+    def from_counts(cls, counts: Counter, min_count: int = 1, normalize: str = "none") -> "CharTokenizer":
+        chars = sorted(c for c, n in counts.items() if n >= min_count)
+        return cls(chars, normalize)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def code_points(self, text: str) -> np.ndarray:
+        return np.frombuffer(normalize_text(text, self.normalize).encode("utf-32-le"), dtype="<u4")
+
+    def encode(self, text: str) -> np.ndarray:
+        cps = self.code_points(text)
+        inside = cps < len(self._lut)
+        return np.where(inside, self._lut[np.where(inside, cps, 0)], 0)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        table = self._decode_table
+        return "".join(table[int(i)] for i in ids)
+
+    def unknown_chars(self, text: str) -> list[str]:
+        text = normalize_text(text, self.normalize)
+        return sorted({c for c in text if c not in self.stoi})
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "chars": self.itos, "normalize": self.normalize}
+
+
+class SentencePieceTokenizer:
+    """A sentencepiece model trained on the corpus; byte fallback keeps any text encodable."""
+
+    def __init__(self, model_proto: bytes, kind: str, normalize: str = "none"):
+        import sentencepiece as spm
+
+        self.kind = kind
+        self.normalize = normalize
+        self.model_proto = bytes(model_proto)
+        self.sp = spm.SentencePieceProcessor(model_proto=self.model_proto)
+
+    @classmethod
+    def train(cls, lines: Iterator[str], kind: str, vocab_size: int, normalize: str = "none",
+              max_lines: int = 2_000_000) -> "SentencePieceTokenizer":
+        import sentencepiece as spm
+
+        model_type = {"spm-char": "char", "bpe": "bpe", "unigram": "unigram"}[kind]
+        buf = io.BytesIO()
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=(normalize_text(line, normalize) for line in lines if line.strip()),
+                model_writer=buf,
+                model_type=model_type,
+                vocab_size=vocab_size,
+                hard_vocab_limit=model_type != "char",
+                byte_fallback=True,                 # unseen characters become bytes, never <unk>
+                character_coverage=0.9995 if model_type != "char" else 1.0,
+                normalization_rule_name="identity",  # keep the text exactly as written
+                remove_extra_whitespaces=False,
+                add_dummy_prefix=False,
+                allow_whitespace_only_pieces=True,
+                user_defined_symbols=["\n"],       # newlines are tokens too
+                input_sentence_size=max_lines,
+                shuffle_input_sentence=True,
+                max_sentence_length=1 << 16,
+                num_threads=2,
+                minloglevel=2,
+            )
+        except RuntimeError as e:
+            msg = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+            raise TokenizerError(f"sentencepiece could not train a {kind} tokenizer with "
+                                 f"vocab size {vocab_size}: {msg} (try a smaller --vocab-size)") from None
+        return cls(buf.getvalue(), kind, normalize)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self.sp.encode(normalize_text(text, self.normalize)), dtype=np.int64)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.sp.decode([int(i) for i in ids])
+
+    def unknown_chars(self, text: str) -> list[str]:
+        return []  # byte fallback: every character has an encoding
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "model_proto": self.model_proto, "normalize": self.normalize}
+
+
+def tokenizer_from_dict(d: dict) -> Tokenizer:
+    kind = d.get("kind")
+    if kind == "char":
+        return CharTokenizer(list(d["chars"]), d.get("normalize", "none"))
+    if kind in ("spm-char", "bpe", "unigram"):
+        return SentencePieceTokenizer(d["model_proto"], kind, d.get("normalize", "none"))
+    raise TokenizerError(f"unknown tokenizer kind {kind!r} in checkpoint")
+
+
+class StreamDecoder:
+    """Turns ids into display text one id at a time, without re-decoding the whole output.
+
+    Sentencepiece pieces and NFD jamo only make sense in context, so the decoder holds back the
+    tail that may still change and releases text once it is settled.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tok = tokenizer
+        self.pending: list[int] = []
+        self.context: list[int] = []
+        self.held = ""  # decoded text not yet released (may still recompose)
+
+    def push(self, token_id: int) -> str:
+        if isinstance(self.tok, CharTokenizer):
+            text = self.tok.decode([token_id])
+        else:
+            self.pending.append(token_id)
+            # Decode with a little context so a leading-space piece keeps its space.
+            before = self.tok.decode(self.context)
+            full = self.tok.decode(self.context + self.pending)
+            if not full.startswith(before) or full.endswith("\ufffd"):
+                return ""  # an incomplete byte sequence: wait for the next piece
+            text = full[len(before):]
+            self.context = (self.context + self.pending)[-8:]
+            self.pending = []
+        return self._release(text)
+
+    def _release(self, text: str) -> str:
+        if self.tok.normalize != "nfd":
+            return text
+        self.held += text
+        # Release everything before the last starter (a character that begins a new cluster).
+        cut = len(self.held)
+        while cut > 0 and not _is_starter(self.held[cut - 1]):
+            cut -= 1
+        cut = max(cut - 1, 0)
+        out, self.held = self.held[:cut], self.held[cut:]
+        return unicodedata.normalize("NFC", out)
+
+    def flush(self) -> str:
+        tail = ""
+        if self.pending:
+            tail = self.tok.decode(self.context + self.pending)[len(self.tok.decode(self.context)):]
+            self.pending = []
+        out = self._release(tail) if tail else ""
+        out += unicodedata.normalize("NFC", self.held) if self.tok.normalize == "nfd" else ""
+        self.held = ""
+        return out
+
+
+def _is_starter(ch: str) -> bool:
+    # Hangul medial vowels and final consonants (conjoining jamo) attach to the syllable before.
+    if "\u1160" <= ch <= "\u11ff" or "\ud7b0" <= ch <= "\ud7ff":
+        return False
+    return unicodedata.combining(ch) == 0

@@ -1,0 +1,511 @@
+"""The training loop: truncated backpropagation through time over B contiguous streams.
+
+Read top to bottom: set-up (device, run directory, data, model, optimizer, resume), then the loop.
+Each step trains one BPTT chunk of k tokens per stream. The hidden state is carried from chunk to
+chunk and detached at the border, so the forward pass remembers the whole stream while the
+gradient reaches back at most k steps: BPTT(k). The state is reset at every epoch start.
+
+The loop never prints. It reports through ``on_event`` (the CLI's display on rank 0) and records
+the same events in metrics.jsonl. Losses stay on the device and are read back every
+``report_every`` steps, so a GPU is never made to wait once per step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import __version__, distributed
+from .checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint
+from .config import DEFAULT_MAX_TIME, ModelConfig, TrainConfig, to_toml
+from .data import Corpus, StreamBatches, prepare_dataset
+from .devices import describe_device, resolve_device
+from .errors import CheckpointError, ConfigError, CorpusError, Interrupted, NumericError
+from .evaluation import evaluate_ids
+from .events import (CheckpointSaved, ChunkTrained, Evaluated, Event, Finished, Notice,
+                     RunStarted)
+from .metrics import MetricsLog
+from .model import CharRNN, detach_state
+
+EventCallback = Callable[[Event], None]
+MAX_ROLLBACKS = 3
+
+
+def lr_at(config: TrainConfig, step: int, elapsed: float, total_steps: Optional[int],
+          max_time: Optional[float], scale: float = 1.0) -> float:
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio at the end of the budget.
+
+    The budget is whichever ends first, steps or seconds, so a `--max-time` run decays exactly
+    into its deadline.
+    """
+    warm = min(1.0, (step + 1) / (config.warmup_steps + 1)) if config.warmup_steps else 1.0
+    progress = 0.0
+    if total_steps:
+        progress = max(progress, step / total_steps)
+    if max_time:
+        progress = max(progress, elapsed / max_time)
+    progress = min(progress, 1.0)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    ratio = config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine
+    return config.lr * warm * ratio * scale
+
+
+class _StopRequest:
+    """Set by SIGINT/SIGTERM; the loop saves and stops at the end of the current step."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+
+@contextmanager
+def _graceful_signals(stop: _StopRequest) -> Iterator[None]:
+    """First Ctrl-C/SIGTERM: finish the step, save last.pt, exit. Second Ctrl-C: exit at once
+    (checkpoints are written atomically, so nothing on disk can be half-written)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if stop.signum is not None and signum == signal.SIGINT:
+            os._exit(130)
+        stop.signum = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _all_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _check_resume_compatible(ckpt: dict, model_config: ModelConfig, config: TrainConfig) -> None:
+    saved_model = dict(ckpt["model_config"])
+    given = asdict(model_config)
+    for key, value in given.items():
+        if key == "vocab_size":
+            continue
+        if saved_model.get(key) != value:
+            option = "--model" if key == "cell" else f"--{key.replace('_', '-')}"
+            raise ConfigError(f"cannot resume: the checkpoint's model has {option} {saved_model.get(key)}, "
+                              f"but {value} was given (drop the option, or start a new run)")
+    saved_train = ckpt["train_config"]
+    for key in ("tokenizer", "vocab_size", "normalize", "min_char_count", "val_fraction", "seq_len",
+                "batch_size"):
+        if saved_train.get(key) != getattr(config, key):
+            option = f"--{key.replace('_', '-')}"
+            raise ConfigError(f"cannot resume: the run was trained with {option} {saved_train.get(key)}, "
+                              f"but {getattr(config, key)} was given (drop the option, or start a new run)")
+
+
+def train(config: TrainConfig, model_config: Optional[ModelConfig] = None,
+          on_event: Optional[EventCallback] = None,
+          should_stop: Optional[Callable[[], bool]] = None) -> Path:
+    """Train a model; return the run directory. Raises CharLMError for user mistakes.
+
+    ``model_config`` may be None when resuming (the checkpoint's is used). ``should_stop`` is
+    polled after every step; when it returns True the run saves last.pt and returns, exactly as
+    on Ctrl-C (but without raising).
+    """
+    config.validate()
+    device = resolve_device(config.device)
+    ctx = distributed.setup(device)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    stop = _StopRequest()
+    try:
+        with _graceful_signals(stop):
+            return _train(config, model_config, on_event, should_stop, device, ctx, stop)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: Optional[EventCallback],
+           should_stop: Optional[Callable[[], bool]], device: torch.device,
+           ctx: distributed.DistContext, stop: _StopRequest) -> Path:
+    emit_display = on_event if (on_event is not None and ctx.is_main) else (lambda e: None)
+
+    # --- run directory (rank 0 creates it; the others wait and use the same path) -------------
+    run_dir = None
+    error: Optional[Exception] = None
+    if ctx.is_main:
+        try:
+            run_dir = prepare_run_dir(config.out, config.resume, config.force)
+            for stray in run_dir.glob(".*.tmp"):  # leftovers of a save cut short by a crash
+                stray.unlink(missing_ok=True)
+        except Exception as e:  # passed to every rank so all of them stop with the same message
+            error = e
+    run_dir, error = distributed.broadcast_object((run_dir, error), ctx)
+    if error is not None:
+        raise error
+    run_dir = Path(run_dir)
+
+    # --- resume: the checkpoint's model and tokenizer win; options may only agree with them ---
+    ckpt = None
+    if config.resume:
+        ckpt = load_checkpoint(run_dir / "last.pt")
+        if model_config is None:
+            model_config = ModelConfig(**ckpt["model_config"])
+        _check_resume_compatible(ckpt, model_config, config)
+        if config.corpus is None:
+            config = replace(config, corpus=ckpt["corpus"]["path"])
+        saved_world = ckpt.get("world_size", 1)
+        if saved_world != ctx.world_size:
+            raise ConfigError(f"cannot resume: the run was trained with {saved_world} processes, this "
+                              f"launch has {ctx.world_size}; resume with the same --nproc_per_node")
+    model_config = model_config or ModelConfig()
+    model_config.validate()
+
+    # --- data: corpus -> ids on disk (rank 0 encodes, the others reuse its files) --------------
+    corpus = Corpus.resolve(config.corpus)
+    data_dir = run_dir / "data"
+    tok_dict = ckpt["tokenizer"] if ckpt else None
+    prepare = lambda: prepare_dataset(corpus, data_dir, config.tokenizer, config.vocab_size,
+                                      config.min_char_count, config.normalize, config.val_fraction,
+                                      tokenizer_dict=tok_dict)
+    if ctx.is_main:
+        dataset = prepare()
+    distributed.barrier(ctx)
+    if not ctx.is_main:
+        tok_dict = distributed.broadcast_object(None, ctx)
+        dataset = prepare_dataset(corpus, data_dir, config.tokenizer, config.vocab_size,
+                                  config.min_char_count, config.normalize, config.val_fraction,
+                                  tokenizer_dict=tok_dict)
+    else:
+        distributed.broadcast_object(dataset.tokenizer.to_dict(), ctx)
+    if ckpt and ckpt["corpus"]["sha256"] != dataset.sha256:
+        raise CorpusError(f"cannot resume: corpus {corpus.name} changed since the run started "
+                          f"(sha256 differs); start a new run")
+    tokenizer = dataset.tokenizer
+    batches = StreamBatches(dataset.train.ids, config.batch_size, config.seq_len, ctx.rank, ctx.world_size)
+    if dataset.val.tokens < 2:
+        raise CorpusError("the validation split is empty; raise --val-fraction or use a longer corpus")
+
+    # --- stopping rule: --max-steps, --epochs and --max-time all count the whole run ----------
+    max_time = config.max_time
+    if not config.stopping_rule_given():
+        max_time = DEFAULT_MAX_TIME
+    total_steps = config.max_steps
+    if config.epochs is not None:
+        epoch_steps = math.ceil(config.epochs * batches.steps_per_epoch)
+        total_steps = min(total_steps, epoch_steps) if total_steps else epoch_steps
+
+    # --- model and optimizer ---------------------------------------------------------------
+    torch.manual_seed(config.seed)
+    model_config = replace(model_config, vocab_size=tokenizer.vocab_size)
+    model = CharRNN(model_config).to(device)
+    train_model: torch.nn.Module = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # Fused AdamW reads `found_inf` and skips a non-finite update on the device, without a sync.
+    fused = device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99),
+                                  weight_decay=config.weight_decay, fused=fused)
+
+    # --- progress counters (all of it goes into the checkpoint) ------------------------------
+    step = 0                # optimizer steps in the whole run
+    epoch = 0
+    step_in_epoch = 0       # chunk index within the current epoch
+    tokens_seen = 0
+    elapsed_before = 0.0    # seconds trained before this launch
+    lr_scale = 1.0          # lowered after a numeric rollback
+    rollbacks = 0
+    best_val = float("inf")
+    best_bpc = float("inf")
+    state = model.init_state(config.batch_size, device)   # each (layers, B, H)
+
+    def restore(ck: dict) -> None:
+        nonlocal step, epoch, step_in_epoch, tokens_seen, elapsed_before, lr_scale, rollbacks
+        nonlocal best_val, best_bpc, state
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        p = ck["progress"]
+        step, epoch, step_in_epoch = p["step"], p["epoch"], p["step_in_epoch"]
+        tokens_seen, elapsed_before = p["tokens_seen"], p["elapsed"]
+        lr_scale, rollbacks = p.get("lr_scale", 1.0), p.get("rollbacks", 0)
+        best_val, best_bpc = p["best_val_loss"], p["best_val_bpc"]
+        state = tuple(s.to(device) for s in ck["hidden_state"][ctx.rank])
+        _set_rng_state(ck["rng"][ctx.rank], device)
+
+    metrics = None
+    if ckpt is not None:
+        restore(ckpt)
+    if ctx.is_main:
+        metrics = MetricsLog(run_dir / "metrics.jsonl",
+                             truncate_to=ckpt["progress"]["metrics_offset"] if ckpt else None)
+        (run_dir / "config.toml").write_text(to_toml(model_config, config))
+
+    def emit(event: Event) -> None:
+        if metrics is not None:
+            metrics.write(event)
+        emit_display(event)
+
+    def gather(obj):
+        """Every rank's value of obj, on rank 0 (for states and RNGs in the checkpoint)."""
+        if not ctx.enabled:
+            return [obj]
+        out = [None] * ctx.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def save(name: str, elapsed: float) -> None:
+        """Write run_dir/name atomically. Every rank calls it (states are gathered)."""
+        hidden = gather(tuple(s.detach().cpu() for s in state))
+        rngs = gather(_rng_state(device))
+        if not ctx.is_main:
+            return
+        if not _all_finite(model):
+            emit(Notice(f"not saving {name}: the weights are not finite", step, "warning"))
+            return
+        payload = {
+            "model_config": asdict(model_config),
+            "train_config": asdict(config),
+            "tokenizer": tokenizer.to_dict(),
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "progress": {"step": step, "epoch": epoch, "step_in_epoch": step_in_epoch,
+                         "tokens_seen": tokens_seen, "elapsed": elapsed, "lr_scale": lr_scale,
+                         "rollbacks": rollbacks, "best_val_loss": best_val, "best_val_bpc": best_bpc,
+                         "metrics_offset": metrics.offset()},
+            "hidden_state": [list(h) for h in hidden],
+            "rng": rngs,
+            "corpus": {"name": dataset.corpus_name, "path": str(Path(corpus.files[0]).resolve())
+                       if len(corpus.files) == 1 and corpus.name != "builtin:python-stdlib" else corpus.name,
+                       "sha256": dataset.sha256, "chars": dataset.chars,
+                       "train_tokens": dataset.train.tokens, "val_tokens": dataset.val.tokens},
+            "world_size": ctx.world_size,
+            "device": str(device),
+            "precision": config.precision,
+            "versions": {"charlm": __version__, "torch": str(torch.__version__),
+                         "python": platform.python_version()},
+        }
+        save_checkpoint(payload, run_dir / name)
+        emit(CheckpointSaved(str(run_dir / name), step))
+
+    def evaluate(train_loss: float, elapsed: float) -> None:
+        """Validation loss on the held-out tail; every rank computes it, so all agree."""
+        nonlocal best_val, best_bpc
+        result = evaluate_ids(model, dataset.val.ids, dataset.val.chars, device)
+        is_best = result.loss < best_val
+        if is_best:
+            best_val, best_bpc = result.loss, result.bits_per_char
+        emit(Evaluated(step, train_loss, result.loss, result.bits_per_char, elapsed, is_best))
+        save("last.pt", elapsed)
+        if is_best:
+            save("best.pt", elapsed)
+
+    emit(RunStarted(
+        run_dir=str(run_dir), device=describe_device(device),
+        model=f"{model_config.cell} {model_config.layers}x{model_config.hidden_size}",
+        parameters=model.num_parameters(), tokenizer=tokenizer.kind, vocab_size=tokenizer.vocab_size,
+        corpus=dataset.corpus_name, train_tokens=dataset.train.tokens, val_tokens=dataset.val.tokens,
+        batch_size=config.batch_size, seq_len=config.seq_len, steps_per_epoch=batches.steps_per_epoch,
+        max_steps=total_steps, max_time=max_time, start_step=step, resumed=ckpt is not None,
+        world_size=ctx.world_size))
+    if ckpt is None:
+        save("last.pt", 0.0)  # a good checkpoint exists from the first instant: resume/rollback target
+
+    # --- the loop ------------------------------------------------------------------------------
+    report_every = 1 if device.type == "cpu" else 16   # read losses back this often
+    pending: list[tuple] = []                            # device tensors waiting to be read back
+    bad_in_a_row = 0
+    since_eval: list[float] = []
+    t_start = time.perf_counter()
+    last_report_time, last_report_tokens = t_start, tokens_seen
+    reason = "max_steps"
+    model.train()
+
+    def elapsed_now() -> float:
+        return elapsed_before + (time.perf_counter() - t_start)
+
+    def finished() -> Optional[str]:
+        if total_steps is not None and step >= total_steps:
+            return "epochs" if config.max_steps is None or total_steps < config.max_steps else "max_steps"
+        if max_time is not None and elapsed_now() >= max_time:
+            return "max_time"
+        return None
+
+    def flush_reports() -> None:
+        """Read back the pending losses (one sync), emit one event per chunk, watch for faults."""
+        nonlocal bad_in_a_row, last_report_time, last_report_tokens
+        if not pending:
+            return
+        values = torch.stack([torch.stack([l, n, b]) for (_, _, l, n, b, *_rest) in pending]).tolist()
+        now = time.perf_counter()
+        rate = (tokens_seen - last_report_tokens) / max(now - last_report_time, 1e-9)
+        last_report_time, last_report_tokens = now, tokens_seen
+        for (s, ep, _, _, _, lr, toks, el), (loss, norm, bad) in zip(pending, values):
+            skipped = bool(bad)
+            emit(ChunkTrained(step=s, epoch=ep, loss=loss, grad_norm=norm,
+                              clipped=bool(config.grad_clip) and norm > config.grad_clip,
+                              lr=lr, tokens=toks, elapsed=el, tokens_per_s=rate, skipped=skipped))
+            if skipped:
+                bad_in_a_row += 1
+            else:
+                bad_in_a_row = 0
+                since_eval.append(loss)
+        pending.clear()
+
+    while True:
+        reason = finished()
+        if reason or stop or (should_stop is not None and should_stop()):
+            break
+
+        # A new epoch starts every stream from its beginning, so the state starts from zero.
+        if step_in_epoch >= batches.steps_per_epoch:
+            epoch, step_in_epoch = epoch + 1, 0
+            state = model.init_state(config.batch_size, device)
+
+        lr = lr_at(config, step, elapsed_now(), total_steps, max_time, lr_scale)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # Chunk i of every stream: x (B, k) inputs, y (B, k) the same text one token ahead.
+        xb, yb = batches.batch(step_in_epoch)
+        x = torch.from_numpy(xb).to(device, non_blocking=True)
+        y = torch.from_numpy(yb).to(device, non_blocking=True)
+
+        logits, new_state = train_model(x, state)                              # (B, k, V)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+
+        # A non-finite loss or gradient skips the update (on the device, no sync) and keeps the
+        # previous state; several in a row trigger a rollback once the values are read back.
+        bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        optimizer.found_inf = bad.float()
+        optimizer.step()
+        # Detach at the chunk border: the next chunk's gradient stops here (BPTT(k)).
+        state = tuple(torch.where(bad, old, new.detach()) for old, new in zip(state, new_state))
+
+        step += 1
+        step_in_epoch += 1
+        tokens_seen += x.numel() * ctx.world_size
+        pending.append((step, epoch, loss.detach(), grad_norm.detach(), bad, lr, tokens_seen, elapsed_now()))
+        if len(pending) >= report_every:
+            flush_reports()
+
+        if bad_in_a_row >= config.max_bad_steps:
+            # Roll back to the last good checkpoint at half the learning rate, or give up.
+            rollbacks += 1
+            if rollbacks > MAX_ROLLBACKS:
+                emit(Notice(f"training diverged: {config.max_bad_steps} non-finite steps in a row after "
+                            f"{MAX_ROLLBACKS} rollbacks; stopping", step, "warning"))
+                if metrics is not None:
+                    metrics.close()
+                raise NumericError(
+                    f"training diverged (non-finite loss or gradients) even after {MAX_ROLLBACKS} "
+                    f"rollbacks with a lower learning rate; lower --lr (now {config.lr}) or --grad-clip. "
+                    f"last.pt in {run_dir} holds the last good weights")
+            good = load_checkpoint(run_dir / "last.pt", map_location="cpu")
+            kept_rollbacks = rollbacks
+            restore(good)
+            rollbacks, lr_scale = kept_rollbacks, 0.5 ** kept_rollbacks
+            bad_in_a_row = 0
+            emit(Notice(f"{config.max_bad_steps} non-finite steps in a row: rolled back to step {step} "
+                        f"with the learning rate scaled by {lr_scale:g}", step, "warning"))
+
+        if step % config.eval_every == 0:
+            flush_reports()
+            train_loss = sum(since_eval) / len(since_eval) if since_eval else float("nan")
+            since_eval.clear()
+            evaluate(train_loss, elapsed_now())
+
+    # --- the end: evaluate, save, report ------------------------------------------------------
+    flush_reports()
+    interrupted = bool(stop)
+    if not interrupted and should_stop is not None and reason is None:
+        reason = "stopped"
+    elapsed = elapsed_now()
+    if since_eval or (step % config.eval_every != 0):
+        train_loss = sum(since_eval) / len(since_eval) if since_eval else float("nan")
+        if interrupted:
+            save("last.pt", elapsed)  # quick: no evaluation when the user is waiting to exit
+        else:
+            evaluate(train_loss, elapsed)
+    else:
+        save("last.pt", elapsed)
+    emit(Finished(str(run_dir), step, "interrupted" if interrupted else (reason or "stopped"),
+                  best_val if math.isfinite(best_val) else None,
+                  best_bpc if math.isfinite(best_bpc) else None, elapsed))
+    if metrics is not None:
+        metrics.close()
+    if interrupted:
+        signame = signal.Signals(stop.signum).name
+        err = Interrupted(f"{signame}: saved {run_dir / 'last.pt'} at step {step}; continue with "
+                          f"`charlm train --out {run_dir} --resume`")
+        err.exit_code = 130 if stop.signum == signal.SIGINT else 128 + stop.signum
+        raise err
+    return run_dir
+
+
+def resolve_options(explicit: dict, config_file: Optional[str] = None) -> tuple[Optional[ModelConfig], TrainConfig]:
+    """Merge option sources: defaults < the checkpoint (on --resume) < TOML file < explicit flags.
+
+    Returns ``(None, train_config)`` for a resume that names no model option, so the checkpoint's
+    model is used as it is; a model option that is named must agree with the checkpoint.
+    """
+    from .config import config_keys, load_toml, split_options
+
+    file_options = load_toml(config_file) if config_file else {}
+    options = {**file_options, **{k: v for k, v in explicit.items() if v is not None}}
+    keys = config_keys()
+    model_named = any(keys[k][0] is ModelConfig for k in options)
+    resume = options.get("resume", False)
+    if resume:
+        out = options.get("out")
+        if out is None:
+            raise ConfigError("--resume needs --out DIR naming the run to continue")
+        ckpt_path = Path(out) / "last.pt"
+        if not ckpt_path.is_file():
+            from .errors import RunDirError
+
+            raise RunDirError(f"cannot resume: {out} has no last.pt (start it without --resume)")
+        ckpt = load_checkpoint(ckpt_path)
+        saved = {k: v for k, v in ckpt["train_config"].items() if k in keys}
+        saved.update({("model" if k == "cell" else k): v for k, v in ckpt["model_config"].items()
+                      if k != "vocab_size"})
+        for k in ("resume", "force", "out"):
+            saved.pop(k, None)
+        # The stopping rule is the new launch's own business when it names one.
+        if any(k in options for k in ("max_steps", "max_time", "epochs")):
+            for k in ("max_steps", "max_time", "epochs"):
+                saved.pop(k, None)
+        merged = {**saved, **options}
+        model_config, train_config = split_options(merged)
+        return (model_config if model_named else None), train_config
+    model_config, train_config = split_options(options)
+    return model_config, train_config
