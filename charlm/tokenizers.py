@@ -137,6 +137,7 @@ class SentencePieceTokenizer:
             )
         except RuntimeError as e:
             msg = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+            msg = msg.split("] ")[-1]  # drop sentencepiece's source location
             raise TokenizerError(f"sentencepiece could not train a {kind} tokenizer with "
                                  f"vocab size {vocab_size}: {msg} (try a smaller --vocab-size)") from None
         return cls(buf.getvalue(), kind, normalize)

@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny corpora and tiny training options, so every test runs in seconds."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_CORPORA = REPO.parent / "shared" / "corpora"
+
+# A tiny model: enough to see the loss fall, small enough to train in a second or two.
+TINY = ["--hidden-size", "16", "--embedding-size", "8", "--batch-size", "4", "--seq-len", "16",
+        "--eval-every", "10", "--sample-length", "0", "--warmup-steps", "0"]
+
+
+def make_text(n_chars: int = 6000, seed: int = 0) -> str:
+    """Readable, repetitive English-like text: a small model learns it quickly."""
+    rng = random.Random(seed)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "big", "red", "house"]
+    lines = []
+    total = 0
+    while total < n_chars:
+        line = " ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) + ".\n"
+        lines.append(line)
+        total += len(line)
+    return "".join(lines)[:n_chars]
+
+
+@pytest.fixture
+def corpus_file(tmp_path: Path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(make_text(), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def shakespeare() -> Path:
+    path = SHARED_CORPORA / "tinyshakespeare.txt"
+    if not path.exists():
+        pytest.skip("../shared/corpora/tinyshakespeare.txt is not present")
+    return path
+
+
+@pytest.fixture
+def korean() -> Path:
+    path = SHARED_CORPORA / "korean-chatbot.txt"
+    if not path.exists():
+        pytest.skip("../shared/corpora/korean-chatbot.txt is not present")
+    return path

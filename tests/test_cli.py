@@ -1,0 +1,83 @@
+"""The commands end to end: CliRunner for train -> sample -> evaluate, and `python -m charlm`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from charlm.cli import app
+from conftest import TINY
+
+runner = CliRunner()
+
+
+def run_cli(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_clean_error(result, *fragments):
+    """Exit 1, one line on stderr, no traceback, and the message names the problem."""
+    assert result.exit_code == 1, result.output
+    err = result.stderr.strip()
+    assert "Traceback" not in result.output and "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    for f in fragments:
+        assert f in err, err
+
+
+def test_train_sample_evaluate(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    r = run_cli("train", corpus_file, "--out", out, "--max-steps", "30", *TINY)
+    assert r.exit_code == 0, r.output
+    assert "eval step 30" in r.output and "checkpoints:" in r.output     # plain lines: not a tty
+    r1 = run_cli("sample", out, "--prime", "the ", "--length", "80", "--seed", "5")
+    r2 = run_cli("sample", out, "--prime", "the ", "--length", "80", "--seed", "5")
+    assert r1.exit_code == 0 and r1.stdout == r2.stdout and r1.stdout.startswith("the ")
+    assert len(r1.stdout) == len("the ") + 80 + 1
+    r = run_cli("evaluate", out, corpus_file, "--json")
+    figures = json.loads(r.stdout)
+    assert figures["tokens"] == len(corpus_file.read_text()) - 1
+    assert figures["bits_per_char"] == pytest.approx(figures["loss"] / 0.6931471805599453, rel=1e-6)
+    assert figures["perplexity"] > 1
+    r = run_cli("evaluate", out, corpus_file, "--tail", "0.1")
+    assert r.exit_code == 0 and "bits per character" in r.stdout
+
+
+def test_python_dash_m_charlm(tmp_path, corpus_file):
+    env = {**os.environ, "NO_COLOR": "1"}
+    cmd = [sys.executable, "-m", "charlm", "train", str(corpus_file), "--out", str(tmp_path / "r"),
+           "--max-steps", "12", *TINY]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([sys.executable, "-m", "charlm", "sample", str(tmp_path / "r"), "--length", "20",
+                        "--seed", "1"], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0 and len(p.stdout) >= 20
+
+
+def test_errors_are_one_line(tmp_path, corpus_file):
+    assert_clean_error(run_cli("train", tmp_path / "missing.txt"), "does not exist")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert_clean_error(run_cli("train", empty, "--out", tmp_path / "e"), "empty")
+    short = tmp_path / "short.txt"
+    short.write_text("tiny corpus, far shorter than one chunk\n" * 2)
+    assert_clean_error(run_cli("train", short, "--out", tmp_path / "s", *TINY), "--seq-len")
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("abc caf\xe9 def".encode("latin-1"))
+    assert_clean_error(run_cli("train", latin, "--out", tmp_path / "l"), "not UTF-8", "offset 7")
+    notckpt = tmp_path / "model.pt"
+    notckpt.write_bytes(b"this is not a checkpoint")
+    assert_clean_error(run_cli("sample", notckpt), "not a readable charlm checkpoint")
+
+
+def test_prime_with_unknown_characters_and_existing_run_dir(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    assert run_cli("train", corpus_file, "--out", out, "--max-steps", "5", *TINY).exit_code == 0
+    assert_clean_error(run_cli("sample", out, "--prime", "the ZQ§"), "'Q'", "'Z'", "'§'")
+    assert_clean_error(run_cli("train", corpus_file, "--out", out, "--max-steps", "5", *TINY),
+                       "already exists", "--resume", "--force")
+    r = run_cli("train", corpus_file, "--out", out, "--max-steps", "5", "--force", *TINY)
+    assert r.exit_code == 0
