@@ -243,6 +243,7 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
     rollbacks = 0
     best_val = float("inf")
     best_bpc = float("inf")
+    since_eval: list[float] = []   # chunk losses since the last evaluation (its train_loss)
     state = model.init_state(config.batch_size, device)   # each (layers, B, H)
 
     def restore(ck: dict) -> None:
@@ -255,6 +256,7 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
         tokens_seen, elapsed_before = p["tokens_seen"], p["elapsed"]
         lr_scale, rollbacks = p.get("lr_scale", 1.0), p.get("rollbacks", 0)
         best_val, best_bpc = p["best_val_loss"], p["best_val_bpc"]
+        since_eval[:] = p.get("since_eval", [])
         state = tuple(s.to(device) for s in ck["hidden_state"][ctx.rank])
         _set_rng_state(ck["rng"][ctx.rank], device)
 
@@ -297,7 +299,7 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
             "progress": {"step": step, "epoch": epoch, "step_in_epoch": step_in_epoch,
                          "tokens_seen": tokens_seen, "elapsed": elapsed, "lr_scale": lr_scale,
                          "rollbacks": rollbacks, "best_val_loss": best_val, "best_val_bpc": best_bpc,
-                         "metrics_offset": metrics.offset()},
+                         "since_eval": list(since_eval), "metrics_offset": metrics.offset()},
             "hidden_state": [list(h) for h in hidden],
             "rng": rngs,
             "corpus": {"name": dataset.corpus_name, "path": str(Path(corpus.files[0]).resolve())
@@ -340,7 +342,6 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
     report_every = 1 if device.type == "cpu" else 16   # read losses back this often
     pending: list[tuple] = []                            # device tensors waiting to be read back
     bad_in_a_row = 0
-    since_eval: list[float] = []
     t_start = time.perf_counter()
     last_report_time, last_report_tokens = t_start, tokens_seen
     reason = "max_steps"
@@ -452,8 +453,10 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
     elapsed = elapsed_now()
     if since_eval or (step % config.eval_every != 0):
         train_loss = sum(since_eval) / len(since_eval) if since_eval else float("nan")
-        if interrupted:
-            save("last.pt", elapsed)  # quick: no evaluation when the user is waiting to exit
+        if interrupted or reason == "stopped":
+            # Quick, and exact: an evaluation here would add a best-val record that the
+            # uninterrupted run never has, so a resumed run would diverge from it.
+            save("last.pt", elapsed)
         else:
             evaluate(train_loss, elapsed)
     else:
