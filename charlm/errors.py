@@ -44,6 +44,10 @@ class DownloadError(CharLMError):
     """A named corpus could not be fetched or failed its checksum."""
 
 
+class MissingExtra(CharLMError):
+    """An optional dependency (the `plot` or `tensorboard` extra) is not installed."""
+
+
 class Interrupted(CharLMError):
     """Training was interrupted (Ctrl-C / SIGTERM) after saving ``last.pt``."""
 

@@ -1,0 +1,94 @@
+"""Training curves from metrics.jsonl, drawn with matplotlib (the optional `plot` extra).
+
+One figure, four panels: loss against steps and against wall time (train chunk loss, smoothed,
+and validation loss), then validation bits per character against the same two axes. Several runs
+share the figure, one colour each, so runs compare at a glance.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import CharLMError, MissingExtra, RunDirError
+from .metrics import read_metrics
+
+
+def load_curves(run_dir: str | Path) -> dict[str, Any]:
+    """The series one run contributes: chunk losses and evaluations, by step and by seconds."""
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.jsonl" if run_dir.is_dir() else run_dir
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} has no metrics.jsonl (give a run directory written by `charlm train`)")
+    curves: dict[str, Any] = {"name": run_dir.name if run_dir.is_dir() else run_dir.parent.name,
+                              "chunk": [], "eval": []}
+    for rec in read_metrics(path):
+        kind = rec.get("type")
+        if kind == "chunk" and not rec.get("skipped") and _finite(rec.get("loss")):
+            curves["chunk"].append((rec["step"], rec["elapsed"], rec["loss"]))
+        elif kind == "eval" and _finite(rec.get("val_loss")):
+            curves["eval"].append((rec["step"], rec["elapsed"], rec["val_loss"], rec.get("val_bpc")))
+    if not curves["chunk"] and not curves["eval"]:
+        raise RunDirError(f"{path} holds no training records yet")
+    return curves
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _smooth(values: Sequence[float], weight: float = 0.9) -> list[float]:
+    """TensorBoard-style exponential moving average, debiased so the first points are not pulled to 0."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight ** i))
+    return out
+
+
+def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, title: str | None = None) -> Path:
+    """Draw every run's curves into one image (png, svg or pdf, by out's suffix)."""
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+    except ImportError:
+        raise MissingExtra("`charlm plot` needs matplotlib: pip install 'charlm[plot]' "
+                           "(or pip install matplotlib)") from None
+    runs = [load_curves(d) for d in run_dirs]
+    fig = Figure(figsize=(12, 8), layout="constrained")
+    axes = fig.subplots(2, 2)
+    colours = [f"C{i % 10}" for i in range(len(runs))]
+    for run, colour in zip(runs, colours):
+        name = run["name"]
+        if run["chunk"]:
+            steps, secs, losses = zip(*run["chunk"])
+            smooth = _smooth(losses)
+            for ax, x in ((axes[0][0], steps), (axes[0][1], secs)):
+                ax.plot(x, losses, color=colour, alpha=0.15, linewidth=0.8)
+                ax.plot(x, smooth, color=colour, linewidth=1.2, label=f"{name} train (smoothed)")
+        if run["eval"]:
+            steps, secs, vals, bpcs = zip(*run["eval"])
+            for ax, x in ((axes[0][0], steps), (axes[0][1], secs)):
+                ax.plot(x, vals, color=colour, linestyle="--", marker="o", markersize=3, label=f"{name} val")
+            points = [(s, t, b) for s, t, b in zip(steps, secs, bpcs) if _finite(b)]
+            if points:
+                s, t, b = zip(*points)
+                axes[1][0].plot(s, b, color=colour, marker="o", markersize=3, label=f"{name} val")
+                axes[1][1].plot(t, b, color=colour, marker="o", markersize=3, label=f"{name} val")
+    for row, ylabel in ((0, "loss (nats/token)"), (1, "validation bits per character")):
+        for col, xlabel in ((0, "step"), (1, "wall time (s)")):
+            ax = axes[row][col]
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(True, alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize="small")
+    fig.suptitle(title or "charlm: " + ", ".join(r["name"] for r in runs))
+    out = Path(out)
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True)
+    try:
+        fig.savefig(out, dpi=110)
+    except (OSError, ValueError) as e:
+        raise CharLMError(f"cannot write {out}: {e}") from None
+    return out
