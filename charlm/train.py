@@ -138,6 +138,9 @@ def train(config: TrainConfig, model_config: Optional[ModelConfig] = None,
     on Ctrl-C (but without raising).
     """
     config.validate()
+    if config.tensorboard:
+        from .tb import require
+        require()  # before a run directory exists: a missing extra must not leave a half-made run
     device = resolve_device(config.device)
     ctx = distributed.setup(device)
     if ctx.enabled and device.type == "cuda":
@@ -261,16 +264,22 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
         _set_rng_state(ck["rng"][ctx.rank], device)
 
     metrics = None
+    tboard = None  # TensorBoard sink (--tensorboard), rank 0 only, fed the same events as metrics
     if ckpt is not None:
         restore(ckpt)
     if ctx.is_main:
         metrics = MetricsLog(run_dir / "metrics.jsonl",
                              truncate_to=ckpt["progress"]["metrics_offset"] if ckpt else None)
         (run_dir / "config.toml").write_text(to_toml(model_config, config))
+        if config.tensorboard:
+            from .tb import TensorBoardSink
+            tboard = TensorBoardSink(run_dir)
 
     def emit(event: Event) -> None:
         if metrics is not None:
             metrics.write(event)
+        if tboard is not None:
+            tboard(event)
         emit_display(event)
 
     def gather(obj):
@@ -427,6 +436,8 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
                             f"{MAX_ROLLBACKS} rollbacks; stopping", step, "warning"))
                 if metrics is not None:
                     metrics.close()
+                if tboard is not None:
+                    tboard.close()
                 raise NumericError(
                     f"training diverged (non-finite loss or gradients) even after {MAX_ROLLBACKS} "
                     f"rollbacks with a lower learning rate; lower --lr (now {config.lr}) or --grad-clip. "
@@ -466,6 +477,8 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
                   best_bpc if math.isfinite(best_bpc) else None, elapsed))
     if metrics is not None:
         metrics.close()
+    if tboard is not None:
+        tboard.close()
     if interrupted:
         signame = signal.Signals(stop.signum).name
         err = Interrupted(f"{signame}: saved {run_dir / 'last.pt'} at step {step}; continue with "
