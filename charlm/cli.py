@@ -260,6 +260,222 @@ def evaluate(
     _console().print(table)
 
 
+# ---------------------------------------------------------------------------------------------
+# info, runs, plot: look inside checkpoints and run directories
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+@app.command(context_settings=CONTEXT)
+@handles_errors
+def info(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint file, or run directory (its best.pt).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """What is inside a checkpoint: model, tokenizer, progress, corpus, device, versions.
+
+    Examples: `charlm info runs/NAME`, `charlm info runs/NAME/last.pt --json`.
+    """
+    from .runinfo import checkpoint_info
+
+    d = checkpoint_info(checkpoint)
+    if as_json:
+        typer.echo(json.dumps(d))
+        return
+    from .display import kv_table
+
+    rows = [
+        ["checkpoint", d["checkpoint"]],
+        ["model", f"{d['model']} {d['layers']}x{d['hidden_size']}, embedding {d['embedding_size']}, "
+                  f"dropout {d['dropout']:g}"],
+        ["parameters", _fmt(d["parameters"])],
+        ["tokenizer", f"{d['tokenizer']}" + (f" (normalize {d['normalize']})" if d["normalize"] != "none" else "")
+         + f", vocabulary {d['vocab_size']:,}"],
+        ["step", f"{d['step']:,} (epoch {d['epoch']})"],
+        ["tokens seen", _fmt(d["tokens_seen"])],
+        ["training time", f"{d['elapsed_s']:.0f} s" if d["elapsed_s"] is not None else "-"],
+        ["best val loss", _fmt(d["best_val_loss"]) + " nats/token"],
+        ["best val bits/char", _fmt(d["best_val_bpc"])],
+        ["corpus", f"{d['corpus']} ({_fmt(d['corpus_chars'])} characters)"],
+        ["corpus sha256", _fmt(d["corpus_sha256"])],
+        ["BPTT", f"{d['batch_size']} streams x {d['seq_len']} tokens"
+         + (f" x {d['world_size']} processes" if d["world_size"] > 1 else "")],
+        ["trained on", f"{d['device']}, {d['precision']}"],
+        ["versions", f"charlm {d['charlm_version']}, torch {d['torch_version']}, python {d['python_version']}"],
+    ]
+    _console().print(kv_table(f"charlm info {checkpoint}", rows))
+
+
+@app.command(context_settings=CONTEXT)
+@handles_errors
+def runs(
+    folder: Annotated[Path, typer.Argument(help="Folder of run directories (or one run).")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """List run directories with their best validation figures (reads metrics.jsonl, not weights).
+
+    Examples: `charlm runs`, `charlm runs experiments/ --json`.
+    """
+    from .runinfo import find_runs, run_summary
+
+    summaries = [run_summary(d) for d in find_runs(folder)]
+    if as_json:
+        typer.echo(json.dumps(summaries))
+        return
+    if not summaries:
+        _console().print(f"no run directories in {folder}")
+        return
+    from .display import metrics_table
+
+    rows = [[s["run"], s["model"] or "-", s["corpus"] or "-", _fmt(s["step"]), _fmt(s["best_val_loss"]),
+             _fmt(s["best_val_bpc"]), _fmt(s["best_step"]),
+             f"{s['elapsed_s']:.0f}s" if s["elapsed_s"] is not None else "-", s["status"]]
+            for s in summaries]
+    _console().print(metrics_table(f"runs in {folder}", ["run", "model", "corpus", "step", "best val loss",
+                                                         "bits/char", "at step", "time", "status"], rows))
+
+
+@app.command(context_settings=CONTEXT)
+@handles_errors
+def plot(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Image to write (.png, .svg or .pdf).")] = Path("curves.png"),
+    title: Annotated[Optional[str], typer.Option(help="Figure title.")] = None,
+) -> None:
+    """Draw train/val loss and bits/char against steps and wall time (needs the `plot` extra).
+
+    Example: `charlm plot runs/lstm runs/gru -o curves.png`.
+    """
+    from .plotting import plot_runs
+
+    path = plot_runs(run_dirs, output, title=title)
+    typer.echo(str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# corpus: the catalog of named corpora, and what is in a text file.
+# (`corpus_app` is shared: other `charlm corpus ...` subcommands are added to it, not to app.)
+
+corpus_app = typer.Typer(
+    context_settings=CONTEXT, no_args_is_help=True, rich_markup_mode="rich",
+    help="Corpora: the built-in one, named ones downloaded into a cache, and what is in a file.\n\n"
+         "Examples:\n\n  charlm corpus list\n\n  charlm corpus get tinyshakespeare\n\n  charlm corpus info input.txt")
+app.add_typer(corpus_app, name="corpus")
+
+
+@corpus_app.command("list", context_settings=CONTEXT)
+@handles_errors
+def corpus_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """The built-in corpus and the named corpora, with source, sha256, licence and cache state.
+
+    Example: `charlm corpus list`.
+    """
+    from . import catalog
+    from .data import BUILTIN_NAME
+
+    rows = catalog.listing()
+    if as_json:
+        typer.echo(json.dumps([{"name": BUILTIN_NAME, "url": None, "sha256": None, "size": None,
+                                "licence": "Python Software Foundation License", "cached": True,
+                                "description": "Python's standard library source, offline"}] + rows))
+        return
+    from rich.markup import escape
+
+    from .display import kv_table
+
+    entries = [[BUILTIN_NAME, "Python's standard library source (about 1.2 MB), offline, always here\n"
+                              "licence  Python Software Foundation License"]]
+    for r in rows:
+        sha = r["sha256"] or "[yellow]unknown (no published sha256 found): refused unless --sha256 or --allow-unverified[/]"
+        entries.append([r["name"], f"{escape(r['description'])}\nsource   {escape(r['url'])} "
+                                   f"({r['size'] / 1e6:.1f} MB)\nsha256   {sha}\nlicence  {escape(r['licence'])}\n"
+                                   f"cached   " + (escape(r["path"]) if r["cached"] else "no")])
+    _console().print(kv_table(f"corpora (cache folder: {escape(str(catalog.cache_dir()))})", entries,
+                              show_lines=True))
+    _console().print("`charlm train NAME` downloads a named corpus on first use; "
+                     "`charlm corpus get NAME` fetches it now.", highlight=False)
+
+
+@corpus_app.command("get", context_settings=CONTEXT)
+@handles_errors
+def corpus_get(
+    name: Annotated[str, typer.Argument(help="Catalog name (see `charlm corpus list`).")],
+    sha256: Annotated[Optional[str], typer.Option(help="Expected sha256 of the download, when the catalog has none.")] = None,
+    allow_unverified: Annotated[bool, typer.Option(
+        "--allow-unverified", help="Accept a download with no known sha256 after a size check.")] = False,
+) -> None:
+    """Download a named corpus into the cache, verify its sha256, print the text file's path.
+
+    Examples: `charlm corpus get tinyshakespeare`, `charlm corpus get text8 --sha256 HEX`.
+    The cache is $CHARLM_CACHE, else $XDG_CACHE_HOME/charlm, else ~/.cache/charlm.
+    """
+    from . import catalog
+
+    r = catalog.recipe(name)
+    console = _console(stderr=True)
+    if catalog.is_cached(name):
+        typer.echo(str(catalog.cached_path(name)))
+        return
+    if r.sha256 is None and sha256 is None and allow_unverified:
+        console.print(f"[yellow]warning:[/] no published sha256 for {name}: checking its size only",
+                      highlight=False)
+    show = console.is_terminal and not _state["quiet"]
+    if show:
+        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+        with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
+                      console=console, transient=True) as progress:
+            task = progress.add_task(f"get {name}", total=r.size)
+            path = catalog.fetch(name, lambda done, total: progress.update(task, completed=done, total=total or r.size),
+                                 sha256=sha256, allow_unverified=allow_unverified)
+    else:
+        path = catalog.fetch(name, sha256=sha256, allow_unverified=allow_unverified)
+    typer.echo(str(path))
+
+
+@corpus_app.command("info", context_settings=CONTEXT)
+@handles_errors
+def corpus_info(
+    file: Annotated[str, typer.Argument(help="UTF-8 text file, folder, or catalog name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    top: Annotated[int, typer.Option(help="How many most and least frequent characters to show.")] = 10,
+) -> None:
+    """Size, characters, distinct characters, the most and least frequent, and which tokenizer to use.
+
+    Example: `charlm corpus info input.txt`.
+    """
+    from .catalog import describe_corpus
+
+    d = describe_corpus(file, top=top)
+    if as_json:
+        typer.echo(json.dumps(d, ensure_ascii=False))
+        return
+    from rich.markup import escape
+
+    from .display import kv_table
+
+    show = lambda pairs: "  ".join(f"{escape(repr(ch))} {n:,}" for ch, n in pairs)
+    rows = [["corpus", escape(d["corpus"]) + (f" ({d['files']} files)" if d["files"] > 1 else "")],
+            ["size", f"{d['bytes']:,} bytes"],
+            ["characters", f"{d['characters']:,}"],
+            ["distinct characters", f"{d['distinct']:,} ({d['covering_99_9']:,} cover 99.9% of the text)"],
+            ["most frequent", show(d["most_frequent"])],
+            ["least frequent", show(d["least_frequent"])],
+            ["sha256", d["sha256"]],
+            ["recommended", f"[bold]{d['options']}[/] (vocabulary {d['vocab_size']:,})"],
+            ["why", d["reason"]]]
+    _console().print(kv_table(f"corpus info {escape(file)}", rows))
+
+
 def main() -> None:
     app()
 

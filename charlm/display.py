@@ -198,3 +198,13 @@ def metrics_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[An
     for row in rows:
         table.add_row(*[str(v) for v in row])
     return table
+
+
+def kv_table(title: str, rows: Sequence[Sequence[Any]], show_lines: bool = False) -> Table:
+    """Two left-aligned columns (label, value) for `info`-style reports; long values fold."""
+    table = Table(title=title, show_header=False, show_lines=show_lines, title_justify="left")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for label, value in rows:
+        table.add_row(str(label), str(value))
+    return table
