@@ -6,8 +6,10 @@ then trains its own slice of the streams; gradients are averaged by DDP; only ra
 
 from __future__ import annotations
 
+import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -30,6 +32,27 @@ class DistContext:
 
 def launched_by_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def restart_count() -> int:
+    """How many times torchrun has restarted this worker group (0 on the first launch)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def elastic_resume(config, ctx: "DistContext"):
+    """After a torchrun restart (``--max-restarts``), continue the run from its last.pt.
+
+    The restarted workers get the same command line as the first launch, which has no
+    ``--resume`` (and perhaps ``--force``, which would wipe the run). When torchrun says this is a
+    restart and ``--out`` holds a last.pt, the launch becomes a resume instead. Rank 0 decides and
+    tells the others, so every rank takes the same branch.
+    """
+    decision = False
+    if ctx.is_main and restart_count() > 0 and not config.resume and config.out is not None:
+        decision = (Path(config.out).expanduser() / "last.pt").is_file()
+    if broadcast_object(decision, ctx):
+        return replace(config, resume=True, force=False)
+    return config
 
 
 def setup(device: torch.device) -> DistContext:
@@ -69,3 +92,31 @@ def broadcast_object(obj, ctx: DistContext, src: int = 0):
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()
+
+
+def all_gather_object(obj, ctx: DistContext) -> list:
+    """Every rank's obj, in rank order (a one-element list when not distributed)."""
+    if not ctx.enabled:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of the exact bytes of every parameter and buffer, in state_dict order.
+
+    DDP keeps replicas identical by construction; the digest lets a checkpoint prove it (each
+    rank's digest is stored next to the weights rank 0 wrote).
+    """
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def all_reduce_max(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    if ctx.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor

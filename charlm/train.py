@@ -30,7 +30,8 @@ from . import __version__, distributed
 from .checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint
 from .config import DEFAULT_MAX_TIME, ModelConfig, TrainConfig, to_toml
 from .data import Corpus, StreamBatches, prepare_dataset
-from .devices import describe_device, resolve_device
+from .devices import (DeviceBatches, autocast, check_precision, describe_device, grad_scaler,
+                      resolve_device, rng_state as _rng_state, set_rng_state as _set_rng_state)
 from .errors import CheckpointError, ConfigError, CorpusError, Interrupted, NumericError
 from .evaluation import evaluate_ids
 from .events import (CheckpointSaved, ChunkTrained, Evaluated, Event, Finished, Notice,
@@ -92,19 +93,6 @@ def _graceful_signals(stop: _StopRequest) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def _all_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
@@ -142,9 +130,12 @@ def train(config: TrainConfig, model_config: Optional[ModelConfig] = None,
         from .tb import require
         require()  # before a run directory exists: a missing extra must not leave a half-made run
     device = resolve_device(config.device)
+    if config.precision != "fp32" and device.type != "cuda" and not config.resume:
+        check_precision(device, config.precision)  # refuse before joining a process group
     ctx = distributed.setup(device)
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
+    config = distributed.elastic_resume(config, ctx)
     stop = _StopRequest()
     try:
         with _graceful_signals(stop):
@@ -175,6 +166,7 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
 
     # --- resume: the checkpoint's model and tokenizer win; options may only agree with them ---
     ckpt = None
+    notes: list[str] = []   # said once the run has started
     if config.resume:
         ckpt = load_checkpoint(run_dir / "last.pt")
         if model_config is None:
@@ -182,6 +174,14 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
         _check_resume_compatible(ckpt, model_config, config)
         if config.corpus is None:
             config = replace(config, corpus=ckpt["corpus"]["path"])
+        if config.precision != "fp32" and device.type != "cuda":
+            # A GPU run's checkpoint resumes anywhere: mixed precision is CUDA-only, so go on in fp32.
+            notes.append(f"resuming a --precision {config.precision} run on {device.type}: "
+                         f"continuing in fp32")
+            config = replace(config, precision="fp32")
+        if distributed.restart_count() > 0:
+            notes.append(f"torchrun restart {distributed.restart_count()}: resuming from "
+                         f"{run_dir / 'last.pt'}")
         saved_world = ckpt.get("world_size", 1)
         if saved_world != ctx.world_size:
             raise ConfigError(f"cannot resume: the run was trained with {saved_world} processes, this "
@@ -231,10 +231,18 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
     if ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # cuDNN wants the RNN weights in one contiguous buffer; DDP's initial broadcast and
+    # load_state_dict copy into the parameters, so re-flatten after each of them.
+    model.rnn.flatten_parameters()
     # Fused AdamW reads `found_inf` and skips a non-finite update on the device, without a sync.
     fused = device.type in ("cpu", "cuda")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99),
                                   weight_decay=config.weight_decay, fused=fused)
+    # Mixed precision (CUDA): autocast for the forward pass; fp16 also scales the loss so small
+    # gradients survive fp16's narrow range. The scaler only unscales and tracks its scale; the
+    # step itself stays ours (found_inf on the fused optimizer), see the loop.
+    amp_dtype = check_precision(device, config.precision)
+    scaler = grad_scaler(device, amp_dtype)
 
     # --- progress counters (all of it goes into the checkpoint) ------------------------------
     step = 0                # optimizer steps in the whole run
@@ -260,8 +268,11 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
         lr_scale, rollbacks = p.get("lr_scale", 1.0), p.get("rollbacks", 0)
         best_val, best_bpc = p["best_val_loss"], p["best_val_bpc"]
         since_eval[:] = p.get("since_eval", [])
-        state = tuple(s.to(device) for s in ck["hidden_state"][ctx.rank])
+        state = tuple(s.to(device, torch.float32) for s in ck["hidden_state"][ctx.rank])
         _set_rng_state(ck["rng"][ctx.rank], device)
+        if scaler is not None and ck.get("grad_scaler"):
+            scaler.load_state_dict(ck["grad_scaler"])   # an fp16 run resumes with its loss scale
+        model.rnn.flatten_parameters()
 
     metrics = None
     tboard = None  # TensorBoard sink (--tensorboard), rank 0 only, fed the same events as metrics
@@ -283,19 +294,20 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
         emit_display(event)
 
     def gather(obj):
-        """Every rank's value of obj, on rank 0 (for states and RNGs in the checkpoint)."""
-        if not ctx.enabled:
-            return [obj]
-        out = [None] * ctx.world_size
-        torch.distributed.all_gather_object(out, obj)
-        return out
+        """Every rank's value of obj, in rank order (for states and RNGs in the checkpoint)."""
+        return distributed.all_gather_object(obj, ctx)
 
     def save(name: str, elapsed: float) -> None:
         """Write run_dir/name atomically. Every rank calls it (states are gathered)."""
-        hidden = gather(tuple(s.detach().cpu() for s in state))
+        hidden = gather(tuple(s.detach().float().cpu() for s in state))
         rngs = gather(_rng_state(device))
+        # Each rank's weight digest: proof in the checkpoint that the replicas agree.
+        digests = gather(distributed.weights_digest(model)) if ctx.enabled else None
         if not ctx.is_main:
             return
+        if digests is not None and len(set(digests)) > 1:
+            emit(Notice(f"the {ctx.world_size} replicas' weights differ at step {step}; this is a "
+                        f"bug in charlm's DDP set-up, please report it", step, "warning"))
         if not _all_finite(model):
             emit(Notice(f"not saving {name}: the weights are not finite", step, "warning"))
             return
@@ -316,8 +328,10 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
                        "sha256": dataset.sha256, "chars": dataset.chars,
                        "train_tokens": dataset.train.tokens, "val_tokens": dataset.val.tokens},
             "world_size": ctx.world_size,
+            "replica_digests": digests,
             "device": str(device),
             "precision": config.precision,
+            "grad_scaler": scaler.state_dict() if scaler is not None else None,
             "versions": {"charlm": __version__, "torch": str(torch.__version__),
                          "python": platform.python_version()},
         }
@@ -344,12 +358,15 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
         batch_size=config.batch_size, seq_len=config.seq_len, steps_per_epoch=batches.steps_per_epoch,
         max_steps=total_steps, max_time=max_time, start_step=step, resumed=ckpt is not None,
         world_size=ctx.world_size))
+    for note in notes:
+        emit(Notice(note, step, "info"))
     if ckpt is None:
         save("last.pt", 0.0)  # a good checkpoint exists from the first instant: resume/rollback target
 
     # --- the loop ------------------------------------------------------------------------------
     report_every = 1 if device.type == "cpu" else 16   # read losses back this often
     pending: list[tuple] = []                            # device tensors waiting to be read back
+    chunks = DeviceBatches(batches, device)              # the ids reach the device without a host copy per step
     bad_in_a_row = 0
     t_start = time.perf_counter()
     last_report_time, last_report_tokens = t_start, tokens_seen
@@ -366,30 +383,59 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
             return "max_time"
         return None
 
+    def agreed_stop() -> tuple[Optional[str], int, bool]:
+        """(finish reason, signal number or 0, should_stop) that every rank agrees on.
+
+        The step budget is the same on every rank, but the clock, a signal and ``should_stop``
+        are each rank's own: under DDP they are combined (one tiny all-reduce, at report
+        intervals only) so all ranks leave the loop at the same step and save the same way;
+        a rank that went on alone would wait forever in the next gradient all-reduce.
+        """
+        reason = finished()
+        if reason in ("epochs", "max_steps"):
+            return reason, 0, False
+        if ctx.enabled and step % report_every != 0:
+            return None, 0, False
+        signum = stop.signum or 0
+        asked = should_stop is not None and should_stop()
+        if not ctx.enabled:
+            return reason, signum, asked
+        flags = torch.tensor([reason == "max_time", signum, asked], dtype=torch.float32,
+                             device=device if device.type == "cuda" else "cpu")
+        time_up, signum, asked = distributed.all_reduce_max(flags, ctx).tolist()
+        return ("max_time" if time_up else None), int(signum), bool(asked)
+
     def flush_reports() -> None:
         """Read back the pending losses (one sync), emit one event per chunk, watch for faults."""
         nonlocal bad_in_a_row, last_report_time, last_report_tokens
         if not pending:
             return
-        values = torch.stack([torch.stack([l, n, b]) for (_, _, l, n, b, *_rest) in pending]).tolist()
+        values = torch.stack([torch.cat([l[None], n[None], f.float()]) for (_, _, l, n, f, *_rest) in pending])
+        if ctx.enabled:
+            # The chunk loss of the global batch: the mean of the ranks' losses (one all-reduce
+            # per report interval). The gradient norm is already global (DDP averaged the grads).
+            values = distributed.all_reduce_sum(values, ctx) / ctx.world_size
+        values = values.tolist()
         now = time.perf_counter()
         rate = (tokens_seen - last_report_tokens) / max(now - last_report_time, 1e-9)
         last_report_time, last_report_tokens = now, tokens_seen
-        for (s, ep, _, _, _, lr, toks, el), (loss, norm, bad) in zip(pending, values):
-            skipped = bool(bad)
+        for (s, ep, _, _, _, lr, toks, el), (loss, norm, skip, bad) in zip(pending, values):
+            skipped = skip > 0
             emit(ChunkTrained(step=s, epoch=ep, loss=loss, grad_norm=norm,
                               clipped=bool(config.grad_clip) and norm > config.grad_clip,
                               lr=lr, tokens=toks, elapsed=el, tokens_per_s=rate, skipped=skipped))
-            if skipped:
+            if bad > 0:
                 bad_in_a_row += 1
             else:
                 bad_in_a_row = 0
+            if not skipped:
                 since_eval.append(loss)
         pending.clear()
 
+    signum = 0
     while True:
-        reason = finished()
-        if reason or stop or (should_stop is not None and should_stop()):
+        reason, signum, asked = agreed_stop()
+        if reason or signum or asked:
             break
 
         # A new epoch starts every stream from its beginning, so the state starts from zero.
@@ -402,29 +448,43 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
             group["lr"] = lr
 
         # Chunk i of every stream: x (B, k) inputs, y (B, k) the same text one token ahead.
-        xb, yb = batches.batch(step_in_epoch)
-        x = torch.from_numpy(xb).to(device, non_blocking=True)
-        y = torch.from_numpy(yb).to(device, non_blocking=True)
+        x, y = chunks.batch(step_in_epoch)
 
-        logits, new_state = train_model(x, state)                              # (B, k, V)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        with autocast(device, amp_dtype):
+            logits, new_state = train_model(x, state)                          # (B, k, V)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if scaler is not None:
+            # fp16: backward through loss * scale, then unscale the grads in place so clipping
+            # and the norm see true values. An overflow shows up as a non-finite norm below.
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
         max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
 
         # A non-finite loss or gradient skips the update (on the device, no sync) and keeps the
         # previous state; several in a row trigger a rollback once the values are read back.
-        bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
-        optimizer.found_inf = bad.float()
+        # The fused optimizer reads `found_inf` itself, so we set it rather than calling
+        # scaler.step(), which would overwrite it with the grads-only flag. With fp16 a finite
+        # loss whose grads overflowed is the scaler's business (it halves the scale), not a
+        # divergence: it skips the update but keeps the new state and counts as no bad step.
+        finite_loss = torch.isfinite(loss)
+        skip = ~(finite_loss & torch.isfinite(grad_norm))
+        bad = ~finite_loss if scaler is not None else skip
+        optimizer.found_inf = skip.float()
         optimizer.step()
+        if scaler is not None:
+            scaler.update()   # reads the inf flags unscale_() recorded; on the device, no sync
         # Detach at the chunk border: the next chunk's gradient stops here (BPTT(k)).
-        state = tuple(torch.where(bad, old, new.detach()) for old, new in zip(state, new_state))
+        state = tuple(torch.where(bad, old, new.detach().float()) for old, new in zip(state, new_state))
 
         step += 1
         step_in_epoch += 1
         tokens_seen += x.numel() * ctx.world_size
-        pending.append((step, epoch, loss.detach(), grad_norm.detach(), bad, lr, tokens_seen, elapsed_now()))
+        flags = torch.stack([skip, bad])   # (2,) skipped update, diverging step
+        pending.append((step, epoch, loss.detach(), grad_norm.detach(), flags, lr, tokens_seen, elapsed_now()))
         if len(pending) >= report_every:
             flush_reports()
 
@@ -458,7 +518,7 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
 
     # --- the end: evaluate, save, report ------------------------------------------------------
     flush_reports()
-    interrupted = bool(stop)
+    interrupted = bool(signum)
     if not interrupted and should_stop is not None and reason is None:
         reason = "stopped"
     elapsed = elapsed_now()
@@ -480,10 +540,10 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
     if tboard is not None:
         tboard.close()
     if interrupted:
-        signame = signal.Signals(stop.signum).name
+        signame = signal.Signals(signum).name
         err = Interrupted(f"{signame}: saved {run_dir / 'last.pt'} at step {step}; continue with "
                           f"`charlm train --out {run_dir} --resume`")
-        err.exit_code = 130 if stop.signum == signal.SIGINT else 128 + stop.signum
+        err.exit_code = 130 if signum == signal.SIGINT else 128 + signum
         raise err
     return run_dir
 
@@ -514,7 +574,9 @@ def resolve_options(explicit: dict, config_file: Optional[str] = None) -> tuple[
         saved = {k: v for k, v in ckpt["train_config"].items() if k in keys}
         saved.update({("model" if k == "cell" else k): v for k, v in ckpt["model_config"].items()
                       if k != "vocab_size"})
-        for k in ("resume", "force", "out"):
+        # The device is the machine's, not the run's: a resume picks the best one present
+        # (a GPU run continues on a CPU-only machine and the reverse) unless --device is given.
+        for k in ("resume", "force", "out", "device"):
             saved.pop(k, None)
         # The stopping rule is the new launch's own business when it names one.
         if any(k in options for k in ("max_steps", "max_time", "epochs")):
