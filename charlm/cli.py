@@ -332,14 +332,20 @@ def runs(
     if not summaries:
         _console().print(f"no run directories in {folder}")
         return
-    from .display import metrics_table
+    from .display import compact_table
 
-    rows = [[s["run"], s["model"] or "-", s["corpus"] or "-", _fmt(s["step"]), _fmt(s["best_val_loss"]),
-             _fmt(s["best_val_bpc"]), _fmt(s["best_step"]),
-             f"{s['elapsed_s']:.0f}s" if s["elapsed_s"] is not None else "-", s["status"]]
+    def short(run: str) -> str:  # the run's path below the folder: "lstm" rather than "runs/lstm"
+        p = Path(run)
+        return str(p.relative_to(folder)) if p != folder and p.is_relative_to(folder) else p.name
+
+    rows = [[short(s["run"]), s["model"] or "-", Path(s["corpus"]).name if s["corpus"] else "-",
+             _fmt(s["step"]), _fmt(s["best_val_loss"]), _fmt(s["best_val_bpc"]), _fmt(s["best_step"]),
+             f"{s['elapsed_s']:.0f}s" if s["elapsed_s"] is not None else "-",
+             "done" if s["status"] in ("max_steps", "max_time", "epochs") else s["status"]]
             for s in summaries]
-    _console().print(metrics_table(f"runs in {folder}", ["run", "model", "corpus", "step", "best val loss",
-                                                         "bits/char", "at step", "time", "status"], rows))
+    _console().print(compact_table(f"runs in {folder}", ["run", "model", "corpus", "steps", "val loss",
+                                                         "bpc", "best at", "time", "status"],
+                                   rows, no_wrap=3))
 
 
 @app.command(context_settings=CONTEXT)

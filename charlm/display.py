@@ -208,3 +208,17 @@ def kv_table(title: str, rows: Sequence[Sequence[Any]], show_lines: bool = False
     for label, value in rows:
         table.add_row(str(label), str(value))
     return table
+
+
+def compact_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+                  no_wrap: int = 0) -> Table:
+    """A wide listing (`charlm runs`) without vertical rules, so it fits 80 columns."""
+    from rich import box
+
+    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, title_justify="left",
+                  collapse_padding=True, pad_edge=False)
+    for i, c in enumerate(columns):
+        table.add_column(c, justify="left" if i < max(1, no_wrap) else "right", no_wrap=i < no_wrap)
+    for row in rows:
+        table.add_row(*[str(v) for v in row])
+    return table
