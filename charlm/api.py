@@ -73,9 +73,21 @@ def load(path: str | Path, device: str = "auto") -> LanguageModel:
     return LanguageModel(model, tokenizer, ckpt, dev, Path(path))
 
 
-def train(config: TrainConfig, model: Optional[ModelConfig] = None,
+def train(config: TrainConfig | dict[str, Any] | str | Path, model: Optional[ModelConfig] = None,
           on_event: Optional[Callable] = None) -> Path:
-    """Train headless; return the run directory."""
-    from .train import train as _train
+    """Train headless (nothing is printed); return the run directory.
 
+    ``config`` is a TrainConfig (with ``model`` a ModelConfig, or None for the default shape), a
+    dict of option names as on the command line (``{"corpus": "input.txt", "hidden_size": 256}``),
+    or the path of a TOML file like ``charlm train --config`` reads. Progress arrives as events
+    through ``on_event`` when given; metrics.jsonl in the run directory records them either way.
+    """
+    from .train import resolve_options, train as _train
+
+    if isinstance(config, (str, Path)):
+        model_from_options, config = resolve_options({}, str(config))
+        model = model or model_from_options
+    elif isinstance(config, dict):
+        model_from_options, config = resolve_options(dict(config))
+        model = model or model_from_options
     return _train(config, model, on_event=on_event)
