@@ -21,7 +21,7 @@ from typing import Any, Optional
 import torch
 
 from .config import ModelConfig
-from .errors import CheckpointError, RunDirError
+from .errors import CheckpointError, ConfigError, RunDirError
 from .model import CharRNN
 from .tokenizers import Tokenizer, tokenizer_from_dict
 
@@ -95,33 +95,70 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if "WeightsUnpickler error" in ln]
-        first = lines[0].replace("WeightsUnpickler error: ", "").split(". Please use")[0] if lines else ""
-        raise CheckpointError(f"{p} was refused by the safe loader (it holds objects other than "
-                              f"tensors and plain data; it may be unsafe or from another program): "
-                              f"{first[:160]}") from None
+        # torch wraps the reason in boilerplate; keep the one line that names it.
+        reason = next((ln.strip() for ln in str(e).splitlines()
+                       if "GLOBAL" in ln or ln.strip().startswith("Unsupported")), "")
+        if "GLOBAL" in reason:
+            name = reason.split("GLOBAL", 1)[1].split()[0]
+            raise CheckpointError(f"{p} was refused by the safe loader: it asks to import {name}, "
+                                  f"which no charlm checkpoint does (it may be malicious; nothing in it "
+                                  f"was run)") from None
+        raise CheckpointError(f"{p} is not a charlm checkpoint (not a PyTorch checkpoint file, or "
+                              f"corrupt: the safe loader stopped at {reason or 'an unknown record'})") from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, UnicodeDecodeError, KeyError,
             AttributeError, TypeError, IndexError, OSError) as e:
         raise CheckpointError(f"{p} is not a readable charlm checkpoint (truncated or corrupt: "
                               f"{type(e).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not a charlm checkpoint (it was written by another program)")
-    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+    if not isinstance(ckpt.get("format_version"), int):
+        raise CheckpointError(f"{p} is not a valid charlm checkpoint (no format version)")
+    if ckpt["format_version"] > FORMAT_VERSION:
         raise CheckpointError(f"{p} was written by a newer charlm (format {ckpt['format_version']}); upgrade charlm")
+    missing = [k for k, t in MODEL_KEYS.items() if not isinstance(ckpt.get(k), t)]
+    if missing:
+        raise CheckpointError(f"{p} is an incomplete charlm checkpoint (missing or malformed: "
+                              f"{', '.join(missing)})")
     return ckpt
+
+
+# What sampling/evaluating needs (checked on every load), and what resuming needs on top.
+MODEL_KEYS = {"model_config": dict, "model": dict, "tokenizer": dict}
+RESUME_KEYS = {"train_config": dict, "optimizer": dict, "progress": dict, "hidden_state": list,
+               "rng": list, "corpus": dict}
+
+
+def check_resumable(ckpt: dict[str, Any], path: str | Path) -> None:
+    """A checkpoint that samples may still lack what a resume needs (e.g. one written by hand)."""
+    missing = [k for k, t in RESUME_KEYS.items() if not isinstance(ckpt.get(k), t)]
+    progress = ckpt.get("progress") if isinstance(ckpt.get("progress"), dict) else {}
+    missing += [f"progress.{k}" for k in ("step", "epoch", "step_in_epoch", "tokens_seen", "elapsed",
+                                          "best_val_loss", "best_val_bpc", "metrics_offset")
+                if k not in progress]
+    if missing:
+        raise CheckpointError(f"cannot resume from {path}: the checkpoint lacks {', '.join(missing)} "
+                              f"(it can still be sampled; start a new run to train further)")
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> tuple[CharRNN, Tokenizer]:
     """Rebuild the model (in eval mode, on device) and its tokenizer from a loaded checkpoint."""
-    config = ModelConfig(**ckpt["model_config"]).validate()
+    try:
+        config = ModelConfig(**ckpt["model_config"]).validate()
+    except (TypeError, ConfigError) as e:  # unknown or invalid fields: damaged, or not ours
+        raise CheckpointError(f"checkpoint has an invalid model config: {e}") from None
     model = CharRNN(config)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint weights do not match its model config: {str(e).splitlines()[0]}") from None
+        detail = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [str(e)]
+        raise CheckpointError(f"checkpoint weights do not match its model config: {detail[0][:200]}") from None
     model.to(device).eval()
     model.rnn.flatten_parameters()
-    return model, tokenizer_from_dict(ckpt["tokenizer"])
+    try:
+        tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
+    except (KeyError, TypeError, ValueError, RuntimeError, OSError) as e:
+        raise CheckpointError(f"checkpoint has an unreadable tokenizer ({type(e).__name__}: {e})") from None
+    return model, tokenizer
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[CharRNN, Tokenizer, dict[str, Any]]:
