@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__, distributed
-from .checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint
+from .checkpoint import check_resumable, load_checkpoint, prepare_run_dir, save_checkpoint
 from .config import DEFAULT_MAX_TIME, ModelConfig, TrainConfig, to_toml
 from .data import Corpus, StreamBatches, prepare_dataset
 from .devices import (DeviceBatches, autocast, check_precision, describe_device, grad_scaler,
@@ -169,6 +169,7 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
     notes: list[str] = []   # said once the run has started
     if config.resume:
         ckpt = load_checkpoint(run_dir / "last.pt")
+        check_resumable(ckpt, run_dir / "last.pt")
         if model_config is None:
             model_config = ModelConfig(**ckpt["model_config"])
         _check_resume_compatible(ckpt, model_config, config)
@@ -571,6 +572,7 @@ def resolve_options(explicit: dict, config_file: Optional[str] = None) -> tuple[
 
             raise RunDirError(f"cannot resume: {out} has no last.pt (start it without --resume)")
         ckpt = load_checkpoint(ckpt_path)
+        check_resumable(ckpt, ckpt_path)
         saved = {k: v for k, v in ckpt["train_config"].items() if k in keys}
         saved.update({("model" if k == "cell" else k): v for k, v in ckpt["model_config"].items()
                       if k != "vocab_size"})
