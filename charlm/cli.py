@@ -366,6 +366,71 @@ def plot(
 
 
 # ---------------------------------------------------------------------------------------------
+# inspect-gradients (issue 3): how far back the gradient reaches, and where it vanishes
+
+@app.command("inspect-gradients", context_settings=CONTEXT)
+@handles_errors
+def inspect_gradients(
+    checkpoint: Annotated[Optional[str], typer.Argument(
+        help="Checkpoint file or run directory; omit to compare fresh models of each kind in --models.",
+        show_default=False)] = None,
+    corpus: Annotated[Optional[str], typer.Option(
+        help="Text to take windows from (default: a checkpoint's own corpus; random tokens for fresh models).")] = None,
+    models: Annotated[str, typer.Option(help="Fresh models to compare, comma-separated.")] = "rnn,lstm,gru",
+    hidden_size: Annotated[int, typer.Option(help="Units per layer of the fresh models.")] = 384,
+    layers: Annotated[int, typer.Option(help="Layers of the fresh models.")] = 1,
+    embedding_size: Annotated[int, typer.Option(help="Embedding width of the fresh models.")] = 64,
+    lags: Annotated[int, typer.Option(help="Steps to backpropagate through (the largest lag).")] = 100,
+    samples: Annotated[int, typer.Option(help="Windows to aggregate over (geometric mean).")] = 32,
+    warmup: Annotated[int, typer.Option(help="Tokens run before each window to give a realistic state.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed for weights and windows.")] = 0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every number to this JSON file.")] = None,
+    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Write one row per lag to this CSV file.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Draw the curves to FILE.png or FILE.svg (needs matplotlib).")] = None,
+) -> None:
+    """Measure ||dL/dh|| against lag: why a tanh RNN forgets and an LSTM remembers longer.
+
+    The loss is at the last position of each window; the same module is run one step at a time so
+    the gradient reaching every earlier hidden state can be read.
+
+    Examples: `charlm inspect-gradients --models rnn,lstm,gru --lags 200`,
+    `charlm inspect-gradients runs/NAME --lags 200 --plot grads.png`.
+    """
+    from .gradients import inspect_gradients as measure
+
+    study = measure(checkpoint=checkpoint, corpus=corpus, models=models.split(","),
+                    hidden_size=hidden_size, layers=layers, embedding_size=embedding_size, lags=lags,
+                    samples=samples, seed=seed, warmup=warmup)
+    if plot is not None:
+        from .gradients import plot_study
+
+        plot_study(study, plot)
+    if json_out is not None:
+        study.write_json(json_out)
+    if csv_out is not None:
+        study.write_csv(csv_out)
+    from .display import gradient_lag_table, gradient_summary_table, log_chart
+
+    console = _console()
+    if not _state["quiet"]:
+        first = study.models[0]
+        what = (f"checkpoint {checkpoint} ({first.cell} {first.layers}x{first.hidden_size}, trained "
+                f"with k={first.chunk_length})" if checkpoint else
+                f"fresh models {', '.join(m.name for m in study.models)} "
+                f"({layers}x{hidden_size}, seed {seed})")
+        console.print(f"[bold]gradient through time[/] of {what}\ninputs: {study.inputs}; loss at the "
+                      f"last of {lags + 1} steps, {samples} windows, after {warmup} warm-up tokens",
+                      highlight=False)
+    console.print(gradient_lag_table(study))
+    console.print(gradient_summary_table(study))
+    if not _state["quiet"]:
+        console.print(log_chart(study))
+    for label, path in (("json", json_out), ("csv", csv_out), ("plot", plot)):
+        if path is not None and not _state["quiet"]:
+            console.print(f"wrote {label} {path}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------
 # corpus: the catalog of named corpora, and what is in a text file.
 # (`corpus_app` is shared: other `charlm corpus ...` subcommands are added to it, not to app.)
 

@@ -222,3 +222,142 @@ def compact_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[An
     for row in rows:
         table.add_row(*[str(v) for v in row])
     return table
+
+
+# ---------------------------------------------------------------------------------------------
+# inspect-gradients: a table by lag bucket, a summary per model, and a terminal chart.
+# They take a charlm.gradients.GradientStudy (duck-typed here, so display never imports torch).
+
+CURVE_STYLES = [("●", "red"), ("▲", "green"), ("■", "blue"), ("◆", "magenta"), ("✚", "cyan"),
+                ("✖", "yellow"), ("○", "bright_red"), ("△", "bright_green"), ("□", "bright_blue")]
+
+
+def lag_buckets(n: int) -> list[int]:
+    """0, 1, 2, 5, 10, 20, 50, ... up to n, and n itself."""
+    out, base = [0], 1
+    while base <= n:
+        out += [m * base for m in (1, 2, 5) if m * base <= n]
+        base *= 10
+    if out[-1] != n:
+        out.append(n)
+    return out
+
+
+def _curve_name(model, curve) -> str:
+    layer = f"[{curve.layer}]" if model.layers > 1 else ""
+    return f"{model.name} {curve.state}{layer}"
+
+
+def _sci(x: float) -> str:
+    if x is None or not math.isfinite(x):
+        return "-"
+    return "0" if x == 0 else f"{x:.1e}"
+
+
+def gradient_lag_table(study) -> Table:
+    curves = [(m, c) for m in study.models for c in m.curves]
+    table = Table(title="gradient norm by lag, relative to lag 0", header_style="bold",
+                  title_justify="left", caption_justify="left")
+    table.caption = f"geometric mean over {study.samples} windows; spread (p10, p90) in --json/--csv"
+    table.add_column("lag", justify="right")
+    for m, c in curves:
+        table.add_column(_curve_name(m, c), justify="right")
+    beyond_k = False
+    for lag in lag_buckets(study.lags):
+        cells = []
+        for m, c in curves:
+            text = _sci(c.relative[lag])
+            if m.chunk_length and lag >= m.chunk_length:
+                text, beyond_k = f"[dim]{text}†[/]", True
+            cells.append(text)
+        table.add_row(str(lag), *cells)
+    if beyond_k:
+        ks = ", ".join(sorted({str(m.chunk_length) for m in study.models if m.chunk_length}))
+        table.caption += (f"\n† lag >= the training chunk length k={ks}: training never sent a "
+                          f"gradient this far back")
+    return table
+
+
+def gradient_summary_table(study) -> Table:
+    from rich import box
+
+    table = Table(title="summary", header_style="bold", title_justify="left", caption_justify="left",
+                  box=box.SIMPLE_HEAD)
+    for col in ("model", "norm lag 0", "decay/step", "horizon", "explodes", "σmax W_hh", "Pascanu"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for m in study.models:
+        for c in m.curves:
+            spec = [s for s in m.spectral if s["layer"] == c.layer]
+            if len(spec) == 1:
+                s = spec[0]
+                sigma, cond = f"{s['sigma_max']:.3f}", s["condition"]
+            else:  # gated: the largest gate block here, each block in --json; condition n/a
+                sigma, cond = f"{max(s['sigma_max'] for s in spec):.3f}*", "n/a"
+            horizon = str(c.horizon) if c.horizon is not None else f"beyond {study.lags}"
+            if m.chunk_length:
+                horizon += f" (k={m.chunk_length})"
+            table.add_row(_curve_name(m, c), _sci(c.gmean[0]),
+                          f"×{c.decay_per_step:.3f}" if math.isfinite(c.decay_per_step) else "-",
+                          horizon, "[red]yes[/]" if c.explodes else "no", sigma, cond)
+    table.caption = ("horizon: first lag below 1e-3 of lag 0; decay/step: exp(slope of ln norm)\n"
+                     "Pascanu et al. 2013: σmax(W_hh) < 1/γ (γ = max|tanh'| = 1) suffices for\n"
+                     "vanishing; it does not bound gated cells (their cell path bypasses W_hh);\n"
+                     "* the largest gate block (every block in --json)")
+    return table
+
+
+def log_chart(study, width: int = 64, height: int = 14) -> Text:
+    """log10 of the relative norm against lag, one marker per curve, in plain characters."""
+    curves = [(m, c) for m in study.models for c in m.curves]
+    logs = [[math.log10(v) if v and v > 0 and math.isfinite(v) else None for v in c.relative]
+            for _, c in curves]
+    finite = [v for series in logs for v in series if v is not None]
+    top = max(0.0, math.ceil(max(finite, default=0.0)))
+    bottom = math.floor(min(finite, default=-1.0))
+    bottom = max(bottom, top - 300) if bottom < top else top - 1
+    n = study.lags
+    grid = [[" "] * width for _ in range(height)]
+    styles = [[None] * width for _ in range(height)]
+
+    def row_of(y: float) -> int:
+        return min(height - 1, max(0, round((top - y) / (top - bottom) * (height - 1))))
+
+    threshold = math.log10(1e-3)
+    if bottom <= threshold <= top:
+        r = row_of(threshold)
+        for x in range(width):
+            grid[r][x], styles[r][x] = "·", "dim"
+    for m in study.models:
+        if m.chunk_length and m.chunk_length <= n:
+            x = round(m.chunk_length / n * (width - 1))
+            for r in range(height):
+                if grid[r][x] == " ":
+                    grid[r][x], styles[r][x] = "┊", "dim"
+    for i, series in enumerate(logs):
+        mark, colour = CURVE_STYLES[i % len(CURVE_STYLES)]
+        for x in range(width):
+            v = series[round(x / (width - 1) * n)]
+            if v is not None:
+                r = row_of(v)
+                grid[r][x], styles[r][x] = mark, colour
+    label_w = max(len(f"1e{top}"), len(f"1e{bottom}")) + 1
+    text = Text()
+    text.append("log10 ||dL/dh|| relative to lag 0\n", style="bold")
+    for r in range(height):
+        y = top - r / (height - 1) * (top - bottom)
+        label = f"1e{round(y)}" if r in (0, height // 2, height - 1) else ""
+        text.append(label.rjust(label_w) + " │")
+        for x in range(width):
+            text.append(grid[r][x], style=styles[r][x])
+        text.append("\n")
+    text.append(" " * label_w + " └" + "─" * width + "\n")
+    axis = f"0{'lag'.center(width - len(str(n)) - 1)}{n}"
+    text.append(" " * (label_w + 2) + axis + "\n")
+    for i, (m, c) in enumerate(curves):
+        mark, colour = CURVE_STYLES[i % len(CURVE_STYLES)]
+        text.append(f"  {mark} ", style=colour)
+        text.append(_curve_name(m, c))
+    text.append("   · 1e-3 threshold", style="dim")
+    if any(m.chunk_length for m in study.models):
+        text.append("   ┊ training chunk k", style="dim")
+    return text
