@@ -275,7 +275,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     for key, value in flat.items():
         name = key.replace("-", "_")
         if name not in keys:
-            raise ConfigError(f"{source}: unknown key '{key}' (known keys: {', '.join(sorted(keys))})")
+            import difflib
+
+            close = difflib.get_close_matches(name, keys, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(f"{source}: unknown key '{key}' ({hint}known keys: {', '.join(sorted(keys))})")
         _, field_name = keys[name]
         out[name] = _coerce(value, types[field_name], key, source)
     return out

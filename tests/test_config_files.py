@@ -1,0 +1,102 @@
+"""`charlm train --config run.toml`: flat keys and sections, flags override the file, clear errors
+naming the key and the file, and --print-config output that load_toml reads back."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from charlm.cli import app
+from charlm.config import ModelConfig, TrainConfig, load_toml, split_options, to_toml
+from charlm.errors import ConfigError
+
+runner = CliRunner()
+
+
+def print_config(*args):
+    result = runner.invoke(app, ["train", *map(str, args), "--print-config"])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_flat_keys_like_the_long_options(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('hidden_size = 256\nmodel = "gru"\nseq-len = 32\nlr = 1\ntensorboard = true\n')
+    options = load_toml(cfg)
+    assert options == {"hidden_size": 256, "model": "gru", "seq_len": 32, "lr": 1.0, "tensorboard": True}
+    assert isinstance(options["lr"], float)  # an integer is fine where a float is expected
+    out = print_config("--config", cfg)
+    assert "hidden_size = 256" in out and 'model = "gru"' in out and "seq_len = 32" in out
+
+
+def test_sections_and_flags_override_the_file(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('[model]\nhidden_size = 256\nlayers = 2\n\n[train]\nbatch_size = 8\nmax_steps = 100\n')
+    out = print_config("--config", cfg, "--hidden-size", "64", "--max-steps", "5")
+    resolved = load_toml_text(tmp_path, out)
+    assert resolved["hidden_size"] == 64          # the flag wins
+    assert resolved["layers"] == 2                # the file's value stays
+    assert resolved["batch_size"] == 8
+    assert resolved["max_steps"] == 5
+    assert resolved["seq_len"] == TrainConfig().seq_len  # the default where neither says
+
+
+def load_toml_text(tmp_path, text):
+    path = tmp_path / "printed.toml"
+    path.write_text(text)
+    return load_toml(path)
+
+
+def test_print_config_round_trips(tmp_path):
+    out = print_config(str(tmp_path / "corpus.txt"), "--model", "rnn", "--hidden-size", "48", "--lr", "0.01",
+                       "--max-time", "30", "--tokenizer", "bpe", "--vocab-size", "500", "--normalize", "nfd")
+    options = load_toml_text(tmp_path, out)
+    model, train = split_options(options)
+    assert model == ModelConfig(cell="rnn", hidden_size=48)
+    assert train.corpus == str(tmp_path / "corpus.txt") and train.lr == 0.01 and train.max_time == 30
+    assert (train.tokenizer, train.vocab_size, train.normalize) == ("bpe", 500, "nfd")
+    # ...and printing it again gives the same text: a fixed point.
+    assert to_toml(model, train) == out
+    # the printed file is itself a valid --config
+    assert print_config("--config", tmp_path / "printed.toml") == out
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ("hiden_size = 256\n", ["unknown key 'hiden_size'", "did you mean 'hidden_size'"]),
+    ("[model]\ncell_type = 'lstm'\n", ["unknown key 'cell_type'"]),
+    ('hidden_size = "big"\n', ["key 'hidden_size' must be int", "str"]),
+    ("[train]\nlr = 'fast'\n", ["key 'lr' must be float"]),
+    ("seq_len = 3.5\n", ["key 'seq_len' must be int"]),
+    ("tensorboard = 1\n", ["key 'tensorboard' must be bool"]),
+    ("hidden_size = \n", ["is not valid TOML"]),
+])
+def test_bad_files_name_the_key_and_the_file(tmp_path, text, fragments):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_toml(cfg)
+    for f in [str(cfg), *fragments]:
+        assert f in str(e.value)
+    result = runner.invoke(app, ["train", "--config", str(cfg), "--print-config"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert str(cfg) in result.stderr.replace("\n", "") and fragments[0] in result.stderr.replace("\n", "")
+
+
+def test_missing_config_file(tmp_path):
+    result = runner.invoke(app, ["train", "--config", str(tmp_path / "nope.toml"), "--print-config"])
+    assert result.exit_code == 1 and "does not exist" in result.stderr
+
+
+def test_training_from_a_config_file(tmp_path, corpus_file):
+    """The file drives a real run; its config.toml records the resolved options."""
+    out = tmp_path / "run"
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'corpus = "{corpus_file.as_posix()}"\nout = "{out.as_posix()}"\n'
+                   f'[model]\nmodel = "gru"\nhidden_size = 12\nembedding_size = 8\n'
+                   f'[train]\nbatch_size = 4\nseq_len = 16\nmax_steps = 3\neval_every = 10\nsample_length = 0\n')
+    result = runner.invoke(app, ["train", "--config", str(cfg), "--layers", "2"])
+    assert result.exit_code == 0, result.output
+    saved = load_toml(out / "config.toml")
+    assert (saved["model"], saved["hidden_size"], saved["layers"], saved["max_steps"]) == ("gru", 12, 2, 3)
+    info = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)
+    assert (info["model"], info["hidden_size"], info["layers"], info["step"]) == ("gru", 12, 2, 3)
