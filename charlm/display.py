@@ -146,9 +146,19 @@ class TrainingView:
         self.console.print(f"[{style}]{e.message}[/]", highlight=False)
 
     def _on_grad_report(self, e: GradientReport) -> None:
+        self.last_grad = e
         if self.plain:
-            parts = ", ".join(f"{k}: {v}" for k, v in e.horizons.items())
-            self.console.print(f"gradient horizon at step {e.step}: {parts}", highlight=False)
+            self.console.print(self._grad_line(e), highlight=False)
+        else:
+            self._refresh()
+
+    @staticmethod
+    def _grad_line(e: GradientReport) -> str:
+        """'gradient horizon at step 400: h[0] 12, c[0] >63 steps' (None: beyond the chunk)."""
+        h = e.horizons
+        parts = [f"{k} {'>' + str(h.get('lags')) if v is None else v}" for k, v in h.items()
+                 if k != "lags" and not k.startswith("decay_")]
+        return f"gradient horizon at step {e.step}: {', '.join(parts)} steps"
 
     def _on_finish(self, e: Finished) -> None:
         self.close()
@@ -182,6 +192,8 @@ class TrainingView:
                 line.append(f" skipped {self.skipped}", style="red")
             line.append(f"  lr {e.lr:.2e}")
             parts.append(line)
+        if getattr(self, "last_grad", None) is not None:
+            parts.append(Text(self._grad_line(self.last_grad), style="cyan"))
         if self.evals.row_count:
             parts.append(self.evals)
         return Group(*parts)

@@ -34,8 +34,9 @@ from .devices import (DeviceBatches, autocast, check_precision, describe_device,
                       resolve_device, rng_state as _rng_state, set_rng_state as _set_rng_state)
 from .errors import CheckpointError, ConfigError, CorpusError, Interrupted, NumericError
 from .evaluation import evaluate_ids
-from .events import (CheckpointSaved, ChunkTrained, Evaluated, Event, Finished, Notice,
-                     RunStarted)
+from .events import (CheckpointSaved, ChunkTrained, Evaluated, Event, Finished, GradientReport,
+                     Notice, RunStarted)
+from .gradients import horizon_summary
 from .metrics import MetricsLog
 from .model import CharRNN, detach_state
 
@@ -451,6 +452,7 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
         # Chunk i of every stream: x (B, k) inputs, y (B, k) the same text one token ahead.
         x, y = chunks.batch(step_in_epoch)
 
+        state_in = state   # the carried state this chunk starts from (--grad-report-every)
         with autocast(device, amp_dtype):
             logits, new_state = train_model(x, state)                          # (B, k, V)
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
@@ -488,6 +490,13 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
         pending.append((step, epoch, loss.detach(), grad_norm.detach(), flags, lr, tokens_seen, elapsed_now()))
         if len(pending) >= report_every:
             flush_reports()
+
+        if config.grad_report_every and step % config.grad_report_every == 0 and ctx.is_main:
+            # How far back the gradient reaches now: the loss at this chunk's last position,
+            # unrolled step by step through the chunk for a few streams (rank 0 only, no
+            # collectives). Lags stop at k - 1, the most BPTT(k) ever trains through.
+            flush_reports()
+            emit(GradientReport(step, horizon_summary(model, x, y, state_in)))
 
         if bad_in_a_row >= config.max_bad_steps:
             # Roll back to the last good checkpoint at half the learning rate, or give up.

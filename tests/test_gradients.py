@@ -195,3 +195,18 @@ def test_cli_fresh_and_checkpoint(tmp_path):
 
     r = runner.invoke(app, ["inspect-gradients", "--models", "rnn,transformer"])
     assert r.exit_code == 1 and "unknown cell" in r.output
+
+
+def test_train_logs_gradient_horizons(tmp_path):
+    from charlm.config import TrainConfig
+    from charlm.metrics import read_metrics
+    from charlm.train import train
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abcabcabd " * 300)
+    run = train(TrainConfig(corpus=str(corpus), seq_len=10, batch_size=4, max_steps=4, eval_every=4,
+                            grad_report_every=2, out=str(tmp_path / "run"), sample_length=0, device="cpu"),
+                ModelConfig(cell="gru", hidden_size=8, embedding_size=4))
+    reports = [r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "grad_report"]
+    assert [r["step"] for r in reports] == [2, 4]
+    assert reports[0]["horizons"]["lags"] == 9 and "h[0]" in reports[0]["horizons"]
