@@ -339,13 +339,13 @@ def runs(
         return str(p.relative_to(folder)) if p != folder and p.is_relative_to(folder) else p.name
 
     rows = [[short(s["run"]), s["model"] or "-", Path(s["corpus"]).name if s["corpus"] else "-",
-             _fmt(s["step"]), _fmt(s["best_val_loss"]), _fmt(s["best_val_bpc"]), _fmt(s["best_step"]),
+             _fmt(s["step"]), _fmt(s["best_val_loss"]), _fmt(s["best_val_bpc"]),
              f"{s['elapsed_s']:.0f}s" if s["elapsed_s"] is not None else "-",
              "done" if s["status"] in ("max_steps", "max_time", "epochs") else s["status"]]
             for s in summaries]
     _console().print(compact_table(f"runs in {folder}", ["run", "model", "corpus", "steps", "val loss",
-                                                         "bpc", "best at", "time", "status"],
-                                   rows, no_wrap=3))
+                                                         "bpc", "time", "status"],
+                                   rows, text_columns=3, flexible=2))
 
 
 @app.command(context_settings=CONTEXT)

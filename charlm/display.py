@@ -223,14 +223,19 @@ def kv_table(title: str, rows: Sequence[Sequence[Any]], show_lines: bool = False
 
 
 def compact_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
-                  no_wrap: int = 0) -> Table:
-    """A wide listing (`charlm runs`) without vertical rules, so it fits 80 columns."""
+                  text_columns: int = 1, flexible: int = -1) -> Table:
+    """A wide listing (`charlm runs`) without vertical rules, so it fits 80 columns.
+
+    The first ``text_columns`` are left-aligned; column ``flexible`` (a file name) is cut to 14
+    characters with an ellipsis, so the numbers keep their room.
+    """
     from rich import box
 
     table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, title_justify="left",
                   collapse_padding=True, pad_edge=False)
     for i, c in enumerate(columns):
-        table.add_column(c, justify="left" if i < max(1, no_wrap) else "right", no_wrap=i < no_wrap)
+        table.add_column(c, justify="left" if i < text_columns else "right", no_wrap=True,
+                         overflow="ellipsis", max_width=14 if i == flexible else None)
     for row in rows:
         table.add_row(*[str(v) for v in row])
     return table

@@ -97,7 +97,7 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
             if kind == "start":
                 out["model"] = rec.get("model", out["model"])
                 out["corpus"] = rec.get("corpus", out["corpus"])
-                out["status"] = "running?"
+                out["status"] = "running?"  # no finish record: running now, or killed without a word
             elif kind == "chunk":
                 out["step"] = rec.get("step")
                 out["elapsed_s"] = _finite(rec.get("elapsed"))
