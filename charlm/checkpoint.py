@@ -185,6 +185,16 @@ def is_run_dir(path: Path) -> bool:
     return path.is_dir() and any((path / m).exists() for m in RUN_MARKERS)
 
 
+def is_unstarted_run(path: Path) -> bool:
+    """A run directory with no checkpoint yet: only what a launch writes before its first save
+    (the encoded data, config.toml, metrics.jsonl, a temporary file of a save cut short)."""
+    if not path.is_dir() or any((path / n).exists() for n in ("last.pt", "best.pt")):
+        return False
+    derived = {"data", "config.toml", "metrics.jsonl", ".write-test"}
+    return all(c.name in derived or (c.name.startswith(".") and c.name.endswith(".tmp"))
+               for c in path.iterdir())
+
+
 def prepare_run_dir(out: Optional[str], resume: bool, force: bool) -> Path:
     """Create (or check, for --resume) the run directory. Never deletes what is not a run."""
     if out is None:
@@ -195,11 +205,13 @@ def prepare_run_dir(out: Optional[str], resume: bool, force: bool) -> Path:
         path = Path(out).expanduser()
     if path.exists() and not path.is_dir():
         raise RunDirError(f"run directory {path} is a file; choose another --out")
-    if resume:
-        if not (path / "last.pt").is_file():
-            raise RunDirError(f"cannot resume: {path} has no last.pt (start it without --resume)")
+    if resume and (path / "last.pt").is_file():
         return path
-    if path.exists() and any(path.iterdir()):
+    if resume and not is_unstarted_run(path):
+        raise RunDirError(f"cannot resume: {path} has no last.pt (start it without --resume)")
+    # A run that failed or was killed before its first checkpoint holds only files derived from
+    # the options; it is started again in place, so a mistake fixed on a rerun needs no --force.
+    if path.exists() and any(path.iterdir()) and not is_unstarted_run(path):
         if not force:
             raise RunDirError(f"run directory {path} already exists; pass --resume to continue it "
                               f"or --force to replace it")
