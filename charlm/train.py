@@ -168,7 +168,11 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
     # --- resume: the checkpoint's model and tokenizer win; options may only agree with them ---
     ckpt = None
     notes: list[str] = []   # said once the run has started
-    if config.resume:
+    if config.resume and not (run_dir / "last.pt").is_file():
+        # Killed or failed before its first checkpoint (prepare_run_dir checked that nothing but
+        # derived files is there): there is nothing to resume, so the run starts from step 0.
+        notes.append(f"{run_dir} has no checkpoint yet: starting the run from step 0")
+    elif config.resume:
         ckpt = load_checkpoint(run_dir / "last.pt")
         check_resumable(ckpt, run_dir / "last.pt")
         if model_config is None:
@@ -282,7 +286,7 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
         restore(ckpt)
     if ctx.is_main:
         metrics = MetricsLog(run_dir / "metrics.jsonl",
-                             truncate_to=ckpt["progress"]["metrics_offset"] if ckpt else None)
+                             truncate_to=ckpt["progress"]["metrics_offset"] if ckpt else 0)
         (run_dir / "config.toml").write_text(to_toml(model_config, config))
         if config.tensorboard:
             from .tb import TensorBoardSink
@@ -577,9 +581,22 @@ def resolve_options(explicit: dict, config_file: Optional[str] = None) -> tuple[
             raise ConfigError("--resume needs --out DIR naming the run to continue")
         ckpt_path = Path(out) / "last.pt"
         if not ckpt_path.is_file():
+            from .checkpoint import is_unstarted_run
             from .errors import RunDirError
 
-            raise RunDirError(f"cannot resume: {out} has no last.pt (start it without --resume)")
+            if not is_unstarted_run(Path(out)):
+                raise RunDirError(f"cannot resume: {out} has no last.pt (start it without --resume)")
+            # Killed before its first checkpoint: start over with the options it was launched
+            # with (its config.toml, when the crash left a whole one), under the ones given now.
+            base: dict = {}
+            try:
+                if (Path(out) / "config.toml").is_file():
+                    base = load_toml(Path(out) / "config.toml")
+            except ConfigError:
+                pass
+            for k in ("resume", "force", "out"):
+                base.pop(k, None)
+            return split_options({**base, **options})
         ckpt = load_checkpoint(ckpt_path)
         check_resumable(ckpt, ckpt_path)
         saved = {k: v for k, v in ckpt["train_config"].items() if k in keys}
