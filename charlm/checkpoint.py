@@ -93,7 +93,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if p.stat().st_size == 0:
         raise CheckpointError(f"{p} is empty: not a charlm checkpoint")
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+        f = open(p, "rb")
+    except OSError as e:  # permission denied, or gone since it was listed
+        raise CheckpointError(f"cannot read checkpoint {p}: {e.strerror or e}") from None
+    try:
+        with f:
+            ckpt = torch.load(f, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         # torch wraps the reason in boilerplate; keep the one line that names it.
         reason = next((ln.strip() for ln in str(e).splitlines()
