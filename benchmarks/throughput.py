@@ -1,0 +1,135 @@
+"""Training throughput: charlm's whole loop against a plain reference loop, same process, alternating.
+
+charlm's figure is tokens / wall time of `charlm.train.train` (data, per-chunk events, the plain
+display, metrics.jsonl, evaluation and checkpoint cadence at their defaults all included). The
+reference is the PyTorch word_language_model way written here: Embedding + nn.LSTM + Linear,
+Adam, clip, detach, at the same shapes, on the same ids. Also reports model FLOP utilisation
+against this machine's measured float32 matrix-multiply rate.
+
+    python benchmarks/throughput.py                 # LSTM 1x256 and 2x512, 3 rounds each
+    python benchmarks/throughput.py --quick         # a few seconds, for the smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import append_result, corpus_path, machine  # noqa: E402
+
+from charlm.config import ModelConfig, TrainConfig  # noqa: E402
+from charlm.train import train  # noqa: E402
+
+
+def matmul_flops(n: int = 1024, repeat: int = 20) -> float:
+    """This machine's float32 matrix-multiply rate (FLOP/s), best of a few rounds."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = 0.0
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(repeat):
+            torch.mm(a, b)
+        best = max(best, 2 * n ** 3 * repeat / (time.perf_counter() - t))
+    return best
+
+
+def flops_per_token(vocab: int, emb: int, hidden: int, layers: int) -> float:
+    """Matmul FLOPs per trained token: forward 2*(4H*(in+H)) per layer + 2*H*V head, x3 for backward."""
+    fwd = sum(2 * 4 * hidden * ((emb if i == 0 else hidden) + hidden) for i in range(layers))
+    fwd += 2 * hidden * vocab
+    return 3 * fwd
+
+
+def reference_loop(ids: np.ndarray, vocab: int, emb: int, hidden: int, layers: int, batch: int,
+                   seq_len: int, steps: int) -> float:
+    """word_language_model-style TBPTT loop; returns tokens/s."""
+    torch.manual_seed(0)
+    embed, rnn, head = nn.Embedding(vocab, emb), nn.LSTM(emb, hidden, layers, batch_first=True), nn.Linear(hidden, vocab)
+    params = [*embed.parameters(), *rnn.parameters(), *head.parameters()]
+    opt = torch.optim.Adam(params, lr=2e-3)
+    L = len(ids) // batch
+    data = torch.from_numpy(ids[: batch * L].astype(np.int64)).view(batch, L)
+    state = None
+    t0 = None
+    for i in range(steps + 2):
+        if i == 2:
+            t0 = time.perf_counter()  # two warm-up steps
+        j = (i * seq_len) % (L - seq_len - 1)
+        x, y = data[:, j:j + seq_len], data[:, j + 1:j + 1 + seq_len]
+        out, state = rnn(embed(x), state)
+        state = tuple(s.detach() for s in state)
+        loss = F.cross_entropy(head(out).reshape(-1, vocab), y.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        loss.item()
+    return batch * seq_len * steps / (time.perf_counter() - t0)
+
+
+def charlm_loop(corpus: Path, emb: int, hidden: int, layers: int, batch: int, seq_len: int,
+                steps: int, display: bool = True) -> float:
+    """charlm's training loop, display included; returns tokens/s over the whole loop."""
+    from rich.console import Console
+    from charlm.display import TrainingView
+
+    view = TrainingView(Console(file=io.StringIO(), force_terminal=False), plain=True)
+    finished = {}
+
+    def on_event(e):
+        view(e)
+        if e.kind == "finish":
+            finished["elapsed"] = e.elapsed
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(corpus=str(corpus), out=str(Path(tmp) / "run"), batch_size=batch, seq_len=seq_len,
+                          max_steps=steps, sample_length=0)
+        train(cfg, ModelConfig(cell="lstm", embedding_size=emb, hidden_size=hidden, layers=layers),
+              on_event=on_event)
+    return batch * seq_len * steps / finished["elapsed"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny shapes, one round (smoke test)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=400, help="steps per measurement (charlm evaluates every 200)")
+    args = ap.parse_args()
+    corpus = corpus_path("tinyshakespeare.txt")
+    from charlm.data import Corpus, scan, build_tokenizer
+    c = Corpus.resolve(str(corpus))
+    tok = build_tokenizer(c, scan(c), "char", None, 1, "none")
+    ids = tok.encode(corpus.read_text(encoding="utf-8"))
+    shapes = [(64, 256, 1), (64, 512, 2)] if not args.quick else [(16, 32, 1)]
+    rounds, steps = (1, 20) if args.quick else (args.rounds, args.steps)
+    peak = matmul_flops(512 if args.quick else 1024)
+    print(f"{machine()}\nfloat32 matmul rate: {peak / 1e9:.1f} GFLOP/s")
+    for emb, hidden, layers in shapes:
+        ours, ref = [], []
+        for _ in range(rounds):  # alternate, so both see the same machine load
+            ref.append(reference_loop(ids, tok.vocab_size, emb, hidden, layers, 64, 64, steps))
+            ours.append(charlm_loop(corpus, emb, hidden, layers, 64, 64, steps))
+        o, r = float(np.median(ours)), float(np.median(ref))
+        fpt = flops_per_token(tok.vocab_size, emb, hidden, layers)
+        name = f"lstm {layers}x{hidden}"
+        print(f"{name}: charlm {o:,.0f} tok/s | reference loop {r:,.0f} tok/s | ratio {o / r:.3f} | "
+              f"MFU charlm {o * fpt / peak:.1%}, reference {r * fpt / peak:.1%}")
+        append_result("throughput", {"model": name, "batch": 64, "seq_len": 64, "charlm_tok_s": o,
+                                     "reference_tok_s": r, "ratio": o / r, "matmul_gflops": peak / 1e9,
+                                     "mfu_charlm": o * fpt / peak, "mfu_reference": r * fpt / peak,
+                                     "rounds": rounds, "steps": steps, "quick": args.quick})
+
+
+if __name__ == "__main__":
+    main()
