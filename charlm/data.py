@@ -84,6 +84,12 @@ class Corpus:
                         raw = f.read(BLOCK_BYTES)
                     except OSError as e:  # e.g. a folder or a device given as a file
                         raise CorpusError(f"cannot read {path}: {e.strerror or e}") from None
+                    # A NUL byte first: in UTF-8 it can only be U+0000, which no text holds, and
+                    # it names a binary file (an image, an archive) better than a decoding error.
+                    nul = raw.find(b"\x00")
+                    if nul >= 0:
+                        raise CorpusError(f"{path} looks like a binary file (NUL byte at byte offset "
+                                          f"{offset + nul}); give a text file")
                     try:
                         text = decoder.decode(raw, final=not raw)
                     except UnicodeDecodeError as e:
@@ -91,10 +97,6 @@ class Corpus:
                         raise CorpusError(
                             f"{path} is not UTF-8 text: invalid byte 0x{bad} at byte offset {offset + e.start} "
                             f"(convert it, e.g. `iconv -f latin1 -t utf-8`)") from None
-                    nul = text.find("\x00")
-                    if nul >= 0:
-                        raise CorpusError(f"{path} looks like a binary file (NUL character at character "
-                                          f"{nul} of a block near byte offset {offset}); give a text file")
                     if text:
                         yield text
                     offset += len(raw)
