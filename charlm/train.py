@@ -523,6 +523,7 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
             bad_in_a_row = 0
             emit(Notice(f"{config.max_bad_steps} non-finite steps in a row: rolled back to step {step} "
                         f"with the learning rate scaled by {lr_scale:g}", step, "warning"))
+            continue  # the restored step was evaluated and saved when it was first reached
 
         if step % config.eval_every == 0:
             flush_reports()
