@@ -66,8 +66,27 @@ def setup(device: torch.device) -> DistContext:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
+        if restart_count() > 0:
+            dist.init_process_group(backend=backend, store=_restart_store(rank, world),
+                                    rank=rank, world_size=world)
+        else:
+            dist.init_process_group(backend=backend)
     return DistContext(rank=rank, local_rank=local_rank, world_size=world)
+
+
+def _restart_store(rank: int, world: int):
+    """The rendezvous store for a restarted worker group, under a prefix of its own.
+
+    After a restart (``--max-restarts``) torchrun hands the new workers the same agent store as
+    the first ones, and the process group's keys (each rank's address) are still there from the
+    dead group: the new ranks would try to connect to ports nobody listens on any more ("Gloo
+    connectFullMesh failed ... Connection refused", pytorch/pytorch#167288). A prefix per restart
+    gives each generation a clean namespace.
+    """
+    use_agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=(not use_agent_store and rank == 0), multi_tenant=True)
+    return dist.PrefixStore(f"charlm/restart_{restart_count()}", store)
 
 
 def teardown(ctx: DistContext) -> None:

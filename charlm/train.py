@@ -237,6 +237,9 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
     if ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # Same initial weights everywhere (DDP also broadcasts rank 0's), but each rank its own
+        # dropout masks: its streams are different text.
+        torch.manual_seed(config.seed + ctx.rank)
     # cuDNN wants the RNN weights in one contiguous buffer; DDP's initial broadcast and
     # load_state_dict copy into the parameters, so re-flatten after each of them.
     model.rnn.flatten_parameters()
