@@ -378,3 +378,36 @@ def log_chart(study, width: int = 64, height: int = 14) -> Text:
     if any(m.chunk_length for m in study.models):
         text.append("   ┊ training chunk k", style="dim")
     return text
+
+
+def truncation_table(result) -> Table:
+    """Echo accuracy by model and distance D (rows) and chunk length k (columns).
+
+    Takes a charlm.synthetic.GridResult. Cells where k <= D (no chunk holds both the key and its
+    echo, so no gradient connects them) are marked with a dot.
+    """
+    chance = result.chance
+    table = Table(title=f"echo accuracy (chance {chance:.1%})",
+                  header_style="bold", title_justify="left", caption_justify="left")
+    table.add_column("model")
+    table.add_column("D", justify="right")
+    for k in result.chunks:
+        table.add_column(f"k={k}", justify="right")
+    for cell in result.models:
+        for d in result.distances:
+            row = []
+            for k in result.chunks:
+                c = result.get(cell, d, k)
+                if c is None:
+                    row.append("")
+                    continue
+                style = "green" if c.accuracy >= 0.9 else ("yellow" if c.accuracy >= 2 * chance else "dim")
+                cut = "·" if k <= d else " "
+                row.append(f"[{style}]{c.accuracy:.0%}[/]{cut}")
+            table.add_row(cell, str(d), *row)
+        if cell != result.models[-1]:
+            table.add_section()
+    table.caption = (f"· k <= D: no chunk holds both the key and its echo, so no gradient links them.\n"
+                     f"{result.steps} steps per cell, {result.hidden_size} units, {result.batch_size} "
+                     f"streams,\nlr {result.lr:g}, seed {result.seed}; {result.seconds / 60:.1f} min")
+    return table

@@ -1,0 +1,212 @@
+"""Synthetic long-range corpora, and the truncation experiment: what BPTT(k) can and cannot learn.
+
+The echo corpus. Each record is a key symbol, D - 1 random filler symbols, a cue '>', then the
+key again and a newline:
+
+    C fbjdaig> C
+    A ihcjbe> A        (D = 8: the echo comes D steps after the key was read)
+
+Everything but the echo is random (or fixed), so the echo is the one thing a model can predict
+better than chance, and only by carrying the key D steps. The gradient that teaches it must flow
+from the loss at the cue back D steps to the key: truncated BPTT with chunk length k <= D cuts
+that path in every chunk, so the forward pass may carry the key but no update ever learns to.
+
+The truncation grid trains tiny models {rnn, lstm, gru} x distances D x chunk lengths k with the
+project's own training loop (charlm.train.train, headless, BPTT(k) exactly as `charlm train` does
+it) for the same number of optimizer steps per cell (a longer chunk sees proportionally more text:
+what is compared is how far one update's gradient reaches), then measures accuracy at the echo positions of a fresh
+held-out echo text, against chance (1 / number of keys).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from .errors import ConfigError, RunDirError
+
+KEYS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+FILLER = "abcdefghij"
+CUE = ">"
+
+
+def echo_text(distance: int, records: int = 5000, keys: int = 8, seed: int = 0) -> str:
+    """The echo corpus as a string: ``records`` records with the echo ``distance`` steps after its key."""
+    if not isinstance(distance, int) or distance < 1:
+        raise ConfigError(f"--distance must be a whole number >= 1, got {distance!r}")
+    if not 2 <= keys <= len(KEYS):
+        raise ConfigError(f"--keys must be between 2 and {len(KEYS)}, got {keys}")
+    if records < 1:
+        raise ConfigError(f"--records must be >= 1, got {records}")
+    rng = np.random.default_rng(seed)
+    key_ids = rng.integers(0, keys, size=records)
+    fill_ids = rng.integers(0, len(FILLER), size=(records, distance - 1))
+    alphabet = np.array(list(FILLER))
+    lines = []
+    for k, fill in zip(key_ids, fill_ids):
+        key = KEYS[k]
+        lines.append(f"{key}{''.join(alphabet[fill])}{CUE}{key}\n")
+    return "".join(lines)
+
+
+def write_echo(path: str | Path, distance: int, records: int = 5000, keys: int = 8, seed: int = 0,
+               force: bool = False) -> Path:
+    """Write the echo corpus to path (refusing to overwrite a file unless force)."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise RunDirError(f"{path} already exists; pass --force to replace it")
+    if path.is_dir():
+        raise RunDirError(f"{path} is a folder; give a file name")
+    try:
+        path.write_text(echo_text(distance, records, keys, seed), encoding="utf-8")
+    except OSError as e:
+        raise RunDirError(f"cannot write {path}: {e.strerror or e}") from None
+    return path
+
+
+def echo_accuracy(model, tokenizer, text: str, device="cpu", streams: int = 16) -> tuple[float, float, int]:
+    """Accuracy and mean loss (nats) of predicting the echo, over every cue in text.
+
+    The text is read statefully as ``streams`` contiguous streams (as in training), so the state
+    carries across records; only the predictions made at a cue are scored.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    ids = torch.from_numpy(np.asarray(tokenizer.encode(text), dtype=np.int64))
+    cue = int(tokenizer.encode(CUE)[0])
+    n = (len(ids) - 1) // streams * streams
+    x = ids[:n].view(streams, -1).to(device)                               # (S, L)
+    y = ids[1:n + 1].view(streams, -1).to(device)
+    was = model.training
+    model.eval()
+    with torch.inference_mode():
+        logits, _ = model(x)                                               # (S, L, V)
+    model.train(was)
+    at = x == cue
+    pred = logits.argmax(-1)
+    correct = int((pred[at] == y[at]).sum())
+    count = int(at.sum())
+    loss = float(F.cross_entropy(logits[at].float(), y[at], reduction="mean")) if count else float("nan")
+    return correct / max(1, count), loss, count
+
+
+@dataclass
+class GridCell:
+    cell: str
+    distance: int
+    chunk: int
+    accuracy: float        # at the echo positions of the held-out text
+    echo_loss: float       # nats at the echo positions (chance: ln keys)
+    steps: int
+    seconds: float
+
+
+@dataclass
+class GridResult:
+    models: list[str]
+    distances: list[int]
+    chunks: list[int]
+    keys: int
+    hidden_size: int
+    batch_size: int
+    steps: int             # optimizer steps per cell (the same for every k)
+    lr: float
+    seed: int
+    cells: list[GridCell] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def chance(self) -> float:
+        return 1.0 / self.keys
+
+    def get(self, cell: str, distance: int, chunk: int) -> Optional[GridCell]:
+        for c in self.cells:
+            if (c.cell, c.distance, c.chunk) == (cell, distance, chunk):
+                return c
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["chance"] = self.chance
+        d["schema"] = "charlm.truncation-table/1"
+        return d
+
+
+def run_cell(cell: str, distance: int, chunk: int, workdir: Path, hidden_size: int = 64,
+             batch_size: int = 64, steps: int = 800, keys: int = 8, seed: int = 0,
+             lr: float = 1e-2) -> GridCell:
+    """Train one tiny model with charlm.train.train on an echo corpus, and score its echoes."""
+    from .checkpoint import load_model
+    from .config import ModelConfig, TrainConfig
+    from .train import train
+
+    t0 = time.perf_counter()
+    corpus = workdir / f"echo-d{distance}.txt"
+    if not corpus.exists():
+        # Enough records for a few epochs of the budget; the held-out text uses another seed.
+        records = max(2000, 200_000 // (distance + 3))
+        write_echo(corpus, distance, records, keys, seed=seed)
+    config = TrainConfig(corpus=str(corpus), seq_len=chunk, batch_size=batch_size, lr=lr,
+                         warmup_steps=min(50, steps // 10), max_steps=steps, eval_every=steps,
+                         val_fraction=0.02, out=str(workdir / f"{cell}-d{distance}-k{chunk}"),
+                         force=True, seed=seed, device="cpu", sample_length=0)
+    model_config = ModelConfig(cell=cell, hidden_size=hidden_size, embedding_size=16)
+    run_dir = train(config, model_config)
+    model, tokenizer, _ = load_model(run_dir / "last.pt")
+    held_out = echo_text(distance, records=max(400, 40_000 // (distance + 3)), keys=keys, seed=seed + 10_000)
+    acc, loss, _ = echo_accuracy(model, tokenizer, held_out)
+    return GridCell(cell=cell, distance=distance, chunk=chunk, accuracy=acc, echo_loss=loss, steps=steps,
+                    seconds=time.perf_counter() - t0)
+
+
+def truncation_grid(models: Sequence[str] = ("rnn", "lstm", "gru"), distances: Sequence[int] = (5, 10, 20, 40),
+                    chunks: Sequence[int] = (8, 16, 32, 64), hidden_size: int = 64, batch_size: int = 64,
+                    steps: int = 800, keys: int = 8, seed: int = 0, lr: float = 1e-2,
+                    workdir: Optional[str | Path] = None,
+                    on_cell: Optional[Callable[[GridCell, int, int], None]] = None) -> GridResult:
+    """Train and score every (model, distance, chunk) cell; on_cell(cell, done, total) after each.
+
+    Run directories go to ``workdir`` (kept) or a temporary folder (removed afterwards).
+    """
+    from .config import CELLS
+
+    for m in models:
+        if m not in CELLS:
+            raise ConfigError(f"--models: unknown cell {m!r} (choose from {', '.join(CELLS)})")
+    for name, values in (("--distances", distances), ("--chunks", chunks)):
+        if not values or any(not isinstance(v, int) or v < 1 for v in values):
+            raise ConfigError(f"{name} must be positive whole numbers, got {list(values)}")
+    if steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {steps}")
+    result = GridResult(models=list(models), distances=list(distances), chunks=list(chunks), keys=keys,
+                        hidden_size=hidden_size, batch_size=batch_size, steps=steps, lr=lr, seed=seed)
+    t0 = time.perf_counter()
+    total = len(models) * len(distances) * len(chunks)
+    import torch
+
+    # Tiny models: one thread is faster than two that wait on each other (and leaves the other
+    # core to the rest of the machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="charlm-echo-") as tmp:
+            folder = Path(workdir) if workdir is not None else Path(tmp)
+            folder.mkdir(parents=True, exist_ok=True)
+            for cell in models:
+                for d in distances:
+                    for k in chunks:
+                        c = run_cell(cell, d, k, folder, hidden_size, batch_size, steps, keys, seed, lr)
+                        result.cells.append(c)
+                        if on_cell is not None:
+                            on_cell(c, len(result.cells), total)
+    finally:
+        torch.set_num_threads(threads)
+    result.seconds = time.perf_counter() - t0
+    return result
