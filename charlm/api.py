@@ -65,6 +65,19 @@ class LanguageModel:
             text = text[len(text) - int(round(len(text) * tail)):]
         return self.evaluate(text)
 
+    def inspect_gradients(self, text: Optional[str] = None, corpus: Optional[str] = None, lags: int = 100,
+                          samples: int = 32, seed: int = 0, warmup: int = 50):
+        """How far back the gradient of a last-position loss reaches (`charlm inspect-gradients`).
+
+        Windows come from ``text``, else the ``corpus`` file, else the corpus the model was trained
+        on. Returns a charlm.gradients.GradientStudy: ``.models[0].curves`` per layer and state,
+        ``.to_json()`` with every number.
+        """
+        from .gradients import study_of_trained
+
+        return study_of_trained(self.model, self.tokenizer, self.checkpoint, str(self.path), corpus=corpus,
+                                text=text, lags=lags, samples=samples, seed=seed, warmup=warmup)
+
 
 def load(path: str | Path, device: str = "auto") -> LanguageModel:
     """Load a checkpoint file or run directory (its best.pt) safely, onto device."""

@@ -392,13 +392,51 @@ def read_text(spec: str, limit: int = 4_000_000) -> str:
 
 
 def inspect_model(model, name: str, ids: torch.Tensor, warmup: int, source: str = "fresh",
-                  chunk_length: Optional[int] = None) -> ModelGradients:
+                  chunk_length: Optional[int] = None, dtype: torch.dtype = torch.float64) -> ModelGradients:
     c = model.config
-    curves, loss = measure_model(model, ids, warmup)
+    was = model.training
+    model.eval()
+    try:
+        curves, loss = measure_model(model, ids, warmup, dtype=dtype)
+    finally:
+        model.train(was)
     return ModelGradients(name=name, cell=c.cell, source=source, hidden_size=c.hidden_size,
                           layers=c.layers, embedding_size=c.embedding_size, vocab_size=c.vocab_size,
                           chunk_length=chunk_length, loss=loss, curves=curves,
                           spectral=spectral_report(model.rnn))
+
+
+def study_of_trained(model, tokenizer, ckpt: dict, source: str, corpus: Optional[str] = None,
+                     text: Optional[str] = None, lags: int = 100, samples: int = 32, seed: int = 0,
+                     warmup: int = 50) -> GradientStudy:
+    """Measure a trained model on windows of ``text``, else of ``corpus``, else of the corpus the
+    checkpoint was trained on when it is still there, else of random tokens (said in ``inputs``)."""
+    gen = np.random.default_rng(seed)
+    length = warmup + lags + 2
+    inputs = "random tokens (the checkpoint's corpus is gone; pass --corpus)"
+    spec = corpus or ckpt.get("corpus", {}).get("path")
+    if text is not None:
+        inputs = "text given"
+    elif spec is not None:
+        try:
+            text = read_text(spec)
+            inputs = f"text: {spec}"
+        except CharLMError:
+            if corpus is not None:
+                raise
+    if text is not None:
+        ids = text_windows(tokenizer.encode(text), samples, length, gen)
+    else:
+        ids = torch.from_numpy(gen.integers(0, tokenizer.vocab_size, size=(samples, length)))
+    device = next(model.parameters()).device
+    dtype = torch.float32 if device.type == "mps" else torch.float64     # MPS has no float64
+    study = GradientStudy(lags=lags, samples=samples, seed=seed, warmup=warmup, inputs=inputs,
+                          dtype=str(dtype).replace("torch.", ""))
+    k = ckpt.get("train_config", {}).get("seq_len")
+    with _one_thread():
+        study.models.append(inspect_model(model, model.config.cell, ids, warmup, source=source,
+                                          chunk_length=k, dtype=dtype))
+    return study
 
 
 def inspect_gradients(checkpoint: Optional[str] = None, corpus: Optional[str] = None,
@@ -434,26 +472,8 @@ def _inspect_gradients(checkpoint, corpus, models, hidden_size, layers, embeddin
         from .checkpoint import load_model
 
         model, tokenizer, ckpt = load_model(checkpoint, "cpu")
-        spec = corpus or ckpt.get("corpus", {}).get("path")
-        inputs = "random tokens (the checkpoint's corpus is gone; pass --corpus)"
-        ids = None
-        if spec is not None:
-            try:
-                text = read_text(spec)
-            except CharLMError:
-                if corpus is not None:
-                    raise
-                text = None
-            if text is not None:
-                ids = text_windows(tokenizer.encode(text), samples, length, gen)
-                inputs = f"text: {spec}"
-        if ids is None:
-            ids = torch.from_numpy(gen.integers(0, tokenizer.vocab_size, size=(samples, length)))
-        k = ckpt.get("train_config", {}).get("seq_len")
-        study = GradientStudy(lags=lags, samples=samples, seed=seed, warmup=warmup, inputs=inputs)
-        study.models.append(inspect_model(model, model.config.cell, ids, warmup, source=str(checkpoint),
-                                          chunk_length=k))
-        return study
+        return study_of_trained(model, tokenizer, ckpt, str(checkpoint), corpus=corpus, lags=lags,
+                                samples=samples, seed=seed, warmup=warmup)
 
     kinds = [m.strip() for m in models if m.strip()]
     for m in kinds:

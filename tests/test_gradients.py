@@ -210,3 +210,20 @@ def test_train_logs_gradient_horizons(tmp_path):
     reports = [r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "grad_report"]
     assert [r["step"] for r in reports] == [2, 4]
     assert reports[0]["horizons"]["lags"] == 9 and "h[0]" in reports[0]["horizons"]
+
+
+def test_api_inspect_gradients(tmp_path):
+    import charlm
+    from charlm.config import TrainConfig
+    from charlm.train import train
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("to be or not to be, that is the question\n" * 40)
+    run = train(TrainConfig(corpus=str(corpus), seq_len=8, batch_size=4, max_steps=2, eval_every=2,
+                            out=str(tmp_path / "run"), sample_length=0, device="cpu"),
+                ModelConfig(cell="lstm", hidden_size=8, embedding_size=4))
+    lm = charlm.load(run, device="cpu")
+    study = lm.inspect_gradients(text="to be or not to be " * 20, lags=15, samples=3, warmup=5)
+    (m,) = study.models
+    assert m.chunk_length == 8 and [c.state for c in m.curves] == ["h", "c"]
+    assert len(m.curves[0].gmean) == 16 and study.inputs == "text given"
