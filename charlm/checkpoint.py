@@ -9,6 +9,7 @@ any instant leaves either the old or the new checkpoint, both complete.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import shutil
@@ -49,12 +50,17 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
     """Atomically write payload to path; on any failure the old file is left untouched."""
     path = Path(path)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    # Serialise in memory first: torch.save streaming into a full disk fails with an opaque
+    # RuntimeError, a plain write fails with the OSError that names the cause (ENOSPC, EIO...).
+    buf = io.BytesIO()
+    torch.save(payload, buf)
     fd, tmp_name = -1, None
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as f:
             fd = -1
-            torch.save(payload, f)
+            f.write(buf.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
@@ -72,6 +78,12 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
                 os.unlink(tmp_name)
             except OSError:
                 pass
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
