@@ -355,9 +355,11 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
         if is_best:
             best_val, best_bpc = result.loss, result.bits_per_char
         emit(Evaluated(step, train_loss, result.loss, result.bits_per_char, elapsed, is_best))
-        save("last.pt", elapsed)
+        # best.pt first: a crash between the two saves then resumes from the previous last.pt,
+        # which replays this step and writes best.pt again (the other order would lose it).
         if is_best:
             save("best.pt", elapsed)
+        save("last.pt", elapsed)
 
     emit(RunStarted(
         run_dir=str(run_dir), device=describe_device(device),
