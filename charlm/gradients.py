@@ -575,7 +575,11 @@ def plot_study(study: GradientStudy, path: str | Path) -> None:
     ax.set_ylim(max(lo, 1e-30) / 2, None)
     ax.set_xlabel("lag (steps back from the loss)")
     ax.set_ylabel("||dL/dh|| relative to lag 0")
-    ax.set_title(f"Gradient through time ({study.inputs}; {study.samples} windows, geometric mean)")
+    inputs = study.inputs
+    if inputs.startswith("text: "):
+        inputs = "text: " + Path(inputs[6:]).name
+    ax.set_title(f"Gradient through time: {inputs}\n{study.samples} windows, geometric mean, "
+                 f"band p10-p90", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(True, which="major", alpha=0.3)
     fig.tight_layout()

@@ -55,7 +55,7 @@ def test_tiny_grid_learns_the_echo_only_when_the_chunk_spans_it(tmp_path):
     runner = CliRunner()
     out = tmp_path / "grid.json"
     r = runner.invoke(app, ["truncation-table", "--models", "gru", "--distances", "3", "--chunks", "2,8",
-                            "--steps", "200", "--hidden-size", "16", "--batch-size", "16", "--lr", "0.02",
+                            "--steps", "150", "--hidden-size", "16", "--batch-size", "16", "--lr", "0.03",
                             "--keys", "2", "--json", str(out)])
     assert r.exit_code == 0, r.output
     doc = json.loads(out.read_text())
