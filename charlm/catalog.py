@@ -121,8 +121,8 @@ def fetch(name: str, progress: Optional[ProgressCallback] = None, sha256: Option
     expected = (sha256 or r.sha256 or "").lower() or None
     if expected is None and not allow_unverified:
         raise DownloadError(
-            f"charlm knows no published sha256 for {name} ({r.checksum_source}), so it cannot verify "
-            f"the download; pass the checksum with `charlm corpus get {name} --sha256 HEX`, accept a "
+            f"cannot verify a download of {name}: charlm has no sha256 for it"
+            + (f" ({r.checksum_source})" if r.checksum_source else "") + f"; pass the checksum with `charlm corpus get {name} --sha256 HEX`, accept a "
             f"size-only check with `charlm corpus get {name} --allow-unverified`, or download "
             f"{r.url} yourself and pass the extracted file's path")
     target.parent.mkdir(parents=True, exist_ok=True)
