@@ -7,10 +7,11 @@ so callers treat every cell the same way (detach, save, slice by stream).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .config import ModelConfig
 
@@ -58,6 +59,44 @@ class CharRNN(nn.Module):
         if not isinstance(new_state, tuple):
             new_state = (new_state,)
         return logits, new_state
+
+    def stepper(self) -> Callable[[torch.Tensor, list[State]], tuple[torch.Tensor, list[State]]]:
+        """A function for generation that runs one token per sequence: (ids (B,), state) -> (logits (B, V), state).
+
+        The same weights and equations as ``forward`` in eval mode, layer by layer through torch's
+        own cell functions, because on CPU a length-1 nn.LSTM call costs several times its
+        arithmetic (oneDNN sets up a whole sequence kernel per call). The weights are gathered once
+        and detached, so a step builds no graph and pays no module lookups. ``state`` holds one
+        tuple per layer ((h, c) or (h,), each (B, H)): see ``split_state``. Keep this in step with
+        forward; tests/test_sampling_fastpath.py checks that the two agree for every cell.
+        """
+        cell = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}[self.config.cell]
+        lstm = self.config.cell == "lstm"
+        r = self.rnn
+        layers = [tuple(getattr(r, f"{w}_l{i}").detach() for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                  for i in range(r.num_layers)]
+        embedding, head_w, head_b = self.embed.weight.detach(), self.head.weight.detach(), self.head.bias.detach()
+
+        def step(ids: torch.Tensor, state: list[State]) -> tuple[torch.Tensor, list[State]]:
+            x = F.embedding(ids, embedding)                  # (B, E)
+            new_state = []
+            for weights, s in zip(layers, state):
+                s = cell(x, s, *weights) if lstm else (cell(x, s[0], *weights),)
+                new_state.append(s)
+                x = s[0]                                     # h feeds the next layer
+            return F.linear(x, head_w, head_b), new_state    # (B, V)
+
+        return step
+
+    @staticmethod
+    def split_state(state: State) -> list[State]:
+        """(h, c) each (layers, B, H) -> one (h, c) per layer, the form a ``stepper`` takes."""
+        return [tuple(s[i] for s in state) for i in range(state[0].size(0))]
+
+    @staticmethod
+    def join_state(state: list[State]) -> State:
+        """The inverse of ``split_state``."""
+        return tuple(torch.stack([layer[j] for layer in state]) for j in range(len(state[0])))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -180,10 +180,15 @@ class StreamDecoder:
         self.pending: list[int] = []
         self.context: list[int] = []
         self.held = ""  # decoded text not yet released (may still recompose)
+        # A char tokenizer maps one id to one settled character (bar NFD jamo): a table lookup.
+        self.table = tokenizer._decode_table if isinstance(tokenizer, CharTokenizer) else None
+        self.direct = self.table is not None and tokenizer.normalize != "nfd"
 
     def push(self, token_id: int) -> str:
-        if isinstance(self.tok, CharTokenizer):
-            text = self.tok.decode([token_id])
+        if self.direct:
+            return self.table[token_id]
+        if self.table is not None:
+            text = self.table[token_id]
         else:
             self.pending.append(token_id)
             # Decode with a little context so a leading-space piece keeps its space.
