@@ -40,11 +40,27 @@ def machine() -> str:
             f"load average {os.getloadavg()[0]:.2f}")
 
 
+def results_path() -> Path:
+    """benchmarks/results.jsonl, or $CHARLM_BENCH_RESULTS (the smoke tests write to a temp file)."""
+    return Path(os.environ.get("CHARLM_BENCH_RESULTS") or RESULTS)
+
+
 def append_result(benchmark: str, record: dict) -> None:
     import torch
 
     line = {"benchmark": benchmark, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "cores": os.cpu_count(), "cpu": cpu_model(), "torch": str(torch.__version__),
             "load_average": os.getloadavg()[0], **record}
-    with open(RESULTS, "a", encoding="utf-8") as f:
+    with open(results_path(), "a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")
+
+
+def median(values: list[float]) -> float:
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load, as `uptime` prints it: timings on a shared machine need it."""
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
