@@ -135,6 +135,7 @@ def fetch(name: str, progress: Optional[ProgressCallback] = None, sha256: Option
             _extract(archive, r.member, target)
     finally:
         archive.unlink(missing_ok=True)
+    target.chmod(0o644)  # temporary files are private (0600); a cached corpus is ordinary data
     return target
 
 
