@@ -72,17 +72,17 @@ def test_tensorboard_event_files(tmp_path, corpus_file):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(corpus_file), *TINY, "--max-steps", "12", "--out", str(out),
-                                 "--tensorboard"])
+    result = runner.invoke(app, ["train", str(corpus_file), *TINY, "--max-steps", "6", "--eval-every", "3",
+                                 "--out", str(out), "--tensorboard"])
     assert result.exit_code == 0, result.output
     acc = EventAccumulator(str(out / "tensorboard"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"train/chunk_loss", "train/grad_norm", "train/lr", "val/loss", "val/bits_per_char"} <= tags
-    assert [e.step for e in acc.Scalars("train/chunk_loss")] == list(range(1, 13))
+    assert [e.step for e in acc.Scalars("train/chunk_loss")] == list(range(1, 7))
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in metrics if r["type"] == "eval"]
-    assert [e.step for e in acc.Scalars("val/loss")] == [r["step"] for r in evals]
+    assert [e.step for e in acc.Scalars("val/loss")] == [r["step"] for r in evals] == [3, 6]
     assert acc.Scalars("val/loss")[-1].value == pytest.approx(evals[-1]["val_loss"], rel=1e-6)
 
 
