@@ -619,5 +619,12 @@ def resolve_options(explicit: dict, config_file: Optional[str] = None) -> tuple[
         merged = {**saved, **options}
         model_config, train_config = split_options(merged)
         return (model_config if model_named else None), train_config
-    model_config, train_config = split_options(options)
+    try:
+        model_config, train_config = split_options(options)
+    except ConfigError as e:
+        # A bad value that came from the file (not a flag): say which file, so it can be found.
+        from_file = [k for k in file_options if explicit.get(k) is None]
+        if any(f"--{k.replace('_', '-')} " in f"{e} " for k in from_file):
+            raise ConfigError(f"{config_file}: {e}") from None
+        raise
     return model_config, train_config

@@ -100,3 +100,14 @@ def test_training_from_a_config_file(tmp_path, corpus_file):
     assert (saved["model"], saved["hidden_size"], saved["layers"], saved["max_steps"]) == ("gru", 12, 2, 3)
     info = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)
     assert (info["model"], info["hidden_size"], info["layers"], info["step"]) == ("gru", 12, 2, 3)
+
+
+def test_bad_values_from_the_file_name_the_file(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("max_steps = -3\n[model]\ndropout = 0.2\n")
+    result = runner.invoke(app, ["train", "--config", str(cfg), "--print-config"])
+    err = result.stderr.replace("\n", "")
+    assert result.exit_code == 1 and str(cfg) in err and "--max-steps must be a positive whole number" in err
+    # the same mistake made with a flag is the flag's, not the file's
+    result = runner.invoke(app, ["train", "--config", str(cfg), "--max-steps", "0", "--print-config"])
+    assert result.exit_code == 1 and str(cfg) not in result.stderr and "--max-steps" in result.stderr
