@@ -111,3 +111,13 @@ def test_bad_values_from_the_file_name_the_file(tmp_path):
     # the same mistake made with a flag is the flag's, not the file's
     result = runner.invoke(app, ["train", "--config", str(cfg), "--max-steps", "0", "--print-config"])
     assert result.exit_code == 1 and str(cfg) not in result.stderr and "--max-steps" in result.stderr
+
+
+def test_every_train_option_is_settable_in_a_file():
+    import typer
+
+    from charlm.config import config_keys
+
+    train_cmd = typer.main.get_command(app).commands["train"]
+    names = {p.name for p in train_cmd.params} - {"config", "print_config", "help"}
+    assert names and names <= set(config_keys()), names - set(config_keys())
