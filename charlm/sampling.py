@@ -19,7 +19,10 @@ from .model import CharRNN
 from .tokenizers import CharTokenizer, StreamDecoder, Tokenizer
 
 DEFAULT_PRIME = "\n"
-SINGLE_THREAD_WORK = 16 * 512  # batch x hidden size up to which a CPU step runs on one thread
+# Batch x hidden size up to which a CPU generation step runs on one thread. Such a step is a few
+# small products and a dozen tiny ops; on a 2-core machine shared with other work a second thread
+# made every op wait for it (N=64 samples at 512 units ran 8x slower on two threads than on one).
+SINGLE_THREAD_WORK = 64 * 512
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: Optional[int],
@@ -68,7 +71,8 @@ def generate_ids(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
         logits, state = model(x)                                          # the prime in one pass
     last = logits[:, -1, :]                                               # (B, V)
     state = model.split_state(state)
-    step = model.stepper()  # detached weights: the steps below build no graph without a grad context
+    # Detached weights: the steps below build no graph without a grad context.
+    step = model.stepper(column_major=threads == 1 and B <= 2)
     # A char model never samples <unk> (id 0): draw from the other ids and shift back by one.
     skip = 1 if isinstance(tokenizer, CharTokenizer) and last.size(-1) > 1 else 0
     for _ in range(config.length):
@@ -85,8 +89,8 @@ def generate_ids(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
 
 def _step_threads(device: torch.device | str, batch: int, hidden: int) -> Optional[int]:
     """Intra-op threads for one generation step: one on CPU for small batches, where the step is a
-    memory-bound matrix-vector product that a second thread does not speed up but makes wait on
-    every op (badly, on a busy machine). None: leave the setting alone."""
+    memory-bound matrix product that a second thread barely speeds up but makes wait on every op
+    (badly, on a busy machine). None: leave the setting alone."""
     if torch.device(device).type != "cpu" or batch * hidden > SINGLE_THREAD_WORK:
         return None
     return 1

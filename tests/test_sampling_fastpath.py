@@ -9,15 +9,16 @@ from charlm.sampling import generate_ids
 from charlm.tokenizers import CharTokenizer
 
 
+@pytest.mark.parametrize("column_major", [False, True])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_stepper_matches_forward(cell):
+def test_stepper_matches_forward(cell, column_major):
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(cell=cell, vocab_size=11, embedding_size=8, hidden_size=16, layers=2)).eval()
     ids = torch.randint(0, 11, (3, 7))                   # 3 sequences, 7 steps
     with torch.no_grad():
         logits, state = model(ids[:, :2])                 # a prime through forward
         want, _ = model(ids[:, 2:], state)                # the rest through forward ...
-        step, s = model.stepper(), model.split_state(state)
+        step, s = model.stepper(column_major), model.split_state(state)
         got = []
         for t in range(2, 7):                             # ... and one step at a time
             out, s = step(ids[:, t], s)
