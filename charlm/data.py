@@ -26,7 +26,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from .errors import CorpusError, TokenizerError
-from .tokenizers import CharTokenizer, SentencePieceTokenizer, Tokenizer, tokenizer_from_dict
+from .tokenizers import PIECE_CHARS, CharTokenizer, SentencePieceTokenizer, Tokenizer, tokenizer_from_dict
 
 BLOCK_BYTES = 8 << 20  # read 8 MiB at a time: fast, and memory stays flat for any corpus size
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst", ".py", ".tex", ".csv", ".tsv", ".json", ".html",
@@ -67,8 +67,9 @@ class Corpus:
             raise CorpusError(f"corpus {spec} is not a regular file")
         return cls(name=str(path), files=[path])
 
-    def blocks(self) -> Iterator[str]:
-        """Yield the text in blocks, checking it is UTF-8 and not binary."""
+    def blocks(self, digest=None) -> Iterator[str]:
+        """Yield the text in blocks, checking it is UTF-8 and not binary; ``digest`` (a hashlib
+        object) gets the raw bytes, which for UTF-8 text are its encoding, without encoding again."""
         for path in self.files:
             decoder = codecs.getincrementaldecoder("utf-8")()
             offset = 0
@@ -84,6 +85,8 @@ class Corpus:
                         raw = f.read(BLOCK_BYTES)
                     except OSError as e:  # e.g. a folder or a device given as a file
                         raise CorpusError(f"cannot read {path}: {e.strerror or e}") from None
+                    if digest is not None:
+                        digest.update(raw)
                     # A NUL byte first: in UTF-8 it can only be U+0000, which no text holds, and
                     # it names a binary file (an image, an archive) better than a decoding error.
                     nul = raw.find(b"\x00")
@@ -103,10 +106,10 @@ class Corpus:
                     if not raw:
                         break
 
-    def line_blocks(self) -> Iterator[str]:
+    def line_blocks(self, digest=None) -> Iterator[str]:
         """Blocks cut at line ends, so that per-block normalisation equals whole-text normalisation."""
         carry = ""
-        for block in self.blocks():
+        for block in self.blocks(digest):
             block = carry + block
             cut = block.rfind("\n") + 1
             if cut == 0:
@@ -149,16 +152,21 @@ def scan(corpus: Corpus, normalize: str = "none") -> CorpusStats:
     digest = hashlib.sha256()
     chars = 0
     hist = np.zeros(0, dtype=np.int64)
-    for block in corpus.line_blocks():
+    # Counting code points does not care where a block ends, unless normalisation may join
+    # characters across the cut: only then cut the blocks at line ends (a copy of each block).
+    for block in corpus.blocks(digest) if normalize == "none" else corpus.line_blocks(digest):
         chars += len(block)
-        digest.update(block.encode("utf-8"))
-        cps = np.frombuffer(normalize_text(block, normalize).encode("utf-32-le"), dtype="<u4")
-        counts = np.bincount(cps)
-        if len(counts) > len(hist):
-            counts[: len(hist)] += hist
-            hist = counts
-        else:
-            hist[: len(counts)] += counts
+        block = normalize_text(block, normalize)
+        # In pieces that stay in the CPU cache (see CharTokenizer.encode_compact); bincount works
+        # on intp and converts other input itself, more slowly than astype does.
+        for i in range(0, len(block), PIECE_CHARS):
+            cps = np.frombuffer(block[i:i + PIECE_CHARS].encode("utf-32-le"), dtype="<u4")
+            counts = np.bincount(cps.astype(np.intp))
+            if len(counts) > len(hist):
+                counts[: len(hist)] += hist
+                hist = counts
+            else:
+                hist[: len(counts)] += counts
     if chars == 0:
         raise CorpusError(f"corpus {corpus.name} is empty")
     nonzero = np.nonzero(hist)[0]
@@ -237,14 +245,18 @@ def encode_corpus(corpus: Corpus, stats: CorpusStats, tokenizer: Tokenizer, val_
     tmp = {s: folder / f"{s}.bin.tmp" for s in counts}
     with open(tmp["train"], "wb") as ftrain, open(tmp["val"], "wb") as fval:
         seen = 0
-        for block in corpus.line_blocks():
+        # A char tokenizer encodes each code point on its own, so (unless it normalises) any block
+        # boundary will do, and its ids come out already in the on-disk dtype.
+        context_free = isinstance(tokenizer, CharTokenizer) and tokenizer.normalize == "none"
+        encode = tokenizer.encode_compact if isinstance(tokenizer, CharTokenizer) else tokenizer.encode
+        for block in corpus.blocks() if context_free else corpus.line_blocks():
             head = block[: max(0, train_chars - seen)]
             tail = block[len(head):]
             seen += len(block)
             for part, f, name in ((head, ftrain, "train"), (tail, fval, "val")):
                 if part:
-                    ids = tokenizer.encode(part).astype(dtype)
-                    f.write(ids.tobytes())
+                    ids = encode(part).astype(dtype, copy=False)
+                    f.write(ids.data)
                     counts[name] += len(ids)
     for s in counts:
         tmp[s].replace(folder / f"{s}.bin")
