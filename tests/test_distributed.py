@@ -106,7 +106,9 @@ def test_two_process_resume_is_exact(corpus, full_run, tmp_path):
     def chunk_losses(run):
         return [(r["step"], r["loss"], r["grad_norm"]) for r in records(run, "chunk")]
 
-    assert chunk_losses(out) == chunk_losses(full)
+    got, want = chunk_losses(out), chunk_losses(full)
+    differ = [(g, w) for g, w in zip(got, want) if g != w]
+    assert len(got) == len(want) == TOTAL and not differ, differ[:3]
     a, b = load_checkpoint(out / "last.pt"), load_checkpoint(full / "last.pt")
     for k in b["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
