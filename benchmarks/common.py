@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -23,21 +24,35 @@ def corpus_path(name: str) -> Path:
 
 
 def cpu_model() -> str:
+    """The model name, with family and model numbers (a VM may name only the vendor)."""
     try:
+        info = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+        if "model name" in info:
+            return f"{info['model name']} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
     except OSError:
         pass
     return platform.processor() or platform.machine()
 
 
-def machine() -> str:
-    import torch
+def torch_version() -> str:
+    """Without importing torch when the script has not (start-up and tokenising do not need it)."""
+    if "torch" in sys.modules:
+        return str(sys.modules["torch"].__version__)
+    from importlib.metadata import PackageNotFoundError, version
 
-    return (f"machine: {os.cpu_count()} cores, {cpu_model()}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}, "
-            f"load average {os.getloadavg()[0]:.2f}")
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def machine() -> str:
+    threads = f" ({sys.modules['torch'].get_num_threads()} threads)" if "torch" in sys.modules else ""
+    return (f"machine: {os.cpu_count()} cores, {cpu_model()}, torch {torch_version()}{threads}, "
+            f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}")
 
 
 def results_path() -> Path:
@@ -46,10 +61,8 @@ def results_path() -> Path:
 
 
 def append_result(benchmark: str, record: dict) -> None:
-    import torch
-
     line = {"benchmark": benchmark, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "cores": os.cpu_count(), "cpu": cpu_model(), "torch": str(torch.__version__),
+            "cores": os.cpu_count(), "cpu": cpu_model(), "torch": torch_version(),
             "load_average": os.getloadavg()[0], **record}
     with open(results_path(), "a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")

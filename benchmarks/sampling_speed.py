@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny run for the smoke test")
     args = ap.parse_args()
     if args.quick:
-        args.length, args.rounds, args.batches = 200, 1, "1,4"
+        args.length, args.rounds, args.batches = 100, 1, "1,4"
 
     text = corpus_path("tinyshakespeare.txt").read_text(encoding="utf-8")
     tok = CharTokenizer(sorted(set(text)))

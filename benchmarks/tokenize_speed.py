@@ -12,7 +12,7 @@ cache holds the file for both; peak memory is VmHWM. `--big` adds one run on a 1
 
     python benchmarks/tokenize_speed.py            # 100 MB, 3 rounds
     python benchmarks/tokenize_speed.py --big      # and one 1 GB run (needs ~4 GB of disk)
-    python benchmarks/tokenize_speed.py --quick    # 5 MB, 1 round, for the smoke test
+    python benchmarks/tokenize_speed.py --quick    # 2 MB, 1 round, for the smoke test
 """
 
 from __future__ import annotations
@@ -119,11 +119,11 @@ def main() -> None:
     ap.add_argument("--size-mb", type=float, default=100)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--big", action="store_true", help="also one run on a 1 GB corpus")
-    ap.add_argument("--quick", action="store_true", help="5 MB, one round, for the smoke test")
+    ap.add_argument("--quick", action="store_true", help="2 MB, one round, for the smoke test")
     ap.add_argument("--tmp", default=None, help="folder for the corpus and ids (default: a temp dir)")
     args = ap.parse_args()
     if args.quick:
-        args.size_mb, args.rounds = 5, 1
+        args.size_mb, args.rounds = 2, 1
     print(machine())
     print(f"prepare_dataset (scan + encode, char tokenizer) vs read + UTF-8 decode, separate "
           f"processes, alternating; {load_average()}")
