@@ -382,6 +382,10 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
     t_start = time.perf_counter()
     last_report_time, last_report_tokens = t_start, tokens_seen
     reason = "max_steps"
+    # Under DDP the learning rate may depend on the clock (--max-time) only through a time all
+    # ranks agree on, or the replicas would take different steps: the slowest rank's elapsed
+    # time, agreed at each report interval (see agreed_stop).
+    lr_clock = elapsed_before
     model.train()
 
     def elapsed_now() -> float:
@@ -411,9 +415,10 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
         asked = should_stop is not None and should_stop()
         if not ctx.enabled:
             return reason, signum, asked
-        flags = torch.tensor([reason == "max_time", signum, asked], dtype=torch.float32,
+        nonlocal lr_clock
+        flags = torch.tensor([reason == "max_time", signum, asked, elapsed_now()], dtype=torch.float64,
                              device=device if device.type == "cuda" else "cpu")
-        time_up, signum, asked = distributed.all_reduce_max(flags, ctx).tolist()
+        time_up, signum, asked, lr_clock = distributed.all_reduce_max(flags, ctx).tolist()
         return ("max_time" if time_up else None), int(signum), bool(asked)
 
     def flush_reports() -> None:
@@ -454,7 +459,8 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
             epoch, step_in_epoch = epoch + 1, 0
             state = model.init_state(config.batch_size, device)
 
-        lr = lr_at(config, step, elapsed_now(), total_steps, max_time, lr_scale)
+        lr = lr_at(config, step, lr_clock if ctx.enabled else elapsed_now(), total_steps, max_time,
+                   lr_scale)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
@@ -500,12 +506,13 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
         if len(pending) >= report_every:
             flush_reports()
 
-        if config.grad_report_every and step % config.grad_report_every == 0 and ctx.is_main:
+        if config.grad_report_every and step % config.grad_report_every == 0:
             # How far back the gradient reaches now: the loss at this chunk's last position,
             # unrolled step by step through the chunk for a few streams (rank 0 only, no
             # collectives). Lags stop at k - 1, the most BPTT(k) ever trains through.
-            flush_reports()
-            emit(GradientReport(step, horizon_summary(model, x, y, state_in)))
+            flush_reports()   # on every rank: under DDP the read-back is a collective
+            if ctx.is_main:
+                emit(GradientReport(step, horizon_summary(model, x, y, state_in)))
 
         if bad_in_a_row >= config.max_bad_steps:
             # Roll back to the last good checkpoint at half the learning rate, or give up.
