@@ -6,9 +6,9 @@ A corpus of --size-mb megabytes is built in a temporary folder by repeating
 (`scan`: character histogram, checksum) and the second (`encode_corpus`: ids written to
 train.bin / val.bin), megabytes counted as bytes of UTF-8 input. The reference is the floor under
 any tokeniser: reading the same file in 8 MiB blocks and decoding it as UTF-8, once. Each is run in
-its own subprocess, alternating, so peak memory (ru_maxrss) is that of the work alone; the page
-cache holds the file for both; peak memory is VmHWM. `--big` adds one run on a 1 GB corpus: memory must stay flat
-(the text is streamed in blocks; the vocabulary comes from the first pass).
+its own subprocess, alternating, so peak memory (VmHWM) is that of the work alone; the page cache
+holds the file for both. `--big` adds one run on a 1 GB corpus: memory must stay flat (the text is
+streamed in blocks; the vocabulary comes from the first pass).
 
     python benchmarks/tokenize_speed.py            # 100 MB, 3 rounds
     python benchmarks/tokenize_speed.py --big      # and one 1 GB run (needs ~4 GB of disk)
