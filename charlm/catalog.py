@@ -15,6 +15,7 @@ Where things live, and how tests (or a mirror) redirect them:
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import tempfile
@@ -169,9 +170,11 @@ def _download(url: str, folder: Path, sha256: Optional[str], size: Optional[int]
                 raise DownloadError(
                     f"cannot reach {url} ({e.reason}): you seem to be offline. Download the file on a "
                     f"machine that is online and pass its path instead, e.g. `charlm train input.txt`") from None
-            except (OSError, ValueError) as e:  # IncompleteRead, reset connections, timeouts
+            except (OSError, http.client.HTTPException) as e:  # reset connections, timeouts, IncompleteRead
                 raise DownloadError(f"download of {url} was interrupted ({type(e).__name__}: {e}); "
                                     f"nothing was kept, try again") from None
+            except ValueError as e:  # a malformed address (e.g. in CHARLM_CATALOG_URL_<NAME>)
+                raise DownloadError(f"cannot download {url!r}: {e}") from None
         got = digest.hexdigest()
         if sha256 is not None and got != sha256:
             raise DownloadError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}; "
