@@ -116,6 +116,21 @@ def test_two_process_resume_is_exact(corpus, full_run, tmp_path):
         assert all(torch.equal(s, t) for s, t in zip(x, y))
 
 
+def test_time_budget_and_grad_reports_keep_ranks_in_step(corpus, tmp_path):
+    """--max-time: each rank has its own clock, yet all must stop at the same step and use the
+    same (time-dependent) learning rate; --grad-report-every runs on rank 0 between collectives."""
+    out = tmp_path / "timed"
+    cmd_extra = ["--max-time", "2", "--grad-report-every", "7", "--min-lr-ratio", "0.1"]
+    proc = torchrun(corpus, out, 10**6, *cmd_extra)
+    assert proc.returncode == 0, proc.stderr
+    ck = load_checkpoint(out / "last.pt")
+    assert ck["replica_digests"][0] == ck["replica_digests"][1]
+    assert records(out, "finish")[0]["reason"] == "max_time"
+    lrs = [r["lr"] for r in records(out, "chunk")]
+    assert lrs[-1] < lrs[0]                       # the schedule followed the clock
+    assert records(out, "grad_report")
+
+
 def test_resume_under_another_world_size_is_refused(full_run, tmp_path):
     import shutil
 
