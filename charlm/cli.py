@@ -53,7 +53,12 @@ def handles_errors(func: Callable) -> Callable:
         except CharLMError as e:
             from rich.markup import escape
 
-            fail(escape(str(e)), e.exit_code)
+            # Under torchrun every rank raises the same error (rank 0 decides and tells the
+            # others): rank 0 says it; the first rank of each other node says it once, tagged.
+            rank, local_rank = os.environ.get("RANK", "0"), os.environ.get("LOCAL_RANK", "0")
+            if rank != "0" and (local_rank != "0" or type(e).__name__ == "Interrupted"):
+                raise typer.Exit(e.exit_code)
+            fail(escape(str(e) if rank == "0" else f"rank {rank}: {e}"), e.exit_code)
         except KeyboardInterrupt:
             _console(stderr=True).print("[red]interrupted[/]")
             raise typer.Exit(130)
@@ -526,7 +531,11 @@ def corpus_list(
         entries.append([r["name"], f"{escape(r['description'])}\nsource   {escape(r['url'])} "
                                    f"({r['size'] / 1e6:.1f} MB)\nsha256   {sha}\nlicence  {escape(r['licence'])}\n"
                                    f"cached   " + (escape(r["path"]) if r["cached"] else "no")])
-    _console().print(kv_table(f"corpora (cache folder: {escape(str(catalog.cache_dir()))})", entries,
+    folder = str(catalog.cache_dir())
+    home = os.path.expanduser("~")
+    if folder.startswith(home + os.sep):  # ~/.cache/charlm reads better than the full path
+        folder = "~" + folder[len(home):]
+    _console().print(kv_table(f"corpora (cache folder: {escape(folder)})", entries,
                               show_lines=True))
     _console().print("`charlm train NAME` downloads a named corpus on first use; "
                      "`charlm corpus get NAME` fetches it now.", highlight=False)
