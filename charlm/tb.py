@@ -25,7 +25,11 @@ def require() -> None:
 
 
 def _scalars(prefix: str, value: Any):
-    """Flatten a gradient report's horizons into (tag, number) pairs."""
+    """Flatten a gradient report's horizons into (tag, number) pairs.
+
+    A horizon of None ("beyond k-1": the gradient had not yet vanished at the chunk start) has no
+    number to plot, so it is left out rather than drawn as a made-up value; metrics.jsonl keeps it.
+    """
     if isinstance(value, dict):
         for k, v in value.items():
             yield from _scalars(f"{prefix}/{k}", v)
