@@ -134,16 +134,17 @@ def test_time_budget_and_grad_reports_keep_ranks_in_step(corpus, tmp_path):
 def test_resume_under_another_world_size_is_refused(full_run, tmp_path):
     import shutil
 
+    from charlm.errors import ConfigError
+    from charlm.train import resolve_options, train
+
     full, _ = full_run
     copy = tmp_path / "copy"
     shutil.copytree(full, copy)
-    proc = subprocess.run([sys.executable, "-m", "charlm", "train", "--out", str(copy), "--resume",
-                           "--max-steps", str(TOTAL + 4), "--device", "cpu"],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "NO_COLOR": "1", "COLUMNS": "300"})
-    assert proc.returncode == 1
-    assert "2 processes" in proc.stderr and "--nproc_per_node" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    model_config, config = resolve_options({"out": str(copy), "resume": True,
+                                            "max_steps": TOTAL + 4, "device": "cpu"})
+    with pytest.raises(ConfigError, match=r"trained with 2 processes.*same --nproc_per_node"):
+        train(config, model_config)   # one process here
+    assert load_checkpoint(copy / "last.pt")["progress"]["step"] == TOTAL   # untouched
 
 
 def _children(pid: int) -> list[int]:
