@@ -63,7 +63,7 @@ def test_errors_are_one_line(tmp_path, corpus_file):
     empty.write_text("")
     assert_clean_error(run_cli("train", empty, "--out", tmp_path / "e"), "empty")
     short = tmp_path / "short.txt"
-    short.write_text("tiny corpus, far shorter than one chunk\n" * 2)
+    short.write_text("shorter than one chunk\n" * 2)
     assert_clean_error(run_cli("train", short, "--out", tmp_path / "s", *TINY), "--seq-len")
     latin = tmp_path / "latin1.txt"
     latin.write_bytes("abc caf\xe9 def".encode("latin-1"))
