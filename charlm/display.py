@@ -271,11 +271,10 @@ def _sci(x: float) -> str:
     return "0" if x == 0 else f"{x:.1e}"
 
 
-def gradient_lag_table(study) -> Table:
+def gradient_lag_table(study) -> Group:
+    """The relative norm at lags 0, 1, 2, 5, 10, ..., one column per model, layer and state."""
     curves = [(m, c) for m in study.models for c in m.curves]
-    table = Table(title="gradient norm by lag, relative to lag 0", header_style="bold",
-                  title_justify="left", caption_justify="left")
-    table.caption = f"geometric mean over {study.samples} windows; spread (p10, p90) in --json/--csv"
+    table = Table(header_style="bold")
     table.add_column("lag", justify="right")
     for m, c in curves:
         table.add_column(_curve_name(m, c), justify="right")
@@ -288,11 +287,14 @@ def gradient_lag_table(study) -> Table:
                 text, beyond_k = f"[dim]{text}†[/]", True
             cells.append(text)
         table.add_row(str(lag), *cells)
+    # Notes below the table rather than as its caption: a caption wraps to the table's width.
+    notes = f"geometric mean over {study.samples} windows; spread (p10, p90) in --json/--csv"
     if beyond_k:
         ks = ", ".join(sorted({str(m.chunk_length) for m in study.models if m.chunk_length}))
-        table.caption += (f"\n† lag >= the training chunk length k={ks}: training never sent a "
-                          f"gradient this far back")
-    return table
+        notes += (f"\n† lag >= the training chunk length k={ks}: training never sent a gradient "
+                  f"this far back")
+    return Group(Text("gradient norm by lag, relative to lag 0", style="bold"), table,
+                 Text(notes, style="dim"))
 
 
 def gradient_summary_table(study) -> Table:
@@ -300,7 +302,7 @@ def gradient_summary_table(study) -> Table:
 
     table = Table(title="summary", header_style="bold", title_justify="left", caption_justify="left",
                   box=box.SIMPLE_HEAD)
-    for col in ("model", "norm lag 0", "decay/step", "horizon", "explodes", "σmax W_hh", "Pascanu"):
+    for col in ("model", "lag 0", "decay/step", "horizon", "explodes", "σmax W_hh", "Pascanu"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for m in study.models:
         for c in m.curves:
