@@ -44,8 +44,9 @@ def elastic_resume(config, ctx: "DistContext"):
 
     The restarted workers get the same command line as the first launch, which has no
     ``--resume`` (and perhaps ``--force``, which would wipe the run). When torchrun says this is a
-    restart and ``--out`` holds a last.pt, the launch becomes a resume instead. Rank 0 decides and
-    tells the others, so every rank takes the same branch.
+    restart and ``--out`` holds a last.pt, the launch becomes a resume instead. (A run killed
+    before its first checkpoint is simply started again: prepare_run_dir reuses an unstarted
+    run directory.) Rank 0 decides and tells the others, so every rank takes the same branch.
     """
     decision = False
     if ctx.is_main and restart_count() > 0 and not config.resume and config.out is not None:
