@@ -168,8 +168,10 @@ def test_horizon_summary_on_a_training_chunk():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-def test_cli_fresh_and_checkpoint(tmp_path):
+def test_cli_api_and_training_report(tmp_path):
+    import charlm
     from charlm.cli import app
+    from charlm.metrics import read_metrics
     from charlm.config import TrainConfig
     from charlm.train import train
 
@@ -181,11 +183,22 @@ def test_cli_fresh_and_checkpoint(tmp_path):
     assert "horizon" in r.output and "rnn h" in r.output
     assert [m["name"] for m in json.loads(out.read_text())["models"]] == ["rnn", "gru"]
 
+    # One tiny training run serves three checks: --grad-report-every, the CLI and the Python API.
     corpus = tmp_path / "c.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 60)
-    run = train(TrainConfig(corpus=str(corpus), seq_len=12, batch_size=4, max_steps=3, eval_every=3,
-                            out=str(tmp_path / "run"), sample_length=0, device="cpu"),
-                ModelConfig(cell="rnn", hidden_size=8, embedding_size=4))
+    run = train(TrainConfig(corpus=str(corpus), seq_len=12, batch_size=4, max_steps=4, eval_every=4,
+                            grad_report_every=2, out=str(tmp_path / "run"), sample_length=0, device="cpu"),
+                ModelConfig(cell="lstm", hidden_size=8, embedding_size=4))
+    reports = [r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "grad_report"]
+    assert [r["step"] for r in reports] == [2, 4]
+    assert reports[0]["horizons"]["lags"] == 11 and {"h[0]", "c[0]"} <= set(reports[0]["horizons"])
+
+    lm = charlm.load(run, device="cpu")
+    study = lm.inspect_gradients(text="to be or not to be " * 20, lags=15, samples=3, warmup=5)
+    (m,) = study.models
+    assert m.chunk_length == 12 and [c.state for c in m.curves] == ["h", "c"]
+    assert len(m.curves[0].gmean) == 16 and study.inputs == "text given"
+
     out = tmp_path / "ck.json"
     r = runner.invoke(app, ["inspect-gradients", str(run), "--lags", "30", "--samples", "3", "--json", str(out)])
     assert r.exit_code == 0, r.output
@@ -196,34 +209,3 @@ def test_cli_fresh_and_checkpoint(tmp_path):
     r = runner.invoke(app, ["inspect-gradients", "--models", "rnn,transformer"])
     assert r.exit_code == 1 and "unknown cell" in r.output
 
-
-def test_train_logs_gradient_horizons(tmp_path):
-    from charlm.config import TrainConfig
-    from charlm.metrics import read_metrics
-    from charlm.train import train
-
-    corpus = tmp_path / "c.txt"
-    corpus.write_text("abcabcabd " * 300)
-    run = train(TrainConfig(corpus=str(corpus), seq_len=10, batch_size=4, max_steps=4, eval_every=4,
-                            grad_report_every=2, out=str(tmp_path / "run"), sample_length=0, device="cpu"),
-                ModelConfig(cell="gru", hidden_size=8, embedding_size=4))
-    reports = [r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "grad_report"]
-    assert [r["step"] for r in reports] == [2, 4]
-    assert reports[0]["horizons"]["lags"] == 9 and "h[0]" in reports[0]["horizons"]
-
-
-def test_api_inspect_gradients(tmp_path):
-    import charlm
-    from charlm.config import TrainConfig
-    from charlm.train import train
-
-    corpus = tmp_path / "c.txt"
-    corpus.write_text("to be or not to be, that is the question\n" * 40)
-    run = train(TrainConfig(corpus=str(corpus), seq_len=8, batch_size=4, max_steps=2, eval_every=2,
-                            out=str(tmp_path / "run"), sample_length=0, device="cpu"),
-                ModelConfig(cell="lstm", hidden_size=8, embedding_size=4))
-    lm = charlm.load(run, device="cpu")
-    study = lm.inspect_gradients(text="to be or not to be " * 20, lags=15, samples=3, warmup=5)
-    (m,) = study.models
-    assert m.chunk_length == 8 and [c.state for c in m.curves] == ["h", "c"]
-    assert len(m.curves[0].gmean) == 16 and study.inputs == "text given"
