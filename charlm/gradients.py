@@ -95,7 +95,7 @@ class Trace:
 
     norms[(layer, "h")] is (T, B): ||dL/dh_t|| for t = 0..T-1 and each window b (also "c" for LSTM).
     states[(layer, "h")] is (T, B, H): the states themselves (detached), for checks.
-    top: the last layer's outputs (T, B, H), with the graph, before backward.
+    loss: the per-window losses (B,).
     """
 
     norms: dict[tuple[int, str], torch.Tensor]
