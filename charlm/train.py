@@ -68,6 +68,7 @@ class _StopRequest:
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
+        self.armed = False   # set once the loop can save; before that a signal stops at once
 
     def __bool__(self) -> bool:
         return self.signum is not None
@@ -82,6 +83,12 @@ def _graceful_signals(stop: _StopRequest) -> Iterator[None]:
         return
 
     def handler(signum, frame):
+        if not stop.armed:
+            # Still preparing (encoding a large corpus can take minutes) and nothing to save yet:
+            # stop now, as Python would; the data files are written atomically too.
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
         if stop.signum is not None and signum == signal.SIGINT:
             os._exit(130)
         stop.signum = signum
@@ -371,6 +378,7 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
         world_size=ctx.world_size))
     for note in notes:
         emit(Notice(note, step, "info"))
+    stop.armed = True   # from here a signal finishes the step and saves last.pt
     if ckpt is None:
         save("last.pt", 0.0)  # a good checkpoint exists from the first instant: resume/rollback target
 

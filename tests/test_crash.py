@@ -331,3 +331,33 @@ def test_second_ctrl_c_exits_at_once(tmp_path):
     p.stderr.close()
     assert rc == 130
     check_every_checkpoint_loads(run)
+
+
+def test_ctrl_c_while_preparing_a_large_corpus_stops_at_once(tmp_path):
+    """Before the first checkpoint there is nothing to save: Ctrl-C during data preparation (which
+    takes a while on a large corpus) exits at once, and the same command starts it again."""
+    shakespeare = Path(__file__).resolve().parent.parent.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+    if not shakespeare.exists():
+        pytest.skip("../shared/corpora is not present")
+    corpus = tmp_path / "big.txt"
+    corpus.write_bytes(shakespeare.read_bytes() * 40)     # 45 MB: seconds of scanning and encoding
+    run = tmp_path / "run"
+    cmd = charlm_cmd("train", corpus, "--out", run, "--max-steps", 3, "--hidden-size", "8",
+                     "--embedding-size", "8", "--device", "cpu", "--sample-length", "0")
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 120
+    while not (run / "data").exists():    # the run directory is made, the encoding has begun
+        assert p.poll() is None and time.time() < deadline, p.stderr.read()
+        time.sleep(0.01)
+    t0 = time.time()
+    p.send_signal(signal.SIGINT)
+    rc = p.wait(timeout=60)
+    took = time.time() - t0
+    err = p.stderr.read()
+    p.stderr.close()
+    assert rc == 130 and "Traceback" not in err, (rc, err)
+    assert took < 5.0, f"took {took:.1f}s"
+    assert not (run / "last.pt").exists(), "the signal came after training had started"
+    p = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600, env=ENV)
+    assert p.returncode == 0, p.stderr
+    assert load_checkpoint(run / "last.pt")["progress"]["step"] == 3
