@@ -199,7 +199,20 @@ def default_run_dir(root: Path = Path("runs")) -> Path:
 
 
 def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / m).exists() for m in RUN_MARKERS)
+    if not path.is_dir():
+        return False
+    if any((path / m).exists() for m in RUN_MARKERS if m != "config.toml"):
+        return True
+    return _charlm_config(path / "config.toml")
+
+
+def _charlm_config(path: Path) -> bool:
+    """A config.toml that charlm wrote (a user's own config.toml is not a run marker)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().startswith("# charlm resolved configuration")
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def is_unstarted_run(path: Path) -> bool:
@@ -207,9 +220,18 @@ def is_unstarted_run(path: Path) -> bool:
     (the encoded data, config.toml, metrics.jsonl, a temporary file of a save cut short)."""
     if not path.is_dir() or any((path / n).exists() for n in ("last.pt", "best.pt")):
         return False
-    derived = {"data", "config.toml", "metrics.jsonl", ".write-test"}
-    return all(c.name in derived or (c.name.startswith(".") and c.name.endswith(".tmp"))
-               for c in path.iterdir())
+    for c in path.iterdir():
+        if c.name == "config.toml":
+            if not _charlm_config(c):   # a user's own config.toml there is theirs to keep
+                return False
+        elif c.name == "data":
+            if not c.is_dir() or any(f.name not in ("meta.json", "train.bin", "val.bin", "train.bin.tmp",
+                                                    "val.bin.tmp") for f in c.iterdir()):
+                return False
+        elif not (c.name in ("metrics.jsonl", ".write-test")
+                  or (c.name.startswith(".") and c.name.endswith(".tmp"))):
+            return False
+    return True
 
 
 def prepare_run_dir(out: Optional[str], resume: bool, force: bool) -> Path:

@@ -117,6 +117,10 @@ ROWS = [
         1, "is a file"),
     Row("force-on-foreign-dir", "--force on a folder that is not a run",
         ["train", "{ws}/good.txt", "--out", "{ws}/my_stuff", "--force", *TINY], 1, "refusing to delete it"),
+    Row("out-holds-users-config", "--out names a folder holding only the user's own config.toml",
+        ["train", "{ws}/good.txt", "--out", "{ws}/exp", *TINY], 1, "already exists"),
+    Row("force-on-users-config", "--force on a folder holding only the user's own config.toml",
+        ["train", "{ws}/good.txt", "--out", "{ws}/exp", "--force", *TINY], 1, "refusing to delete it"),
     Row("resume-nothing", "--resume on a folder with no checkpoint",
         ["train", "{ws}/good.txt", "--out", "{ws}/my_stuff", "--resume", *TINY], 1, "has no last.pt"),
     Row("resume-and-force", "--resume together with --force",
@@ -189,6 +193,8 @@ def build_workspace(ws: Path) -> None:
     (ws / "wrong_type.toml").write_text('hidden_size = "big"\n')
     (ws / "locked.toml").write_text("hidden_size = 8\n")
     (ws / "my_stuff").mkdir()
+    (ws / "exp").mkdir()
+    (ws / "exp" / "config.toml").write_text("# my experiment\nhidden_size = 8\n")
     (ws / "my_stuff" / "thesis.md").write_text("years of work\n")
     r = runner.invoke(app, ["train", str(ws / "good.txt"), "--out", str(ws / "run"), *TINY])
     assert r.exit_code == 0, r.output
