@@ -101,13 +101,8 @@ def _graceful_signals(stop: _StopRequest) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _all_finite(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None) -> bool:
-    """Weights (and Adam's moments: an inf there poisons every later step) all finite."""
-    tensors = list(model.parameters())
-    if optimizer is not None:
-        tensors += [t for st in optimizer.state.values() for t in st.values()
-                    if torch.is_tensor(t) and t.is_floating_point()]
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+def _all_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def _check_resume_compatible(ckpt: dict, model_config: ModelConfig, config: TrainConfig) -> None:
@@ -329,7 +324,7 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
         if digests is not None and len(set(digests)) > 1:
             emit(Notice(f"the {ctx.world_size} replicas' weights differ at step {step}; this is a "
                         f"bug in charlm's DDP set-up, please report it", step, "warning"))
-        if not _all_finite(model, optimizer):
+        if not _all_finite(model):
             emit(Notice(f"not saving {name}: the weights are not finite", step, "warning"))
             return
         payload = {
