@@ -21,7 +21,8 @@ from .tokenizers import CharTokenizer, StreamDecoder, Tokenizer
 DEFAULT_PRIME = "\n"
 # Batch x hidden size up to which a CPU generation step runs on one thread. Such a step is a few
 # small products and a dozen tiny ops; on a 2-core machine shared with other work a second thread
-# made every op wait for it (N=64 samples at 512 units ran 8x slower on two threads than on one).
+# made every op wait for it (64 samples at 512 units: 885 characters/s on two threads, 8,489 on one,
+# at load 6-9; benchmarks/sampling_speed.py).
 SINGLE_THREAD_WORK = 64 * 512
 
 
