@@ -209,3 +209,16 @@ def test_cli_api_and_training_report(tmp_path):
     r = runner.invoke(app, ["inspect-gradients", "--models", "rnn,transformer"])
     assert r.exit_code == 1 and "unknown cell" in r.output
 
+
+
+@pytest.mark.slow
+def test_issue_command_is_fast_and_shows_the_rnn_forgetting_first():
+    """`charlm inspect-gradients --models rnn,lstm,gru --lags 200`: under 30 s on 2 cores."""
+    import time
+
+    t0 = time.perf_counter()
+    study = inspect_gradients(models=["rnn", "lstm", "gru"], lags=200)
+    assert time.perf_counter() - t0 < 30
+    horizon = {(m.name, c.state): c.horizon for m in study.models for c in m.curves}
+    assert horizon[("rnn", "h")] * 2 <= horizon[("lstm", "h")]
+    assert horizon[("rnn", "h")] * 3 <= horizon[("lstm", "c")]
