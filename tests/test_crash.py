@@ -340,7 +340,7 @@ def test_ctrl_c_while_preparing_a_large_corpus_stops_at_once(tmp_path):
     if not shakespeare.exists():
         pytest.skip("../shared/corpora is not present")
     corpus = tmp_path / "big.txt"
-    corpus.write_bytes(shakespeare.read_bytes() * 40)     # 45 MB: seconds of scanning and encoding
+    corpus.write_bytes(shakespeare.read_bytes() * 20)     # 22 MB: seconds of scanning and encoding
     run = tmp_path / "run"
     cmd = charlm_cmd("train", corpus, "--out", run, "--max-steps", 3, "--hidden-size", "8",
                      "--embedding-size", "8", "--device", "cpu", "--sample-length", "0")
