@@ -57,6 +57,16 @@ def charlm_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "charlm", "--quiet", *map(str, args)]
 
 
+def stop_after(n: int):
+    """A should_stop hook: stop once n steps have been trained in this launch."""
+    calls = {"n": -1}
+
+    def hook() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= n
+    return hook
+
+
 def check_every_checkpoint_loads(run: Path) -> list[int]:
     steps = []
     for path in sorted(run.glob("*.pt")):
@@ -316,11 +326,20 @@ def test_signal_saves_and_exits_quickly(tmp_path, sig, code):
     assert ck["progress"]["step"] > 0
     finish = [r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "finish"]
     assert finish and finish[-1]["reason"] == "interrupted"
-    # and the run continues from there
-    r = runner.invoke(app, ["--quiet", "train", "--out", str(run), "--resume", "--device", "cpu",
-                            "--max-steps", str(ck["progress"]["step"] + 3)])
-    assert r.exit_code == 0, r.output
-    assert load_checkpoint(run / "last.pt")["progress"]["step"] == ck["progress"]["step"] + 3
+    # ...and the run continues from there exactly: 3 more steps (same budget, so the same lr
+    # schedule) equal an uninterrupted run of the same options stopped at the same step.
+    stopped = ck["progress"]["step"]
+    cfg = dict(corpus=str(tmp_path / "c.txt"), max_steps=1_000_000, eval_every=50, batch_size=4,
+               seq_len=8, device="cpu", sample_length=0)
+    train(TrainConfig(**cfg, out=str(run), resume=True), None, should_stop=stop_after(3))
+    reference = tmp_path / "reference"
+    train(TrainConfig(**cfg, out=str(reference)), ModelConfig(hidden_size=8, embedding_size=8),
+          should_stop=stop_after(stopped + 3))
+    assert chunk_losses(run) == chunk_losses(reference)
+    a, b = load_checkpoint(run / "last.pt"), load_checkpoint(reference / "last.pt")
+    assert a["progress"]["step"] == b["progress"]["step"] == stopped + 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
 
 
 def test_second_ctrl_c_exits_at_once(tmp_path):
