@@ -72,7 +72,8 @@ def check_every_checkpoint_loads(run: Path) -> list[int]:
     for path in sorted(run.glob("*.pt")):
         ck = load_checkpoint(path)   # raises on a torn or half-written file
         steps.append(ck["progress"]["step"])
-    read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").exists() else None
+    if (run / "metrics.jsonl").exists():
+        read_metrics(run / "metrics.jsonl")   # a torn last line is skipped, never an error
     return steps
 
 
