@@ -395,11 +395,11 @@ def inspect_gradients(
 ) -> None:
     """Measure ||dL/dh|| against lag: why a tanh RNN forgets and an LSTM remembers longer.
 
-    The loss is at the last position of each window; the same module is run one step at a time so
-    the gradient reaching every earlier hidden state can be read.
+    The loss is at the last position of each window; the module runs one step at a time.
 
-    Examples: `charlm inspect-gradients --models rnn,lstm,gru --lags 200`,
-    `charlm inspect-gradients runs/NAME --lags 200 --plot grads.png`.
+    Example: `charlm inspect-gradients --models rnn,lstm,gru --lags 200`
+
+    Example: `charlm inspect-gradients runs/NAME --lags 200 --plot grads.png`
     """
     from .gradients import inspect_gradients as measure
 
@@ -459,11 +459,11 @@ def truncation_table(
     workdir: Annotated[Optional[Path], typer.Option(help="Keep the corpora and run directories here.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every cell to this JSON file.")] = None,
 ) -> None:
-    """Train tiny models on echo corpora for every (model, distance D, chunk k) and print echo accuracy.
+    """Echo accuracy of tiny models trained with BPTT(k), for every model x distance D x chunk k.
 
-    The textbook expectation: with k <= D no gradient links the key to its echo; with k > D LSTM
-    and GRU learn it; the tanh RNN fails as D grows. The default grid takes about 10-15 minutes
-    on a 2-core CPU. Example: `charlm truncation-table --models lstm --distances 10 --chunks 8,16`.
+    With k <= D no gradient links the key to its echo. The default grid: ~5 CPU minutes.
+
+    Example: `charlm truncation-table --models lstm --distances 10 --chunks 8,16`.
     """
     from .display import truncation_table as render
     from .synthetic import truncation_grid
@@ -623,10 +623,11 @@ def corpus_make(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="File to write. [default: echo-dD.txt]")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the file if it exists.")] = False,
 ) -> None:
-    """Write a synthetic long-range corpus (issue 3's truncation experiment).
+    """Write a synthetic long-range corpus for the truncation experiment.
 
-    echo: each line is a key symbol, D-1 random filler letters, a '>' cue, and the key again, so the
-    echo is predictable only by remembering D steps back. Example: `charlm corpus make echo --distance 40`.
+    echo: lines of a key, D-1 random letters, a '>' cue and the key again.
+
+    Example: `charlm corpus make echo --distance 40`.
     """
     from .errors import ConfigError
     from .synthetic import write_echo
