@@ -19,8 +19,10 @@ from rich.console import Console
 from typing_extensions import Annotated
 
 from . import __version__
+from .config import ModelConfig, TrainConfig
 from .errors import CharLMError
 
+_M, _T = ModelConfig(), TrainConfig()  # defaults shown in --help come from the dataclasses
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     name="charlm", context_settings=CONTEXT, no_args_is_help=True, rich_markup_mode="rich",
@@ -95,38 +97,38 @@ def train(
              "(Python's standard library source).", show_default=False)] = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML file of options (flags override it).")] = None,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved TOML and exit.")] = False,
-    model: Annotated[Optional[str], typer.Option(help="Cell: lstm, gru or rnn (tanh). [default: lstm]")] = None,
-    hidden_size: Annotated[Optional[int], typer.Option(help="Units per layer. [default: 384]")] = None,
-    layers: Annotated[Optional[int], typer.Option(help="Recurrent layers. [default: 1]")] = None,
-    embedding_size: Annotated[Optional[int], typer.Option(help="Embedding width. [default: 64]")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout in [0, 1). [default: 0]")] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help="BPTT chunk length k. [default: 64]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Parallel streams B (per process). [default: 64]")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate. [default: 3e-3]")] = None,
-    min_lr_ratio: Annotated[Optional[float], typer.Option(help="Final lr as a fraction of --lr. [default: 0.1]")] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option(help="Linear warm-up steps. [default: 50]")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay. [default: 0]")] = None,
-    grad_clip: Annotated[Optional[float], typer.Option(help="Global gradient-norm clip; 0 disables. [default: 1.0]")] = None,
+    model: Annotated[Optional[str], typer.Option(help=f"Cell: lstm, gru or rnn (tanh). \\[default: {_M.cell}]")] = None,
+    hidden_size: Annotated[Optional[int], typer.Option(help=f"Units per layer. \\[default: {_M.hidden_size}]")] = None,
+    layers: Annotated[Optional[int], typer.Option(help=f"Recurrent layers. \\[default: {_M.layers}]")] = None,
+    embedding_size: Annotated[Optional[int], typer.Option(help=f"Embedding width. \\[default: {_M.embedding_size}]")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help=f"Dropout in [0, 1). \\[default: {_M.dropout:g}]")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help=f"BPTT chunk length k. \\[default: {_T.seq_len}]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"Parallel streams B (per process). \\[default: {_T.batch_size}]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help=f"Peak learning rate. \\[default: {_T.lr:g}]")] = None,
+    min_lr_ratio: Annotated[Optional[float], typer.Option(help="Final lr as a fraction of --lr. \\[default: 0.1]")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(help="Linear warm-up steps. \\[default: 50]")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay. \\[default: 0]")] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help="Global gradient-norm clip; 0 disables. \\[default: 1.0]")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Stop after this many epochs (whole run).")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (whole run).")] = None,
     max_time: Annotated[Optional[float], typer.Option(
         help="Stop after this many seconds (whole run). With no stopping option: 180.")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Tail of the corpus held out. [default: 0.1]")] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help="Evaluate every N steps. [default: 200]")] = None,
-    tokenizer: Annotated[Optional[str], typer.Option(help="char, spm-char, bpe or unigram. [default: char]")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Tail of the corpus held out. \\[default: 0.1]")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help=f"Evaluate every N steps. \\[default: {_T.eval_every}]")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(help="char, spm-char, bpe or unigram. \\[default: char]")] = None,
     vocab_size: Annotated[Optional[int], typer.Option(help="Sentencepiece vocabulary size.")] = None,
-    min_char_count: Annotated[Optional[int], typer.Option(help="Rarer characters become <unk>. [default: 1]")] = None,
-    normalize: Annotated[Optional[str], typer.Option(help="none, nfc or nfd (Hangul -> jamo). [default: none]")] = None,
-    out: Annotated[Optional[str], typer.Option(help="Run directory. [default: a new runs/DATE-TIME]")] = None,
+    min_char_count: Annotated[Optional[int], typer.Option(help="Rarer characters become <unk>. \\[default: 1]")] = None,
+    normalize: Annotated[Optional[str], typer.Option(help="none, nfc or nfd (Hangul -> jamo). \\[default: none]")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Run directory. \\[default: a new runs/DATE-TIME]")] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue the run in --out.")] = None,
     force: Annotated[Optional[bool], typer.Option("--force", help="Replace an existing run directory.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed. [default: 1337]")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps. [default: auto]")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32, fp16 or bf16 (CUDA). [default: fp32]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed. \\[default: 1337]")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps. \\[default: auto]")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32, fp16 or bf16 (CUDA). \\[default: fp32]")] = None,
     grad_report_every: Annotated[Optional[int], typer.Option(
-        help="Log a gradient-through-time summary every N steps. [default: 0, never]")] = None,
+        help="Log a gradient-through-time summary every N steps. \\[default: 0, never]")] = None,
     tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard", help="Write TensorBoard event files.")] = None,
-    sample_length: Annotated[Optional[int], typer.Option(help="Characters sampled at the end. [default: 300]")] = None,
+    sample_length: Annotated[Optional[int], typer.Option(help="Characters sampled at the end. \\[default: 300]")] = None,
 ) -> None:
     """Train a language model with truncated BPTT; checkpoints go to the run directory.
 
@@ -620,7 +622,7 @@ def corpus_make(
     records: Annotated[int, typer.Option(help="Number of records (lines).")] = 5000,
     keys: Annotated[int, typer.Option(help="Distinct key symbols (chance = 1/keys).")] = 8,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="File to write. [default: echo-dD.txt]")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="File to write. \\[default: echo-dD.txt]")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the file if it exists.")] = False,
 ) -> None:
     """Write a synthetic long-range corpus for the truncation experiment.

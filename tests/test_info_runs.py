@@ -21,7 +21,7 @@ def runs_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     corpus = root.parent / "info-corpus.txt"
     corpus.write_text(make_text(6000), encoding="utf-8")
-    charlm.train({"corpus": str(corpus), "out": str(root / "lstm"), "hidden_size": 16, "embedding_size": 8,
+    charlm.train({"corpus": str(corpus), "out": str(root / "lstm"), "model": "lstm", "hidden_size": 16, "embedding_size": 8,
                   "batch_size": 4, "seq_len": 16, "max_steps": 12, "eval_every": 5, "warmup_steps": 0,
                   "sample_length": 0})
     other = root / "group" / "gru"  # a nested run: `runs` looks one level down too
