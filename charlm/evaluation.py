@@ -52,21 +52,27 @@ def evaluate_ids(model: CharRNN, ids: np.ndarray, chars: int, device: torch.devi
         return EvalResult(nats=0.0, tokens=0, chars=0.0)
     was_training = model.training
     model.eval()
-    ids = torch.from_numpy(np.asarray(ids, dtype=np.int64))
-    x, y = ids[:-1], ids[1:]
+    # Stream s predicts targets s*L+1 .. s*L+L from inputs one position earlier. Chunks are read
+    # straight from ids (a memmap for a corpus split), so memory stays flat for any length.
     streams = max(1, min(streams, (n - 1) // 64 or 1))
     length = math.ceil((n - 1) / streams)
-    pad = streams * length - (n - 1)
-    # Pad the end with ignored targets so every stream has the same length L.
-    x = torch.cat([x, torch.zeros(pad, dtype=torch.long)]).view(streams, length)          # (S, L)
-    y = torch.cat([y, torch.full((pad,), IGNORE, dtype=torch.long)]).view(streams, length)  # (S, L)
     state = model.init_state(streams, device)
     total = torch.zeros((), dtype=torch.float64, device=device)
     for start in range(0, length, chunk):
-        xb = x[:, start:start + chunk].to(device)
-        yb = y[:, start:start + chunk].to(device)
-        logits, state = model(xb, state)                                   # (S, T, V)
-        total += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), yb.reshape(-1),
+        width = min(chunk, length - start)
+        window = np.zeros((streams, width + 1), dtype=np.int64)      # (S, T+1), zero past the end
+        lengths = []
+        for s in range(streams):
+            lo = s * length + start
+            piece = np.asarray(ids[lo: min(lo + width + 1, n)], dtype=np.int64)
+            window[s, :len(piece)] = piece
+            lengths.append(max(0, len(piece) - 1))                    # targets this stream has here
+        x = torch.from_numpy(window[:, :-1]).to(device)                  # (S, T)
+        y = torch.from_numpy(window[:, 1:]).clone()
+        for s, k in enumerate(lengths):
+            y[s, k:] = IGNORE                                          # padding past the text's end
+        logits, state = model(x, state)                                  # (S, T, V)
+        total += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.to(device).reshape(-1),
                                  ignore_index=IGNORE, reduction="sum").double()
         state = detach_state(state)
     model.train(was_training)
