@@ -6,7 +6,7 @@ reference is the PyTorch word_language_model way written here: Embedding + nn.LS
 Adam, clip, detach, at the same shapes, on the same ids. Also reports model FLOP utilisation
 against this machine's measured float32 matrix-multiply rate.
 
-    python benchmarks/throughput.py                 # LSTM 1x256 and 2x512, 3 rounds each
+    python benchmarks/throughput.py                 # LSTM 1x256 and 2x512, 3 rounds each (~8 min)
     python benchmarks/throughput.py --quick         # a few seconds, for the smoke test
 """
 
@@ -104,18 +104,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny shapes, one round (smoke test)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=400, help="steps per measurement (charlm evaluates every 200)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="steps per measurement (default: 500 at 1x256, which includes one evaluation and "
+                         "checkpoint at charlm's default cadence, and 100 at 2x512)")
     args = ap.parse_args()
     corpus = corpus_path("tinyshakespeare.txt")
     from charlm.data import Corpus, scan, build_tokenizer
     c = Corpus.resolve(str(corpus))
     tok = build_tokenizer(c, scan(c), "char", None, 1, "none")
     ids = tok.encode(corpus.read_text(encoding="utf-8"))
-    shapes = [(64, 256, 1), (64, 512, 2)] if not args.quick else [(16, 32, 1)]
-    rounds, steps = (1, 20) if args.quick else (args.rounds, args.steps)
+    shapes = [(64, 256, 1, 500), (64, 512, 2, 100)] if not args.quick else [(16, 32, 1, 20)]
+    rounds = 1 if args.quick else args.rounds
     peak = matmul_flops(512 if args.quick else 1024)
     print(f"{machine()}\nfloat32 matmul rate: {peak / 1e9:.1f} GFLOP/s")
-    for emb, hidden, layers in shapes:
+    for emb, hidden, layers, default_steps in shapes:
+        steps = args.steps or default_steps
         ours, ref = [], []
         for _ in range(rounds):  # alternate, so both see the same machine load
             ref.append(reference_loop(ids, tok.vocab_size, emb, hidden, layers, 64, 64, steps))

@@ -6,9 +6,21 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_CORPORA = REPO.parent / "shared" / "corpora"
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run best on one thread: a second OpenMP thread only adds waiting, badly so on a
+    2-core machine shared with other work. Tests that compare runs bit for bit do so at equal
+    thread counts (subprocesses they start get their own setting)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 # A tiny model: enough to see the loss fall, small enough to train in a second or two.
 TINY = ["--hidden-size", "16", "--embedding-size", "8", "--batch-size", "4", "--seq-len", "16",

@@ -31,14 +31,6 @@ from conftest import make_text  # noqa: E402
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run best on one thread, and a 2-core machine shared with other work makes
-    two spinning OpenMP threads many times slower; results are compared at equal thread counts."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 HAS_CUDA = torch.cuda.is_available()
 TINY = ["--hidden-size", "8", "--embedding-size", "8", "--batch-size", "4", "--seq-len", "8",
         "--max-steps", "3", "--eval-every", "3", "--sample-length", "0", "--device", "cpu"]

@@ -23,14 +23,6 @@ from conftest import make_text
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run best on one thread, and a 2-core machine shared with other work makes
-    two spinning OpenMP threads many times slower; results are compared at equal thread counts."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 MODEL = ModelConfig(cell="rnn", hidden_size=8, embedding_size=8)
 
 

@@ -22,14 +22,6 @@ from conftest import make_text
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run best on one thread, and a 2-core machine shared with other work makes
-    two spinning OpenMP threads many times slower; results are compared at equal thread counts."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 TOTAL = 40          # steps of the whole run
 STOP_AT = (7, 23)   # where the interrupted run stops (mid-interval, and across an epoch border)
 
