@@ -63,6 +63,8 @@ class TrainingView:
         self.progress: Optional[Progress] = None
         self.task = None
         self._last_plain = 0.0
+        if self.plain:
+            self.console.soft_wrap = True  # a log line stays one line, whatever the width
 
     # -- event dispatch -------------------------------------------------------------------------
     def __call__(self, event: Event) -> None:
