@@ -92,6 +92,13 @@ def _restart_store(rank: int, world: int):
 
 def teardown(ctx: DistContext) -> None:
     if ctx.enabled and dist.is_initialized():
+        # Leave together: a rank that tears gloo down while its peer is still finishing a
+        # collective makes the peer's gloo threads abort the process ("terminate called
+        # without an active exception").
+        try:
+            dist.barrier()
+        except Exception:  # a peer that died already: nothing left to wait for
+            pass
         dist.destroy_process_group()
 
 
