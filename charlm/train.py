@@ -206,19 +206,19 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
     corpus = Corpus.resolve(config.corpus)
     data_dir = run_dir / "data"
     tok_dict = ckpt["tokenizer"] if ckpt else None
-    prepare = lambda: prepare_dataset(corpus, data_dir, config.tokenizer, config.vocab_size,
-                                      config.min_char_count, config.normalize, config.val_fraction,
-                                      tokenizer_dict=tok_dict)
+    def prepare(tokenizer_dict):
+        return prepare_dataset(corpus, data_dir, config.tokenizer, config.vocab_size,
+                               config.min_char_count, config.normalize, config.val_fraction,
+                               tokenizer_dict=tokenizer_dict)
+
+    # Rank 0 builds the tokenizer and writes the ids; the others then reuse its files with the
+    # very same tokenizer (a sentencepiece model trained twice could differ).
     if ctx.is_main:
-        dataset = prepare()
+        dataset = prepare(tok_dict)
     distributed.barrier(ctx)
+    shared_tok = distributed.broadcast_object(dataset.tokenizer.to_dict() if ctx.is_main else None, ctx)
     if not ctx.is_main:
-        tok_dict = distributed.broadcast_object(None, ctx)
-        dataset = prepare_dataset(corpus, data_dir, config.tokenizer, config.vocab_size,
-                                  config.min_char_count, config.normalize, config.val_fraction,
-                                  tokenizer_dict=tok_dict)
-    else:
-        distributed.broadcast_object(dataset.tokenizer.to_dict(), ctx)
+        dataset = prepare(shared_tok)
     if ckpt and ckpt["corpus"]["sha256"] != dataset.sha256:
         raise CorpusError(f"cannot resume: corpus {corpus.name} changed since the run started "
                           f"(sha256 differs); start a new run")
