@@ -40,6 +40,16 @@ def make_text(n_chars: int = 6000, seed: int = 0) -> str:
     return "".join(lines)[:n_chars]
 
 
+def stop_after(n: int):
+    """A should_stop hook for charlm.train.train: stop once n steps have been trained in this launch."""
+    calls = {"n": -1}
+
+    def hook() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= n
+    return hook
+
+
 @pytest.fixture
 def corpus_file(tmp_path: Path) -> Path:
     path = tmp_path / "corpus.txt"

@@ -30,7 +30,7 @@ from charlm.config import ModelConfig, TrainConfig
 from charlm.errors import CheckpointError, RunDirError
 from charlm.metrics import read_metrics
 from charlm.train import train
-from conftest import make_text
+from conftest import make_text, stop_after
 
 runner = CliRunner()
 
@@ -47,16 +47,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 def charlm_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "charlm", "--quiet", *map(str, args)]
-
-
-def stop_after(n: int):
-    """A should_stop hook: stop once n steps have been trained in this launch."""
-    calls = {"n": -1}
-
-    def hook() -> bool:
-        calls["n"] += 1
-        return calls["n"] >= n
-    return hook
 
 
 def check_every_checkpoint_loads(run: Path) -> list[int]:

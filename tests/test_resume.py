@@ -17,7 +17,7 @@ from charlm.cli import app
 from charlm.config import ModelConfig, TrainConfig
 from charlm.metrics import read_metrics
 from charlm.train import resolve_options, train
-from conftest import make_text
+from conftest import make_text, stop_after
 
 runner = CliRunner()
 
@@ -31,16 +31,6 @@ def tiny_config(corpus, out, **kw) -> TrainConfig:
                 eval_every=10, warmup_steps=5, device="cpu", sample_length=0, seed=3)
     base.update(kw)
     return TrainConfig(**base)
-
-
-def stop_after(n: int):
-    """A should_stop hook that says stop once n steps have been trained in this launch."""
-    calls = {"n": -1}
-
-    def hook() -> bool:
-        calls["n"] += 1
-        return calls["n"] >= n
-    return hook
 
 
 def chunk_losses(run_dir):
