@@ -3,10 +3,15 @@
 charlm's figure is tokens / wall time of `charlm.train.train` (data, per-chunk events, the plain
 display, metrics.jsonl, evaluation and checkpoint cadence at their defaults all included). The
 reference is the PyTorch word_language_model way written here: Embedding + nn.LSTM + Linear,
-Adam, clip, detach, at the same shapes, on the same ids. Also reports model FLOP utilisation
-against this machine's measured float32 matrix-multiply rate.
+Adam, clip, detach, at the same shapes, on the same ids. Both are timed from the end of their
+second step (the first steps set up oneDNN's kernels) to the end of the last. Also reports model
+FLOP utilisation against this machine's measured float32 matrix-multiply rate.
 
-    python benchmarks/throughput.py                 # LSTM 1x256 and 2x512, 3 rounds each (~8 min)
+The pair runs in fp32 (the like-for-like comparison the target is about). On a CPU with native
+bf16, where charlm's default precision ('auto') is bf16 autocast, a second pair runs both loops
+under the same bf16 autocast.
+
+    python benchmarks/throughput.py                 # LSTM 1x256 and 2x512, 2 rounds each (~10 min)
     python benchmarks/throughput.py --quick         # a few seconds, for the smoke test
 """
 
@@ -28,12 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append_result, corpus_path, machine  # noqa: E402
 
 from charlm.config import ModelConfig, TrainConfig  # noqa: E402
+from charlm.devices import cpu_has_native_bf16  # noqa: E402
 from charlm.train import train  # noqa: E402
 
 
-def matmul_flops(n: int = 1024, repeat: int = 20) -> float:
-    """This machine's float32 matrix-multiply rate (FLOP/s), best of a few rounds."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_flops(n: int = 1024, repeat: int = 20, dtype: torch.dtype = torch.float32) -> float:
+    """This machine's matrix-multiply rate (FLOP/s) in ``dtype``, best of a few rounds."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best = 0.0
     for _ in range(3):
@@ -52,8 +58,8 @@ def flops_per_token(vocab: int, emb: int, hidden: int, layers: int) -> float:
 
 
 def reference_loop(ids: np.ndarray, vocab: int, emb: int, hidden: int, layers: int, batch: int,
-                   seq_len: int, steps: int) -> float:
-    """word_language_model-style TBPTT loop; returns tokens/s."""
+                   seq_len: int, steps: int, bf16: bool = False) -> float:
+    """word_language_model-style TBPTT loop (under CPU bf16 autocast if asked); returns tokens/s."""
     torch.manual_seed(0)
     embed, rnn, head = nn.Embedding(vocab, emb), nn.LSTM(emb, hidden, layers, batch_first=True), nn.Linear(hidden, vocab)
     params = [*embed.parameters(), *rnn.parameters(), *head.parameters()]
@@ -62,25 +68,27 @@ def reference_loop(ids: np.ndarray, vocab: int, emb: int, hidden: int, layers: i
     data = torch.from_numpy(ids[: batch * L].astype(np.int64)).view(batch, L)
     state = None
     t0 = None
-    for i in range(steps + 2):
+    for i in range(steps):
         if i == 2:
-            t0 = time.perf_counter()  # two warm-up steps
+            t0 = time.perf_counter()  # timed from the end of the second step
         j = (i * seq_len) % (L - seq_len - 1)
         x, y = data[:, j:j + seq_len], data[:, j + 1:j + 1 + seq_len]
-        out, state = rnn(embed(x), state)
-        state = tuple(s.detach() for s in state)
-        loss = F.cross_entropy(head(out).reshape(-1, vocab), y.reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out, state = rnn(embed(x), state)
+            loss = F.cross_entropy(head(out).float().reshape(-1, vocab), y.reshape(-1))
+        state = tuple(s.detach().float() for s in state)
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         loss.item()
-    return batch * seq_len * steps / (time.perf_counter() - t0)
+    return batch * seq_len * (steps - 2) / (time.perf_counter() - t0)
 
 
 def charlm_loop(corpus: Path, emb: int, hidden: int, layers: int, batch: int, seq_len: int,
-                steps: int, display: bool = True) -> float:
-    """charlm's training loop, display included; returns tokens/s over the whole loop."""
+                steps: int, precision: str = "fp32") -> float:
+    """charlm's training loop, display included; returns tokens/s from the end of step 2 to the end
+    of the run (the evaluation and checkpoints at the last step included)."""
     from rich.console import Console
     from charlm.display import TrainingView
 
@@ -89,21 +97,23 @@ def charlm_loop(corpus: Path, emb: int, hidden: int, layers: int, batch: int, se
 
     def on_event(e):
         view(e)
+        if e.kind == "chunk" and e.step == 2:
+            finished["start"] = e.elapsed
         if e.kind == "finish":
             finished["elapsed"] = e.elapsed
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(corpus=str(corpus), out=str(Path(tmp) / "run"), batch_size=batch, seq_len=seq_len,
-                          max_steps=steps, sample_length=0)
+                          max_steps=steps, sample_length=0, precision=precision)
         train(cfg, ModelConfig(cell="lstm", embedding_size=emb, hidden_size=hidden, layers=layers),
               on_event=on_event)
-    return batch * seq_len * steps / finished["elapsed"]
+    return batch * seq_len * (steps - 2) / (finished["elapsed"] - finished["start"])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny shapes, one round (smoke test)")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=None,
                     help="steps per measurement (default: 500 at 1x256, which includes one evaluation and "
                          "checkpoint at charlm's default cadence, and 100 at 2x512)")
@@ -115,23 +125,32 @@ def main() -> None:
     ids = tok.encode(corpus.read_text(encoding="utf-8"))
     shapes = [(64, 256, 1, 500), (64, 512, 2, 100)] if not args.quick else [(16, 32, 1, 20)]
     rounds = 1 if args.quick else args.rounds
-    peak = matmul_flops(512 if args.quick else 1024)
-    print(f"{machine()}\nfloat32 matmul rate: {peak / 1e9:.1f} GFLOP/s")
+    n = 512 if args.quick else 1024
+    peaks = {"fp32": matmul_flops(n)}
+    precisions = ["fp32"]
+    if cpu_has_native_bf16():
+        peaks["bf16"] = matmul_flops(n, dtype=torch.bfloat16)
+        precisions.append("bf16")
+    print(f"{machine()}\nmatmul rate: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()))
     for emb, hidden, layers, default_steps in shapes:
         steps = args.steps or default_steps
-        ours, ref = [], []
-        for _ in range(rounds):  # alternate, so both see the same machine load
-            ref.append(reference_loop(ids, tok.vocab_size, emb, hidden, layers, 64, 64, steps))
-            ours.append(charlm_loop(corpus, emb, hidden, layers, 64, 64, steps))
-        o, r = float(np.median(ours)), float(np.median(ref))
-        fpt = flops_per_token(tok.vocab_size, emb, hidden, layers)
-        name = f"lstm {layers}x{hidden}"
-        print(f"{name}: charlm {o:,.0f} tok/s | reference loop {r:,.0f} tok/s | ratio {o / r:.3f} | "
-              f"MFU charlm {o * fpt / peak:.1%}, reference {r * fpt / peak:.1%}")
-        append_result("throughput", {"model": name, "batch": 64, "seq_len": 64, "charlm_tok_s": o,
-                                     "reference_tok_s": r, "ratio": o / r, "matmul_gflops": peak / 1e9,
-                                     "mfu_charlm": o * fpt / peak, "mfu_reference": r * fpt / peak,
-                                     "rounds": rounds, "steps": steps, "quick": args.quick})
+        for precision in precisions:
+            ours, ref = [], []
+            for _ in range(rounds):  # alternate, so both see the same machine load
+                ref.append(reference_loop(ids, tok.vocab_size, emb, hidden, layers, 64, 64, steps,
+                                          bf16=precision == "bf16"))
+                ours.append(charlm_loop(corpus, emb, hidden, layers, 64, 64, steps, precision))
+            o, r = float(np.median(ours)), float(np.median(ref))
+            fpt, peak = flops_per_token(tok.vocab_size, emb, hidden, layers), peaks[precision]
+            name = f"lstm {layers}x{hidden}"
+            print(f"{name} {precision}: charlm {o:,.0f} tok/s | reference loop {r:,.0f} tok/s | ratio {o / r:.3f} | "
+                  f"MFU ({precision} matmul rate) charlm {o * fpt / peak:.1%}, reference {r * fpt / peak:.1%}",
+                  flush=True)
+            append_result("throughput", {"model": name, "precision": precision, "batch": 64, "seq_len": 64,
+                                         "charlm_tok_s": o, "reference_tok_s": r, "ratio": o / r,
+                                         "matmul_gflops": peak / 1e9, "mfu_charlm": o * fpt / peak,
+                                         "mfu_reference": r * fpt / peak, "rounds": rounds, "steps": steps,
+                                         "quick": args.quick})
 
 
 if __name__ == "__main__":

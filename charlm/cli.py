@@ -115,6 +115,9 @@ def train(
         help="Stop after this many seconds (whole run). With no stopping option: 180.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Tail of the corpus held out. \\[default: 0.1]")] = None,
     eval_every: Annotated[Optional[int], typer.Option(help=f"Evaluate every N steps. \\[default: {_T.eval_every}]")] = None,
+    eval_tokens: Annotated[Optional[int], typer.Option(
+        help=f"Validation tokens per evaluation during training, evenly spread; 0: all. "
+             f"\\[default: {_T.eval_tokens}]")] = None,
     tokenizer: Annotated[Optional[str], typer.Option(help="char, spm-char, bpe or unigram. \\[default: char]")] = None,
     vocab_size: Annotated[Optional[int], typer.Option(help="Sentencepiece vocabulary size.")] = None,
     min_char_count: Annotated[Optional[int], typer.Option(help="Rarer characters become <unk>. \\[default: 1]")] = None,
@@ -124,7 +127,9 @@ def train(
     force: Annotated[Optional[bool], typer.Option("--force", help="Replace an existing run directory.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed. \\[default: 1337]")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps. \\[default: auto]")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32, fp16 or bf16 (CUDA). \\[default: fp32]")] = None,
+    precision: Annotated[Optional[str], typer.Option(
+        help="auto, fp32, bf16 (CUDA, or a CPU with native bf16) or fp16 (CUDA). auto is bf16 on such "
+             "a CPU, fp32 elsewhere. \\[default: auto]")] = None,
     grad_report_every: Annotated[Optional[int], typer.Option(
         help="Log a gradient-through-time summary every N steps. \\[default: 0, never]")] = None,
     tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard", help="Write TensorBoard event files.")] = None,
@@ -142,7 +147,7 @@ def train(
                     embedding_size=embedding_size, dropout=dropout, seq_len=seq_len,
                     batch_size=batch_size, lr=lr, min_lr_ratio=min_lr_ratio, warmup_steps=warmup_steps,
                     weight_decay=weight_decay, grad_clip=grad_clip, epochs=epochs, max_steps=max_steps,
-                    max_time=max_time, val_fraction=val_fraction, eval_every=eval_every,
+                    max_time=max_time, val_fraction=val_fraction, eval_every=eval_every, eval_tokens=eval_tokens,
                     tokenizer=tokenizer, vocab_size=vocab_size, min_char_count=min_char_count,
                     normalize=normalize, out=out, resume=resume, force=force, seed=seed, device=device,
                     precision=precision, grad_report_every=grad_report_every, tensorboard=tensorboard,

@@ -20,7 +20,7 @@ CELLS = ("lstm", "gru", "rnn")
 TOKENIZERS = ("char", "spm-char", "bpe", "unigram")
 NORMALIZATIONS = ("none", "nfc", "nfd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 # When a run names no stopping rule at all, it trains for this many seconds: long enough for a
 # readable sample on a 2-core CPU, short enough that `charlm train` "just works".
@@ -50,7 +50,7 @@ class ModelConfig:
     """Number of token ids; set from the tokenizer, never by hand."""
     embedding_size: int = 64
     """Width of the input embedding."""
-    hidden_size: int = 384
+    hidden_size: int = 512
     """Units per recurrent layer (H)."""
     layers: int = 1
     """Number of stacked recurrent layers."""
@@ -106,6 +106,10 @@ class TrainConfig:
     """Fraction of the corpus (its tail, in characters) held out for validation."""
     eval_every: int = 500
     """Evaluate on the validation split every this many steps."""
+    eval_tokens: int = 32768
+    """Validation tokens scored by each evaluation during training: the same evenly spread pieces
+    of the split every time, so the figures compare (0: the whole split). Bounds the cost of an
+    evaluation on a large corpus; `charlm evaluate` always scores the whole split."""
     out: Optional[str] = None
     """Run directory; a fresh one under runs/ by default."""
     resume: bool = False
@@ -116,8 +120,9 @@ class TrainConfig:
     """Seed for weights, dropout, and everything random."""
     device: str = "auto"
     """'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda' or 'mps'."""
-    precision: str = "fp32"
-    """'fp32', or autocast 'fp16' / 'bf16' on CUDA."""
+    precision: str = "auto"
+    """'auto' (bf16 autocast on a CPU with native bf16 instructions, else fp32), 'fp32', or autocast
+    'bf16' (CUDA, or such a CPU) / 'fp16' (CUDA, loss-scaled)."""
     grad_report_every: int = 0
     """Every N steps, log a gradient-through-time summary to metrics.jsonl (0: never)."""
     tensorboard: bool = False
@@ -143,6 +148,8 @@ class TrainConfig:
         _check(_finite(self.lr) and self.lr > 0, f"--lr must be > 0, got {self.lr!r}")
         _check(_finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1,
                f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        _check(isinstance(self.eval_tokens, int) and not isinstance(self.eval_tokens, bool)
+               and self.eval_tokens >= 0, f"--eval-tokens must be >= 0 (0: the whole split), got {self.eval_tokens!r}")
         _check(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
                f"--warmup-steps must be >= 0, got {self.warmup_steps!r}")
         _check(_finite(self.weight_decay) and self.weight_decay >= 0,

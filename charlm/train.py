@@ -31,8 +31,8 @@ from .checkpoint import check_resumable, load_checkpoint, prepare_run_dir, save_
 from .config import DEFAULT_MAX_TIME, ModelConfig, TrainConfig, to_toml
 from .data import Corpus, StreamBatches, prepare_dataset
 from .devices import (DeviceBatches, autocast, check_precision, describe_device, grad_scaler,
-                      resolve_device, rng_state as _rng_state, set_rng_state as _set_rng_state)
-from .errors import CheckpointError, ConfigError, CorpusError, Interrupted, NumericError
+                      resolve_device, resolve_precision, rng_state as _rng_state, set_rng_state as _set_rng_state)
+from .errors import CheckpointError, ConfigError, CorpusError, DeviceError, Interrupted, NumericError
 from .evaluation import evaluate_ids
 from .events import (CheckpointSaved, ChunkTrained, Evaluated, Event, Finished, GradientReport,
                      Notice, RunStarted)
@@ -138,7 +138,7 @@ def train(config: TrainConfig, model_config: Optional[ModelConfig] = None,
         from .tb import require
         require()  # before a run directory exists: a missing extra must not leave a half-made run
     device = resolve_device(config.device)
-    if config.precision != "fp32" and device.type != "cuda" and not config.resume:
+    if device.type != "cuda" and not config.resume:
         check_precision(device, config.precision)  # refuse before joining a process group
     ctx = distributed.setup(device)
     if ctx.enabled and device.type == "cuda":
@@ -187,10 +187,12 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
         _check_resume_compatible(ckpt, model_config, config)
         if config.corpus is None:
             config = replace(config, corpus=ckpt["corpus"]["path"])
-        if config.precision != "fp32" and device.type != "cuda":
-            # A GPU run's checkpoint resumes anywhere: mixed precision is CUDA-only, so go on in fp32.
-            notes.append(f"resuming a --precision {config.precision} run on {device.type}: "
-                         f"continuing in fp32")
+        try:
+            check_precision(device, config.precision)
+        except DeviceError:
+            # A checkpoint resumes anywhere: where its precision is not available, go on in fp32.
+            notes.append(f"resuming a --precision {config.precision} run on {device.type}, which "
+                         f"lacks it: continuing in fp32")
             config = replace(config, precision="fp32")
         if distributed.restart_count() > 0:
             notes.append(f"torchrun restart {distributed.restart_count()}: resuming from "
@@ -254,10 +256,12 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
     fused = device.type in ("cpu", "cuda")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99),
                                   weight_decay=config.weight_decay, fused=fused)
-    # Mixed precision (CUDA): autocast for the forward pass; fp16 also scales the loss so small
-    # gradients survive fp16's narrow range. The scaler only unscales and tracks its scale; the
-    # step itself stays ours (found_inf on the fused optimizer), see the loop.
-    amp_dtype = check_precision(device, config.precision)
+    # Mixed precision: autocast for the forward pass (bf16 on a CPU with native bf16 by default);
+    # fp16 also scales the loss so small gradients survive fp16's narrow range. The scaler only
+    # unscales and tracks its scale; the step itself stays ours (found_inf on the fused
+    # optimizer), see the loop. The weights, the optimizer and the carried state stay fp32.
+    precision = resolve_precision(device, config.precision)
+    amp_dtype = check_precision(device, precision)
     scaler = grad_scaler(device, amp_dtype)
 
     # --- progress counters (all of it goes into the checkpoint) ------------------------------
@@ -346,7 +350,7 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
             "world_size": ctx.world_size,
             "replica_digests": digests,
             "device": str(device),
-            "precision": config.precision,
+            "precision": precision,
             "grad_scaler": scaler.state_dict() if scaler is not None else None,
             "versions": {"charlm": __version__, "torch": str(torch.__version__),
                          "python": platform.python_version()},
@@ -357,7 +361,8 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
     def evaluate(train_loss: float, elapsed: float) -> None:
         """Validation loss on the held-out tail; every rank computes it, so all agree."""
         nonlocal best_val, best_bpc
-        result = evaluate_ids(model, dataset.val.ids, dataset.val.chars, device)
+        result = evaluate_ids(model, dataset.val.ids, dataset.val.chars, device,
+                              max_tokens=config.eval_tokens or None)
         is_best = result.loss < best_val
         if is_best:
             best_val, best_bpc = result.loss, result.bits_per_char
@@ -369,7 +374,7 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
         save("last.pt", elapsed)
 
     emit(RunStarted(
-        run_dir=str(run_dir), device=describe_device(device),
+        run_dir=str(run_dir), device=f"{describe_device(device)}, {precision}",
         model=f"{model_config.cell} {model_config.layers}x{model_config.hidden_size}",
         parameters=model.num_parameters(), tokenizer=tokenizer.kind, vocab_size=tokenizer.vocab_size,
         corpus=dataset.corpus_name, train_tokens=dataset.train.tokens, val_tokens=dataset.val.tokens,

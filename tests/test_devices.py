@@ -26,7 +26,8 @@ MODEL = ModelConfig(cell="lstm", hidden_size=16, embedding_size=8)
 
 def tiny(corpus, out, **kw) -> TrainConfig:
     base = dict(corpus=str(corpus), out=str(out), batch_size=4, seq_len=8, max_steps=12,
-                eval_every=6, warmup_steps=0, min_lr_ratio=1.0, device="cpu", sample_length=0, seed=2)
+                eval_every=6, warmup_steps=0, min_lr_ratio=1.0, device="cpu", precision="fp32",
+                sample_length=0, seed=2)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -53,14 +54,17 @@ def test_device_cuda_without_gpu_is_one_line_exit_1(corpus, tmp_path):
 
 @needs_no_cuda
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_mixed_precision_off_cuda_is_refused_before_anything_is_written(corpus, tmp_path, precision):
+def test_mixed_precision_the_cpu_lacks_is_refused_before_anything_is_written(corpus, tmp_path, monkeypatch,
+                                                                              precision):
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", str(corpus), "--precision", precision, "--out", str(out),
                                  "--max-steps", "2"], env={"NO_COLOR": "1", "COLUMNS": "300"})
     assert result.exit_code == 1
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1
-    assert f"--precision {precision} needs a CUDA GPU" in lines[0] and "fp32" in lines[0]
+    expected = "needs a CUDA GPU" if precision == "fp16" else "needs native bf16 instructions"
+    assert f"--precision {precision} " in lines[0] and expected in lines[0] and "fp32" in lines[0]
     assert not out.exists()
 
 
@@ -68,21 +72,56 @@ def test_unknown_precision_is_a_usage_error(corpus, tmp_path):
     result = runner.invoke(app, ["train", str(corpus), "--precision", "fp8", "--out",
                                  str(tmp_path / "r")], env={"NO_COLOR": "1", "COLUMNS": "300"})
     assert result.exit_code == 1
-    assert "--precision must be one of fp32, fp16, bf16" in result.output
+    assert "--precision must be one of auto, fp32, fp16, bf16" in result.output
 
 
-def test_check_precision():
-    cpu = torch.device("cpu")
+def test_check_precision(monkeypatch):
+    cpu, mps = torch.device("cpu"), torch.device("mps")
     assert devices.check_precision(cpu, "fp32") is None
+    with pytest.raises(DeviceError, match="needs a CUDA GPU"):
+        devices.check_precision(cpu, "fp16")
     for p in ("fp16", "bf16"):
         with pytest.raises(DeviceError, match="needs a CUDA GPU"):
-            devices.check_precision(cpu, p)
-        with pytest.raises(DeviceError, match="needs a CUDA GPU"):
-            devices.check_precision(torch.device("mps"), p)
+            devices.check_precision(mps, p)
     with pytest.raises(DeviceError, match="unknown precision"):
         devices.check_precision(cpu, "fp64")
+    # bf16 on a CPU: only with native bf16 instructions, where oneDNN does not emulate them.
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert devices.check_precision(cpu, "bf16") is torch.bfloat16
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(DeviceError, match="needs native bf16 instructions"):
+        devices.check_precision(cpu, "bf16")
     assert devices.grad_scaler(cpu, None) is None
     assert devices.grad_scaler(cpu, torch.bfloat16) is None   # bf16 has fp32's range: no scaling
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, native):
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
+    assert devices.resolve_precision(torch.device("cpu"), "auto") == ("bf16" if native else "fp32")
+    assert devices.check_precision(torch.device("cpu"), "auto") == (torch.bfloat16 if native else None)
+    for other in ("cuda", "mps"):   # mixed precision there is asked for by name
+        assert devices.resolve_precision(torch.device(other), "auto") == "fp32"
+    for name in ("fp32", "fp16", "bf16"):
+        assert devices.resolve_precision(torch.device("cpu"), name) == name
+
+
+@pytest.mark.skipif(not devices.cpu_has_native_bf16(), reason="this CPU has no native bf16")
+def test_cpu_bf16_run_learns_records_its_precision_and_resumes_exactly(corpus, tmp_path):
+    """The default on such a CPU: bf16 autocast trains, the checkpoint says bf16, the weights and
+    the carried state stay fp32, and a resumed run equals the uninterrupted one bit for bit."""
+    whole = train(tiny(corpus, tmp_path / "whole", precision="auto"), MODEL)
+    train(tiny(corpus, tmp_path / "part", precision="auto", max_steps=6), MODEL)
+    model_config, config = resolve_options({"out": str(tmp_path / "part"), "resume": True, "max_steps": 12})
+    part = train(config, model_config)
+    a, b = load_checkpoint(whole / "last.pt"), load_checkpoint(part / "last.pt")
+    assert a["precision"] == b["precision"] == "bf16"
+    assert all(t.dtype == torch.float32 for t in a["model"].values())
+    assert all(t.dtype == torch.float32 for h in a["hidden_state"] for t in h)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    chunks = [r["loss"] for r in read_metrics(whole / "metrics.jsonl") if r["type"] == "chunk"]
+    assert sum(chunks[-3:]) < sum(chunks[:3])
 
 
 def test_auto_device_and_description():

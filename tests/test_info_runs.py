@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 import charlm
 from charlm.checkpoint import load_checkpoint
 from charlm.cli import app
+from charlm.devices import resolve_precision
 from conftest import make_text
 
 runner = CliRunner()
@@ -51,7 +52,7 @@ def test_info_json_has_everything(runs_root):
     assert math.isclose(d["best_val_loss"], ckpt["progress"]["best_val_loss"])
     assert 0 < d["best_val_bpc"] < 8
     assert d["corpus"].endswith("info-corpus.txt") and len(d["corpus_sha256"]) == 64
-    assert (d["device"], d["precision"]) == ("cpu", "fp32")
+    assert (d["device"], d["precision"]) == ("cpu", resolve_precision(torch.device("cpu"), "auto"))
     assert d["charlm_version"] == charlm.__version__ and d["torch_version"] == str(torch.__version__)
     last = json.loads(runner.invoke(app, ["info", str(runs_root / "lstm" / "last.pt"), "--json"]).stdout)
     assert last["step"] == 12 and last["checkpoint"].endswith("last.pt")
@@ -61,7 +62,8 @@ def test_info_table(runs_root):
     result = runner.invoke(app, ["info", str(runs_root / "lstm")], env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
     for fragment in ("lstm 1x16", "parameters", "char, vocabulary", "best val bits/char", "corpus sha256",
-                     "cpu, fp32", f"charlm {charlm.__version__}", "torch "):
+                     f"cpu, {resolve_precision(torch.device('cpu'), 'auto')}", f"charlm {charlm.__version__}",
+                     "torch "):
         assert fragment in result.stdout, fragment
 
 

@@ -68,7 +68,8 @@ def test_training_carries_the_true_history_across_chunks(tmp_path, corpus_file):
     from charlm.train import train
 
     cfg = TrainConfig(corpus=str(corpus_file), out=str(tmp_path / "run"), batch_size=3, seq_len=8,
-                      lr=1e-12, warmup_steps=0, max_steps=5, eval_every=100, sample_length=0)
+                      lr=1e-12, warmup_steps=0, max_steps=5, eval_every=100, sample_length=0,
+                      precision="fp32")   # compared below with an fp32 forward pass, to 1e-5
     run = train(cfg, ModelConfig(cell="lstm", embedding_size=4, hidden_size=6))
     ckpt = load_checkpoint(run / "last.pt")
     model, _ = model_from_checkpoint(ckpt)
