@@ -56,7 +56,7 @@ def evaluate_ids(model: CharRNN, ids: np.ndarray, chars: int, device: torch.devi
     keeps the CPU's matrix units busy). Each piece but the first starts reading ``context`` tokens
     early and does not score them, so every target is predicted from at least ``context`` tokens
     of history, or from all of it: the figure agrees with one stream reading the whole text to
-    about 1e-4 nats on tiny shakespeare, where zero-state starts biased it upwards by about 4e-3
+    about 1e-4 nats on tiny shakespeare, where 64 zero-state starts biased it upwards by 4e-3
     (tests/test_evaluation.py checks both ways). ``max_tokens`` scores only that many targets, in
     ``streams`` evenly spread pieces: the same pieces every time, so estimates compare.
     """
