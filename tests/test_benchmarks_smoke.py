@@ -48,3 +48,12 @@ def test_startup_quick(tmp_path):
     assert "charlm --help:" in out and "ratio" in out
     assert rec["benchmark"] == "startup" and rec["seconds"] > 0 and rec["reference_seconds"] > 0
     assert rec["commands_importing_torch"] == []  # --help never imports torch
+
+
+def test_precision_step_quick(tmp_path):
+    out, rec = run_quick("precision_step.py", tmp_path)
+    assert rec["benchmark"] == "precision_step"
+    if rec["bf16_available"]:
+        assert "speed-up" in out and rec["fp32_ms"] > 0 and rec["bf16_ms"] > 0
+    else:
+        assert "no native bf16" in out
