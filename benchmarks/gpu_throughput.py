@@ -78,7 +78,7 @@ def charlm_loop(precision: str, seconds: float, corpus: Path, folder: Path) -> f
     """Tokens per second of charlm's own training loop, from its report-interval rates."""
     from charlm.config import ModelConfig, TrainConfig
     from charlm.metrics import read_metrics
-    from charlm.train import train
+    from charlm.training import train
 
     config = TrainConfig(corpus=str(corpus), out=str(folder / f"run-{precision}"), force=True,
                          seq_len=SEQ, batch_size=BATCH, max_time=seconds, eval_every=10**9,

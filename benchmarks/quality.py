@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import HERE, append_result, corpus_path, machine  # noqa: E402
+from common import append_result, corpus_path, machine  # noqa: E402
 
 NANOGPT_CPU_135S = 1.886    # ../shared/corpora/README.md, measured on these machines
 NANOGPT_A100 = 1.4697       # nanoGPT README, shakespeare_char on an A100

@@ -30,7 +30,7 @@ from common import append_result, corpus_path, load_average, machine, median  # 
 from charlm.api import LanguageModel  # noqa: E402
 from charlm.config import ModelConfig  # noqa: E402
 from charlm.model import CharRNN  # noqa: E402
-from charlm.tokenizers import CharTokenizer  # noqa: E402
+from charlm.corpus.tokenizers import CharTokenizer  # noqa: E402
 
 TARGET = 5000.0  # characters/s, batch 1, LSTM 1x512, CPU (issue 5, target 3)
 

@@ -37,7 +37,7 @@ from common import append_result, corpus_path, machine  # noqa: E402
 
 from charlm.config import ModelConfig, TrainConfig  # noqa: E402
 from charlm.devices import cpu_has_native_bf16  # noqa: E402
-from charlm.train import train  # noqa: E402
+from charlm.training import train  # noqa: E402
 
 
 def matmul_flops(n: int = 1024, repeat: int = 20, dtype: torch.dtype = torch.float32) -> float:
@@ -127,7 +127,7 @@ def main() -> None:
                          "and checkpoints of step 500 at charlm's default cadence, and 100 at 2x512)")
     args = ap.parse_args()
     corpus = corpus_path("tinyshakespeare.txt")
-    from charlm.data import Corpus, scan, build_tokenizer
+    from charlm.corpus.data import Corpus, scan, build_tokenizer
     c = Corpus.resolve(str(corpus))
     tok = build_tokenizer(c, scan(c), "char", None, 1, "none")
     ids = tok.encode(corpus.read_text(encoding="utf-8"))

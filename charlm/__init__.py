@@ -4,8 +4,6 @@ The package imports nothing heavy at start-up (``charlm --help`` stays fast); th
 functions below import torch when called.
 """
 
-import sys
-
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load", "train", "ModelConfig", "TrainConfig", "SampleConfig", "CharLMError"]
@@ -26,21 +24,3 @@ def train(config, model=None, on_event=None):
     from .api import train as _train
 
     return _train(config, model, on_event)
-
-
-class _Package(type(sys)):
-    """Keep ``charlm.train`` the function above once the charlm.train module is imported.
-
-    Importing a submodule binds it as an attribute of its package, so the first
-    ``from charlm.train import ...`` (the CLI and the API do it) would replace ``charlm.train()``
-    by the module and break ``charlm.train(config)``. ``from charlm.train import x`` still works:
-    it reads sys.modules, not this attribute.
-    """
-
-    def __setattr__(self, name, value):
-        if name == "train" and isinstance(value, type(sys)):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

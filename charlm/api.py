@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from .config import ModelConfig, SampleConfig, TrainConfig
-from .data import Corpus
+from .corpus.data import Corpus
 from .devices import resolve_device
 from .evaluation import EvalResult, evaluate_ids
 from .checkpoint import load_model
@@ -95,7 +95,7 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, model: Optional[Mod
     or the path of a TOML file like ``charlm train --config`` reads. Progress arrives as events
     through ``on_event`` when given; metrics.jsonl in the run directory records them either way.
     """
-    from .train import resolve_options, train as _train
+    from .training import resolve_options, train as _train
 
     if isinstance(config, (str, Path)):
         model_from_options, config = resolve_options({}, str(config))

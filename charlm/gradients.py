@@ -380,7 +380,7 @@ def text_windows(ids: np.ndarray, samples: int, length: int, generator: np.rando
 
 def read_text(spec: str, limit: int = 4_000_000) -> str:
     """Up to ``limit`` characters of a corpus (file, folder, catalog name or builtin)."""
-    from .data import Corpus
+    from .corpus.data import Corpus
 
     parts, size = [], 0
     for block in Corpus.resolve(spec).blocks():
@@ -482,7 +482,7 @@ def _inspect_gradients(checkpoint, corpus, models, hidden_size, layers, embeddin
     if not kinds:
         raise ConfigError("--models names no model (e.g. --models rnn,lstm,gru)")
     if corpus is not None:
-        from .tokenizers import CharTokenizer
+        from .corpus.tokenizers import CharTokenizer
         from collections import Counter
 
         text = read_text(corpus)

@@ -11,7 +11,8 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from .checkpoint import is_run_dir, load_checkpoint, resolve_checkpoint
+from .checkpoint import load_checkpoint, resolve_checkpoint
+from .rundir import is_run_dir
 from .errors import CharLMError, RunDirError
 from .metrics import read_metrics
 

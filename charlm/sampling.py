@@ -16,7 +16,7 @@ import torch
 from .config import SampleConfig
 from .errors import TokenizerError
 from .model import CharRNN
-from .tokenizers import CharTokenizer, StreamDecoder, Tokenizer
+from .corpus.tokenizers import CharTokenizer, StreamDecoder, Tokenizer
 
 DEFAULT_PRIME = "\n"
 # Batch x hidden size up to which a CPU generation step runs on one thread. Such a step is a few

@@ -20,7 +20,6 @@ held-out echo text, against chance (1 / number of keys).
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -145,7 +144,7 @@ def run_cell(cell: str, distance: int, chunk: int, workdir: Path, hidden_size: i
     """Train one tiny model with charlm.train.train on an echo corpus, and score its echoes."""
     from .checkpoint import load_model
     from .config import ModelConfig, TrainConfig
-    from .train import train
+    from .training import train
 
     t0 = time.perf_counter()
     corpus = workdir / f"echo-d{distance}.txt"

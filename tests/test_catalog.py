@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from charlm import catalog
-from charlm.catalog import Recipe
+from charlm.corpus import catalog
+from charlm.corpus.catalog import Recipe
 from charlm.cli import app
 from charlm.errors import DownloadError
 from conftest import TINY, make_text

@@ -24,12 +24,13 @@ import torch
 from typer.testing import CliRunner
 
 import charlm.checkpoint as checkpoint_mod
+import charlm.rundir as rundir_mod
 from charlm.checkpoint import load_checkpoint, save_checkpoint
 from charlm.cli import app
 from charlm.config import ModelConfig, TrainConfig
 from charlm.errors import CheckpointError, RunDirError
 from charlm.metrics import read_metrics
-from charlm.train import train
+from charlm.training import train
 from conftest import make_text, stop_after
 
 runner = CliRunner()
@@ -266,7 +267,7 @@ def test_unwritable_run_directory(tmp_path, monkeypatch):
         return real_write(self, data)
     monkeypatch.setattr(Path, "write_bytes", refuse)
     with pytest.raises(RunDirError, match="cannot write to run directory .*Permission denied"):
-        checkpoint_mod.prepare_run_dir(str(tmp_path / "run"), resume=False, force=False)
+        rundir_mod.prepare_run_dir(str(tmp_path / "run"), resume=False, force=False)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,10 +13,10 @@ from charlm import devices
 from charlm.checkpoint import load_checkpoint, load_model, save_checkpoint
 from charlm.cli import app
 from charlm.config import ModelConfig, TrainConfig
-from charlm.data import StreamBatches
+from charlm.corpus.data import StreamBatches
 from charlm.errors import DeviceError
 from charlm.metrics import read_metrics
-from charlm.train import resolve_options, train
+from charlm.training import resolve_options, train
 from conftest import make_text
 
 runner = CliRunner()
@@ -230,7 +230,7 @@ def test_fp16_overflow_skips_the_step_without_counting_as_divergence(corpus, tmp
     training goes on and learns."""
     import importlib
 
-    train_module = importlib.import_module("charlm.train")  # (charlm.train is also a function)
+    train_module = importlib.import_module("charlm.training.run")  # (charlm.train is also a function)
 
     made = []
 

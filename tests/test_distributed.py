@@ -135,7 +135,7 @@ def test_resume_under_another_world_size_is_refused(full_run, tmp_path):
     import shutil
 
     from charlm.errors import ConfigError
-    from charlm.train import resolve_options, train
+    from charlm.training import resolve_options, train
 
     full, _ = full_run
     copy = tmp_path / "copy"

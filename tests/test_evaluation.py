@@ -62,7 +62,7 @@ def test_short_lead_in_is_close_and_zero_state_starts_are_not_counted_twice(mode
 def test_trained_model_zero_state_starts_bias_upwards_and_the_lead_in_removes_it(tmp_path):
     """On a model that has learnt to use its history, starting many streams from a zero state
     costs loss; a lead-in of context tokens brings the figure back to the one-stream one."""
-    from charlm.train import train
+    from charlm.training import train
     from charlm.config import TrainConfig
     from conftest import make_text
 
@@ -106,7 +106,7 @@ def test_training_validation_uses_the_capped_sample(tmp_path):
     """--eval-tokens bounds what each evaluation during training scores; 0 scores everything."""
     from charlm.config import TrainConfig
     from charlm.metrics import read_metrics
-    from charlm.train import train
+    from charlm.training import train
     from conftest import make_text
 
     path = tmp_path / "c.txt"

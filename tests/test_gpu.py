@@ -16,10 +16,10 @@ import torch
 from charlm import devices
 from charlm.checkpoint import load_checkpoint, load_model
 from charlm.config import ModelConfig, TrainConfig
-from charlm.data import StreamBatches
+from charlm.corpus.data import StreamBatches
 from charlm.errors import DeviceError
 from charlm.metrics import read_metrics
-from charlm.train import resolve_options, train
+from charlm.training import resolve_options, train
 from conftest import make_text
 
 pytestmark = [pytest.mark.gpu,

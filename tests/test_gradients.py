@@ -4,7 +4,6 @@ with what analysis and the fused module say they must be."""
 from __future__ import annotations
 
 import json
-import math
 import sys
 
 import numpy as np
@@ -173,7 +172,7 @@ def test_cli_api_and_training_report(tmp_path):
     from charlm.cli import app
     from charlm.metrics import read_metrics
     from charlm.config import TrainConfig
-    from charlm.train import train
+    from charlm.training import train
 
     runner = CliRunner()
     out = tmp_path / "fresh.json"

@@ -17,7 +17,7 @@ from charlm.cli import app
 from charlm.config import ModelConfig, TrainConfig
 from charlm.errors import NumericError
 from charlm.metrics import read_metrics
-from charlm.train import train
+from charlm.training import train
 from conftest import make_text
 
 runner = CliRunner()

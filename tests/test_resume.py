@@ -16,7 +16,7 @@ from charlm.checkpoint import load_checkpoint
 from charlm.cli import app
 from charlm.config import ModelConfig, TrainConfig
 from charlm.metrics import read_metrics
-from charlm.train import resolve_options, train
+from charlm.training import resolve_options, train
 from conftest import make_text, stop_after
 
 runner = CliRunner()

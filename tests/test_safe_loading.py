@@ -21,7 +21,7 @@ import charlm
 from charlm.cli import app
 from charlm.config import ModelConfig, TrainConfig
 from charlm.errors import CheckpointError
-from charlm.train import train
+from charlm.training import train
 from conftest import make_text
 
 runner = CliRunner()

@@ -6,7 +6,7 @@ import torch
 from charlm.config import ModelConfig, SampleConfig
 from charlm.model import CharRNN
 from charlm.sampling import generate_ids
-from charlm.tokenizers import CharTokenizer
+from charlm.corpus.tokenizers import CharTokenizer
 
 
 @pytest.mark.parametrize("column_major", [False, True])

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from charlm.config import ModelConfig
-from charlm.data import StreamBatches
+from charlm.corpus.data import StreamBatches
 from charlm.errors import CorpusError
 from charlm.model import CharRNN, detach_state
 
@@ -65,7 +65,7 @@ def test_training_carries_the_true_history_across_chunks(tmp_path, corpus_file):
     over each stream's first n*k tokens in one go: carried, never reset inside an epoch."""
     from charlm.checkpoint import load_checkpoint, model_from_checkpoint
     from charlm.config import TrainConfig
-    from charlm.train import train
+    from charlm.training import train
 
     cfg = TrainConfig(corpus=str(corpus_file), out=str(tmp_path / "run"), batch_size=3, seq_len=8,
                       lr=1e-12, warmup_steps=0, max_steps=5, eval_every=100, sample_length=0,

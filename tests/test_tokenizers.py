@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from charlm.data import Corpus, build_tokenizer, scan
+from charlm.corpus.data import Corpus, build_tokenizer, scan
 from charlm.errors import TokenizerError
 from charlm.sampling import encode_prime
-from charlm.tokenizers import (CharTokenizer, SentencePieceTokenizer, StreamDecoder, for_display,
+from charlm.corpus.tokenizers import (CharTokenizer, SentencePieceTokenizer, StreamDecoder, for_display,
                                tokenizer_from_dict)
 
 MIXED = "안녕하세요, 세계! 漢字テスト 😀👍🏽 e\u0301 café\nsecond line\n"

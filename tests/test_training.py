@@ -1,6 +1,5 @@
 """Each cell trains and its loss falls; checkpoints round-trip; sampling and evaluation agree."""
 
-import json
 import math
 
 import pytest
@@ -12,8 +11,8 @@ from charlm.config import ModelConfig, SampleConfig, TrainConfig
 from charlm.metrics import read_metrics
 from charlm.model import CharRNN
 from charlm.sampling import sample_text
-from charlm.tokenizers import tokenizer_from_dict
-from charlm.train import lr_at, train
+from charlm.corpus.tokenizers import tokenizer_from_dict
+from charlm.training import lr_at, train
 
 
 def tiny_run(tmp_path, corpus_file, cell="lstm", steps=80, name="run", **kw):

@@ -25,7 +25,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from .errors import CorpusError, TokenizerError
+from ..errors import CorpusError, TokenizerError
 from .tokenizers import PIECE_CHARS, CharTokenizer, SentencePieceTokenizer, Tokenizer, tokenizer_from_dict
 
 BLOCK_BYTES = 8 << 20  # read 8 MiB at a time: fast, and memory stays flat for any corpus size
@@ -57,7 +57,7 @@ class Corpus:
                                   f"(looked for {', '.join(sorted(s for s in TEXT_SUFFIXES if s))} files)")
             return cls(name=str(path), files=files)
         if not path.exists():
-            from . import catalog  # a catalog name ("tinyshakespeare") wherever a path goes
+            from ..corpus import catalog  # a catalog name ("tinyshakespeare") wherever a path goes
 
             if catalog.is_known(spec):
                 return cls(name=spec, files=[catalog.fetch(spec)])

@@ -18,7 +18,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 from rich.table import Table
 from rich.text import Text
 
-from .events import (CheckpointSaved, ChunkTrained, Evaluated, Event, Finished, GradientReport,
+from ..events import (ChunkTrained, Evaluated, Event, Finished, GradientReport,
                      Notice, RunStarted)
 
 SPARK = "▁▂▃▄▅▆▇█"

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import DownloadError
+from ..errors import DownloadError
 
 ProgressCallback = Callable[[int, Optional[int]], None]  # (bytes so far, total or None)
 
@@ -206,7 +206,7 @@ def _extract(archive: Path, member: str, target: Path) -> None:
                 Path(tmp_name).unlink(missing_ok=True)
                 raise
     except zipfile.BadZipFile:
-        raise DownloadError(f"the download is not a valid zip archive") from None
+        raise DownloadError("the download is not a valid zip archive") from None
 
 
 def listing() -> list[dict]:

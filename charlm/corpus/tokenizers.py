@@ -21,7 +21,7 @@ from typing import Iterable, Iterator, Protocol
 
 import numpy as np
 
-from .errors import TokenizerError
+from ..errors import TokenizerError
 
 UNK = "<unk>"
 UNK_DISPLAY = "\ufffd"  # what an <unk> id decodes to

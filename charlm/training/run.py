@@ -26,19 +26,20 @@ from typing import Callable, Iterator, Optional
 import torch
 import torch.nn.functional as F
 
-from . import __version__, distributed
-from .checkpoint import check_resumable, load_checkpoint, prepare_run_dir, save_checkpoint
-from .config import DEFAULT_MAX_TIME, ModelConfig, TrainConfig, to_toml
-from .data import Corpus, StreamBatches, prepare_dataset
-from .devices import (DeviceBatches, autocast, check_precision, describe_device, grad_scaler,
+from .. import __version__, distributed
+from ..checkpoint import check_resumable, load_checkpoint, save_checkpoint
+from ..rundir import prepare_run_dir
+from ..config import DEFAULT_MAX_TIME, ModelConfig, TrainConfig, to_toml
+from ..corpus.data import Corpus, StreamBatches, prepare_dataset
+from ..devices import (DeviceBatches, autocast, check_precision, describe_device, grad_scaler,
                       resolve_device, resolve_precision, rng_state as _rng_state, set_rng_state as _set_rng_state)
-from .errors import CheckpointError, ConfigError, CorpusError, DeviceError, Interrupted, NumericError
-from .evaluation import evaluate_ids
-from .events import (CheckpointSaved, ChunkTrained, Evaluated, Event, Finished, GradientReport,
+from ..errors import ConfigError, CorpusError, DeviceError, Interrupted, NumericError
+from ..evaluation import evaluate_ids
+from ..events import (CheckpointSaved, ChunkTrained, Evaluated, Event, Finished, GradientReport,
                      Notice, RunStarted)
-from .gradients import horizon_summary
-from .metrics import MetricsLog
-from .model import CharRNN, detach_state
+from ..gradients import horizon_summary
+from ..metrics import MetricsLog
+from ..model import CharRNN
 
 EventCallback = Callable[[Event], None]
 MAX_ROLLBACKS = 3
@@ -135,7 +136,7 @@ def train(config: TrainConfig, model_config: Optional[ModelConfig] = None,
     """
     config.validate()
     if config.tensorboard:
-        from .tb import require
+        from ..tb import require
         require()  # before a run directory exists: a missing extra must not leave a half-made run
     device = resolve_device(config.device)
     if device.type != "cuda" and not config.resume:
@@ -303,7 +304,7 @@ def _train(config: TrainConfig, model_config: Optional[ModelConfig], on_event: O
                              truncate_to=ckpt["progress"]["metrics_offset"] if ckpt else 0)
         (run_dir / "config.toml").write_text(to_toml(model_config, config))
         if config.tensorboard:
-            from .tb import TensorBoardSink
+            from ..tb import TensorBoardSink
             tboard = TensorBoardSink(run_dir)
 
     def emit(event: Event) -> None:
@@ -594,7 +595,7 @@ def resolve_options(explicit: dict, config_file: Optional[str] = None) -> tuple[
     Returns ``(None, train_config)`` for a resume that names no model option, so the checkpoint's
     model is used as it is; a model option that is named must agree with the checkpoint.
     """
-    from .config import config_keys, load_toml, split_options
+    from ..config import config_keys, load_toml, split_options
 
     file_options = load_toml(config_file) if config_file else {}
     options = {**file_options, **{k: v for k, v in explicit.items() if v is not None}}
@@ -607,8 +608,8 @@ def resolve_options(explicit: dict, config_file: Optional[str] = None) -> tuple[
             raise ConfigError("--resume needs --out DIR naming the run to continue")
         ckpt_path = Path(out) / "last.pt"
         if not ckpt_path.is_file():
-            from .checkpoint import is_unstarted_run
-            from .errors import RunDirError
+            from ..rundir import is_unstarted_run
+            from ..errors import RunDirError
 
             if not is_unstarted_run(Path(out)):
                 raise RunDirError(f"cannot resume: {out} has no last.pt (start it without --resume)")

@@ -1,0 +1,159 @@
+"""`charlm corpus ...`: the catalog of named corpora, and what is in a text file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from .app import CONTEXT, _console, _state, app, handles_errors
+
+
+corpus_app = typer.Typer(
+    context_settings=CONTEXT, no_args_is_help=True, rich_markup_mode="rich",
+    help="Corpora: the built-in one, named ones downloaded into a cache, and what is in a file.\n\n"
+         "Examples:\n\n  charlm corpus list\n\n  charlm corpus get tinyshakespeare\n\n  charlm corpus info input.txt")
+app.add_typer(corpus_app, name="corpus")
+
+
+@corpus_app.command("list", context_settings=CONTEXT)
+@handles_errors
+def corpus_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """The built-in corpus and the named corpora, with source, sha256, licence and cache state.
+
+    Example: `charlm corpus list`.
+    """
+    from ..corpus import catalog
+    from ..corpus.data import BUILTIN_NAME
+
+    rows = catalog.listing()
+    if as_json:
+        typer.echo(json.dumps([{"name": BUILTIN_NAME, "url": None, "sha256": None, "size": None,
+                                "licence": "Python Software Foundation License", "cached": True,
+                                "description": "Python's standard library source, offline"}] + rows))
+        return
+    from rich.markup import escape
+
+    from .display import kv_table
+
+    entries = [[BUILTIN_NAME, "Python's standard library source (about 1.2 MB), offline, always here\n"
+                              "licence  Python Software Foundation License"]]
+    for r in rows:
+        sha = r["sha256"] or "[yellow]unknown (no published sha256 found): refused unless --sha256 or --allow-unverified[/]"
+        entries.append([r["name"], f"{escape(r['description'])}\nsource   {escape(r['url'])} "
+                                   f"({r['size'] / 1e6:.1f} MB)\nsha256   {sha}\nlicence  {escape(r['licence'])}\n"
+                                   f"cached   " + (escape(r["path"]) if r["cached"] else "no")])
+    folder = str(catalog.cache_dir())
+    home = os.path.expanduser("~")
+    if folder.startswith(home + os.sep):  # ~/.cache/charlm reads better than the full path
+        folder = "~" + folder[len(home):]
+    _console().print(kv_table(f"corpora (cache folder: {escape(folder)})", entries,
+                              show_lines=True))
+    _console().print("`charlm train NAME` downloads a named corpus on first use; "
+                     "`charlm corpus get NAME` fetches it now.", highlight=False)
+
+
+@corpus_app.command("get", context_settings=CONTEXT)
+@handles_errors
+def corpus_get(
+    name: Annotated[str, typer.Argument(help="Catalog name (see `charlm corpus list`).")],
+    sha256: Annotated[Optional[str], typer.Option(help="Expected sha256 of the download, when the catalog has none.")] = None,
+    allow_unverified: Annotated[bool, typer.Option(
+        "--allow-unverified", help="Accept a download with no known sha256 after a size check.")] = False,
+) -> None:
+    """Download a named corpus into the cache, verify its sha256, print the text file's path.
+
+    Examples: `charlm corpus get tinyshakespeare`, `charlm corpus get text8 --sha256 HEX`.
+    The cache is $CHARLM_CACHE, else $XDG_CACHE_HOME/charlm, else ~/.cache/charlm.
+    """
+    from ..corpus import catalog
+
+    r = catalog.recipe(name)
+    console = _console(stderr=True)
+    if catalog.is_cached(name):
+        typer.echo(str(catalog.cached_path(name)))
+        return
+    if r.sha256 is None and sha256 is None and allow_unverified:
+        console.print(f"[yellow]warning:[/] no published sha256 for {name}: checking its size only",
+                      highlight=False)
+    show = console.is_terminal and not _state["quiet"]
+    if show:
+        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+        with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
+                      console=console, transient=True) as progress:
+            task = progress.add_task(f"get {name}", total=r.size)
+            path = catalog.fetch(name, lambda done, total: progress.update(task, completed=done, total=total or r.size),
+                                 sha256=sha256, allow_unverified=allow_unverified)
+    else:
+        path = catalog.fetch(name, sha256=sha256, allow_unverified=allow_unverified)
+    typer.echo(str(path))
+
+
+@corpus_app.command("info", context_settings=CONTEXT)
+@handles_errors
+def corpus_info(
+    file: Annotated[str, typer.Argument(help="UTF-8 text file, folder, or catalog name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    top: Annotated[int, typer.Option(help="How many most and least frequent characters to show.")] = 10,
+) -> None:
+    """Size, characters, distinct characters, the most and least frequent, and which tokenizer to use.
+
+    Example: `charlm corpus info input.txt`.
+    """
+    from ..corpus.catalog import describe_corpus
+
+    d = describe_corpus(file, top=top)
+    if as_json:
+        typer.echo(json.dumps(d, ensure_ascii=False))
+        return
+    from rich.markup import escape
+
+    from .display import kv_table
+
+    show = lambda pairs: "  ".join(f"{escape(repr(ch))} {n:,}" for ch, n in pairs)
+    rows = [["corpus", escape(d["corpus"]) + (f" ({d['files']} files)" if d["files"] > 1 else "")],
+            ["size", f"{d['bytes']:,} bytes"],
+            ["characters", f"{d['characters']:,}"],
+            ["distinct characters", f"{d['distinct']:,} ({d['covering_99_9']:,} cover 99.9% of the text)"],
+            ["most frequent", show(d["most_frequent"])],
+            ["least frequent", show(d["least_frequent"])],
+            ["sha256", d["sha256"]],
+            ["recommended", f"[bold]{d['options']}[/] (vocabulary {d['vocab_size']:,})"],
+            ["why", d["reason"]]]
+    _console().print(kv_table(f"corpus info {escape(file)}", rows))
+
+
+@corpus_app.command("make", context_settings=CONTEXT)
+@handles_errors
+def corpus_make(
+    kind: Annotated[str, typer.Argument(help="Which synthetic corpus: echo.")],
+    distance: Annotated[int, typer.Option(help="Steps between a key and its echo (D).")] = 20,
+    records: Annotated[int, typer.Option(help="Number of records (lines).")] = 5000,
+    keys: Annotated[int, typer.Option(help="Distinct key symbols (chance = 1/keys).")] = 8,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="File to write. \\[default: echo-dD.txt]")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace the file if it exists.")] = False,
+) -> None:
+    """Write a synthetic long-range corpus for the truncation experiment.
+
+    echo: lines of a key, D-1 random letters, a '>' cue and the key again.
+
+    Example: `charlm corpus make echo --distance 40`.
+    """
+    from ..errors import ConfigError
+    from ..synthetic import write_echo
+
+    if kind != "echo":
+        raise ConfigError(f"unknown synthetic corpus {kind!r}: the one there is now is 'echo'")
+    path = write_echo(out or Path(f"echo-d{distance}.txt"), distance, records, keys, seed, force)
+    if not _state["quiet"]:
+        _console().print(f"wrote {path}: {records:,} records, the echo {distance} steps after its key "
+                         f"(chance {1 / keys:.1%}); train with e.g. `charlm train {path} --seq-len "
+                         f"{2 * distance}`", highlight=False)

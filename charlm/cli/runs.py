@@ -1,0 +1,114 @@
+"""`charlm info`, `charlm runs`, `charlm plot`: look inside checkpoints and run directories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from .app import CONTEXT, _console, app, handles_errors
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+@app.command(context_settings=CONTEXT)
+@handles_errors
+def info(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint file, or run directory (its best.pt).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """What is inside a checkpoint: model, tokenizer, progress, corpus, device, versions.
+
+    Examples: `charlm info runs/NAME`, `charlm info runs/NAME/last.pt --json`.
+    """
+    from ..runinfo import checkpoint_info
+
+    d = checkpoint_info(checkpoint)
+    if as_json:
+        typer.echo(json.dumps(d))
+        return
+    from .display import kv_table
+
+    rows = [
+        ["checkpoint", d["checkpoint"]],
+        ["model", f"{d['model']} {d['layers']}x{d['hidden_size']}, embedding {d['embedding_size']}, "
+                  f"dropout {d['dropout']:g}"],
+        ["parameters", _fmt(d["parameters"])],
+        ["tokenizer", f"{d['tokenizer']}" + (f" (normalize {d['normalize']})" if d["normalize"] != "none" else "")
+         + f", vocabulary {d['vocab_size']:,}"],
+        ["step", f"{d['step']:,} (epoch {d['epoch']})"],
+        ["tokens seen", _fmt(d["tokens_seen"])],
+        ["training time", f"{d['elapsed_s']:.0f} s" if d["elapsed_s"] is not None else "-"],
+        ["best val loss", _fmt(d["best_val_loss"]) + " nats/token"],
+        ["best val bits/char", _fmt(d["best_val_bpc"])],
+        ["corpus", f"{d['corpus']} ({_fmt(d['corpus_chars'])} characters)"],
+        ["corpus sha256", _fmt(d["corpus_sha256"])],
+        ["BPTT", f"{d['batch_size']} streams x {d['seq_len']} tokens"
+         + (f" x {d['world_size']} processes" if d["world_size"] > 1 else "")],
+        ["trained on", f"{d['device']}, {d['precision']}"],
+        ["versions", f"charlm {d['charlm_version']}, torch {d['torch_version']}, python {d['python_version']}"],
+    ]
+    _console().print(kv_table(f"charlm info {checkpoint}", rows))
+
+
+@app.command(context_settings=CONTEXT)
+@handles_errors
+def runs(
+    folder: Annotated[Path, typer.Argument(help="Folder of run directories (or one run).")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """List run directories with their best validation figures (reads metrics.jsonl, not weights).
+
+    Examples: `charlm runs`, `charlm runs experiments/ --json`.
+    """
+    from ..runinfo import find_runs, run_summary
+
+    summaries = [run_summary(d) for d in find_runs(folder)]
+    if as_json:
+        typer.echo(json.dumps(summaries))
+        return
+    if not summaries:
+        _console().print(f"no run directories in {folder}")
+        return
+    from .display import compact_table
+
+    def short(run: str) -> str:  # the run's path below the folder: "lstm" rather than "runs/lstm"
+        p = Path(run)
+        return str(p.relative_to(folder)) if p != folder and p.is_relative_to(folder) else p.name
+
+    rows = [[short(s["run"]), s["model"] or "-", Path(s["corpus"]).name if s["corpus"] else "-",
+             _fmt(s["step"]), _fmt(s["best_val_loss"]), _fmt(s["best_val_bpc"]),
+             f"{s['elapsed_s']:.0f}s" if s["elapsed_s"] is not None else "-",
+             "done" if s["status"] in ("max_steps", "max_time", "epochs") else s["status"]]
+            for s in summaries]
+    _console().print(compact_table(f"runs in {folder}", ["run", "model", "corpus", "steps", "val loss",
+                                                         "bpc", "time", "status"],
+                                   rows, text_columns=3, flexible=2))
+
+
+@app.command(context_settings=CONTEXT)
+@handles_errors
+def plot(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Image to write (.png, .svg or .pdf).")] = Path("curves.png"),
+    title: Annotated[Optional[str], typer.Option(help="Figure title.")] = None,
+) -> None:
+    """Draw train/val loss and bits/char against steps and wall time (needs the `plot` extra).
+
+    Example: `charlm plot runs/lstm runs/gru -o curves.png`.
+    """
+    from ..plotting import plot_runs
+
+    path = plot_runs(run_dirs, output, title=title)
+    typer.echo(str(path))
