@@ -8,13 +8,13 @@ only ever sees validated dataclasses. Checkpoints store them as plain dicts (``a
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
+from .util import is_finite_number
 
 CELLS = ("lstm", "gru", "rnn")
 TOKENIZERS = ("char", "spm-char", "bpe", "unigram")
@@ -145,22 +145,22 @@ class TrainConfig:
             _positive_int(name, getattr(self, name))
         _positive_int("max_steps", self.max_steps, allow_none=True)
         _positive_int("vocab_size", self.vocab_size, allow_none=True)
-        _check(_finite(self.lr) and self.lr > 0, f"--lr must be > 0, got {self.lr!r}")
-        _check(_finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1,
+        _check(is_finite_number(self.lr) and self.lr > 0, f"--lr must be > 0, got {self.lr!r}")
+        _check(is_finite_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1,
                f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         _check(isinstance(self.eval_tokens, int) and not isinstance(self.eval_tokens, bool)
                and self.eval_tokens >= 0, f"--eval-tokens must be >= 0 (0: the whole split), got {self.eval_tokens!r}")
         _check(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
                f"--warmup-steps must be >= 0, got {self.warmup_steps!r}")
-        _check(_finite(self.weight_decay) and self.weight_decay >= 0,
+        _check(is_finite_number(self.weight_decay) and self.weight_decay >= 0,
                f"--weight-decay must be >= 0, got {self.weight_decay!r}")
-        _check(_finite(self.grad_clip) and self.grad_clip >= 0,
+        _check(is_finite_number(self.grad_clip) and self.grad_clip >= 0,
                f"--grad-clip must be >= 0 (0 disables clipping), got {self.grad_clip!r}")
-        _check(self.epochs is None or (_finite(self.epochs) and self.epochs > 0),
+        _check(self.epochs is None or (is_finite_number(self.epochs) and self.epochs > 0),
                f"--epochs must be > 0, got {self.epochs!r}")
-        _check(self.max_time is None or (_finite(self.max_time) and self.max_time > 0),
+        _check(self.max_time is None or (is_finite_number(self.max_time) and self.max_time > 0),
                f"--max-time must be > 0 seconds, got {self.max_time!r}")
-        _check(_finite(self.val_fraction) and 0 < self.val_fraction < 1,
+        _check(is_finite_number(self.val_fraction) and 0 < self.val_fraction < 1,
                f"--val-fraction must be in (0, 1), got {self.val_fraction!r}")
         _check(isinstance(self.grad_report_every, int) and self.grad_report_every >= 0,
                f"--grad-report-every must be >= 0, got {self.grad_report_every!r}")
@@ -199,17 +199,13 @@ class SampleConfig:
     def validate(self) -> "SampleConfig":
         _check(isinstance(self.length, int) and self.length >= 0,
                f"--length must be >= 0, got {self.length!r}")
-        _check(_finite(self.temperature) and self.temperature > 0,
+        _check(is_finite_number(self.temperature) and self.temperature > 0,
                f"--temperature must be > 0, got {self.temperature!r}")
         _positive_int("top_k", self.top_k, allow_none=True)
-        _check(self.top_p is None or (_finite(self.top_p) and 0 < self.top_p <= 1),
+        _check(self.top_p is None or (is_finite_number(self.top_p) and 0 < self.top_p <= 1),
                f"--top-p must be in (0, 1], got {self.top_p!r}")
         _positive_int("num_samples", self.num_samples)
         return self
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ spread. Summary figures are read off the geometric-mean curve:
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import CharLMError, ConfigError
+from .util import json_safe, torch_threads
 
 HORIZON_RATIO = 1e-3
 SCHEMA = "charlm.inspect-gradients/1"
@@ -261,7 +261,7 @@ class ModelGradients:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        return _clean(d)
+        return json_safe(d)
 
 
 @dataclass
@@ -322,15 +322,6 @@ def _write_text(path: str | Path, text: str) -> None:
         raise CharLMError(f"cannot write {path}: {e.strerror or e}") from None
 
 
-def _clean(value: Any) -> Any:
-    """JSON has no NaN/Infinity: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -433,7 +424,7 @@ def study_of_trained(model, tokenizer, ckpt: dict, source: str, corpus: Optional
     study = GradientStudy(lags=lags, samples=samples, seed=seed, warmup=warmup, inputs=inputs,
                           dtype=str(dtype).replace("torch.", ""))
     k = ckpt.get("train_config", {}).get("seq_len")
-    with _one_thread():
+    with torch_threads(1):
         study.models.append(inspect_model(model, model.config.cell, ids, warmup, source=source,
                                           chunk_length=k, dtype=dtype))
     return study
@@ -449,7 +440,7 @@ def inspect_gradients(checkpoint: Optional[str] = None, corpus: Optional[str] = 
     that file is still there; else random tokens). Without: fresh models of each kind in
     ``models`` with the same sizes and seed, on the same windows (``corpus`` text, or random ids).
     """
-    with _one_thread():
+    with torch_threads(1):
         return _inspect_gradients(checkpoint, corpus, models, hidden_size, layers, embedding_size,
                                   lags, samples, seed, warmup, vocab_size)
 
@@ -503,16 +494,6 @@ def _inspect_gradients(checkpoint, corpus, models, hidden_size, layers, embeddin
     return study
 
 
-@contextmanager
-def _one_thread():
-    """The unrolled loop is hundreds of tiny ops; on a busy 2-core CPU, two threads spend their
-    time waiting for each other (measured: 40 s with 2 threads, 3 s with 1, under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,23 +7,14 @@ a resumed run reads exactly like the log of an uninterrupted one.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Optional
 
 from .events import Event
+from .util import json_safe
 
 
-def _clean(value: Any) -> Any:
-    # JSON has no NaN/Infinity: write them as strings a reader can still recognise.
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
 
 
 class MetricsLog:
@@ -35,7 +26,7 @@ class MetricsLog:
         self.file = open(self.path, "a", encoding="utf-8", buffering=1 << 16)
 
     def write(self, event: Event) -> None:
-        self.file.write(json.dumps(_clean(event.to_json()), ensure_ascii=False) + "\n")
+        self.file.write(json.dumps(json_safe(event.to_json()), ensure_ascii=False) + "\n")
 
     def offset(self) -> int:
         """Bytes written so far (flushed first), to store in a checkpoint."""

@@ -7,12 +7,12 @@ share the figure, one colour each, so runs compare at a glance.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import CharLMError, MissingExtra, RunDirError
 from .metrics import read_metrics
+from .util import is_finite_number
 
 
 def load_curves(run_dir: str | Path) -> dict[str, Any]:
@@ -25,17 +25,13 @@ def load_curves(run_dir: str | Path) -> dict[str, Any]:
                               "chunk": [], "eval": []}
     for rec in read_metrics(path):
         kind = rec.get("type")
-        if kind == "chunk" and not rec.get("skipped") and _finite(rec.get("loss")):
+        if kind == "chunk" and not rec.get("skipped") and is_finite_number(rec.get("loss")):
             curves["chunk"].append((rec["step"], rec["elapsed"], rec["loss"]))
-        elif kind == "eval" and _finite(rec.get("val_loss")):
+        elif kind == "eval" and is_finite_number(rec.get("val_loss")):
             curves["eval"].append((rec["step"], rec["elapsed"], rec["val_loss"], rec.get("val_bpc")))
     if not curves["chunk"] and not curves["eval"]:
         raise RunDirError(f"{path} holds no training records yet")
     return curves
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def _smooth(values: Sequence[float], weight: float = 0.9) -> list[float]:
@@ -70,7 +66,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, title: str | None
             steps, secs, vals, bpcs = zip(*run["eval"])
             for ax, x in ((axes[0][0], steps), (axes[0][1], secs)):
                 ax.plot(x, vals, color=colour, linestyle="--", marker="o", markersize=3, label=f"{name} val")
-            points = [(s, t, b) for s, t, b in zip(steps, secs, bpcs) if _finite(b)]
+            points = [(s, t, b) for s, t, b in zip(steps, secs, bpcs) if is_finite_number(b)]
             if points:
                 s, t, b = zip(*points)
                 axes[1][0].plot(s, b, color=colour, marker="o", markersize=3, label=f"{name} val")

@@ -7,18 +7,14 @@ metrics.jsonl, and the checkpoint only when the metrics are missing.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .checkpoint import load_checkpoint, resolve_checkpoint
 from .rundir import is_run_dir
 from .errors import CharLMError, RunDirError
 from .metrics import read_metrics
-
-
-def _finite(x: Any) -> Optional[float]:
-    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+from .util import finite_or_none
 
 
 def checkpoint_info(path: str | Path) -> dict[str, Any]:
@@ -31,7 +27,7 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
     p = ckpt["progress"]
     corpus = ckpt.get("corpus", {})
     versions = ckpt.get("versions", {})
-    best = _finite(p.get("best_val_loss"))
+    best = finite_or_none(p.get("best_val_loss"))
     return {
         "checkpoint": str(ckpt_path),
         "model": m["cell"],
@@ -46,9 +42,9 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
         "step": p["step"],
         "epoch": p.get("epoch"),
         "tokens_seen": p["tokens_seen"],
-        "elapsed_s": _finite(p.get("elapsed")),
+        "elapsed_s": finite_or_none(p.get("elapsed")),
         "best_val_loss": best,
-        "best_val_bpc": _finite(p.get("best_val_bpc")) if best is not None else None,
+        "best_val_bpc": finite_or_none(p.get("best_val_bpc")) if best is not None else None,
         "corpus": corpus.get("name"),
         "corpus_sha256": corpus.get("sha256"),
         "corpus_chars": corpus.get("chars"),
@@ -101,17 +97,17 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
                 out["status"] = "running?"  # no finish record: running now, or killed without a word
             elif kind == "chunk":
                 out["step"] = rec.get("step")
-                out["elapsed_s"] = _finite(rec.get("elapsed"))
-                out["tokens_per_s"] = _finite(rec.get("tokens_per_s"))
+                out["elapsed_s"] = finite_or_none(rec.get("elapsed"))
+                out["tokens_per_s"] = finite_or_none(rec.get("tokens_per_s"))
             elif kind == "eval":
-                val = _finite(rec.get("val_loss"))
+                val = finite_or_none(rec.get("val_loss"))
                 if val is not None and (out["best_val_loss"] is None or val < out["best_val_loss"]):
                     out["best_val_loss"], out["best_step"] = val, rec.get("step")
-                    out["best_val_bpc"] = _finite(rec.get("val_bpc"))
+                    out["best_val_bpc"] = finite_or_none(rec.get("val_bpc"))
             elif kind == "finish":
                 out["status"] = rec.get("reason", "done")
                 out["step"] = rec.get("step", out["step"])
-                out["elapsed_s"] = _finite(rec.get("elapsed")) or out["elapsed_s"]
+                out["elapsed_s"] = finite_or_none(rec.get("elapsed")) or out["elapsed_s"]
     elif (run_dir / "last.pt").is_file():
         try:
             info = checkpoint_info(run_dir / "last.pt")

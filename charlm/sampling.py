@@ -8,13 +8,13 @@ Several samples are generated together as one batch.
 from __future__ import annotations
 
 import random
-from contextlib import contextmanager
 from typing import Iterator, Optional
 
 import torch
 
 from .config import SampleConfig
 from .errors import TokenizerError
+from .util import torch_threads
 from .model import CharRNN
 from .corpus.tokenizers import CharTokenizer, StreamDecoder, Tokenizer
 
@@ -67,7 +67,7 @@ def generate_ids(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
     gen = torch.Generator(device="cpu").manual_seed(seed)
     B = config.num_samples
     threads = _step_threads(device, B, model.config.hidden_size)
-    with torch.no_grad(), _intra_op_threads(threads):
+    with torch.no_grad(), torch_threads(threads):
         x = torch.tensor([prime_ids] * B, dtype=torch.long, device=device)   # (B, P)
         logits, state = model(x)                                          # the prime in one pass
     last = logits[:, -1, :]                                               # (B, V)
@@ -77,7 +77,7 @@ def generate_ids(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
     # A char model never samples <unk> (id 0): draw from the other ids and shift back by one.
     skip = 1 if isinstance(tokenizer, CharTokenizer) and last.size(-1) > 1 else 0
     for _ in range(config.length):
-        with _intra_op_threads(threads):  # around the work only: the caller's setting holds between yields
+        with torch_threads(threads):  # around the work only: the caller's setting holds between yields
             filtered = filter_logits(last[:, skip:], config.temperature, config.top_k, config.top_p)
             probs = torch.softmax(filtered, dim=-1).cpu()                   # (B, V - skip)
             # Exponential race: argmax(p / E) with E ~ Exp(1) i.i.d. is an exact draw from p
@@ -97,17 +97,6 @@ def _step_threads(device: torch.device | str, batch: int, hidden: int) -> Option
     return 1
 
 
-@contextmanager
-def _intra_op_threads(n: Optional[int]):
-    if n is None or n == torch.get_num_threads():
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def generate(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,

@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from .errors import ConfigError, RunDirError
+from .util import torch_threads
 
 KEYS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 FILLER = "abcdefghij"
@@ -188,13 +189,10 @@ def truncation_grid(models: Sequence[str] = ("rnn", "lstm", "gru"), distances: S
                         hidden_size=hidden_size, batch_size=batch_size, steps=steps, lr=lr, seed=seed)
     t0 = time.perf_counter()
     total = len(models) * len(distances) * len(chunks)
-    import torch
 
     # Tiny models: one thread is faster than two that wait on each other (and leaves the other
     # core to the rest of the machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         with tempfile.TemporaryDirectory(prefix="charlm-echo-") as tmp:
             folder = Path(workdir) if workdir is not None else Path(tmp)
             folder.mkdir(parents=True, exist_ok=True)
@@ -205,7 +203,5 @@ def truncation_grid(models: Sequence[str] = ("rnn", "lstm", "gru"), distances: S
                         result.cells.append(c)
                         if on_cell is not None:
                             on_cell(c, len(result.cells), total)
-    finally:
-        torch.set_num_threads(threads)
     result.seconds = time.perf_counter() - t0
     return result
