@@ -4,7 +4,7 @@ The package imports nothing heavy at start-up (``charlm --help`` stays fast); th
 functions below import torch when called.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 __all__ = ["__version__", "load", "train", "ModelConfig", "TrainConfig", "SampleConfig", "CharLMError"]
 

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from typing_extensions import Annotated
 
-from .. import __version__
+from .._version import __version__
 from ..config import ModelConfig, TrainConfig
 from ..errors import CharLMError
 
