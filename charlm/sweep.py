@@ -1,0 +1,268 @@
+"""`charlm sweep`: the same training run across a grid of options, as one table.
+
+A sweep is a folder holding ``sweep.json`` (the grid and the options every run shares) and one run
+directory per grid point, named after its values (``seq_len=16,model=lstm``). Every point trains
+with the same seed and the same budget (``max_steps``, ``max_time`` or ``epochs``, required), one
+after another. A rerun of the same sweep skips the points that finished and resumes one that was
+cut short, so a sweep survives Ctrl-C and crashes as a single run does.
+
+The figures of a point come from its metrics.jsonl: the last and the best validation loss (nats per
+token) and bits per character, tokens per second over the run, and, when asked, its gradient
+horizon (as inspect-gradients measures it) and effective context (as inspect-context does).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, get_args, get_origin, get_type_hints
+
+from .config import ModelConfig, TrainConfig, config_keys
+from .errors import ConfigError, RunDirError
+from .events import Event, Notice
+from .metrics import read_metrics
+from .util import json_safe
+
+SCHEMA = "charlm.sweep/1"
+MANIFEST = "sweep.json"
+# Options that belong to the sweep itself, not to one of its runs.
+NOT_AN_AXIS = ("out", "resume", "force")
+FINISHED = ("max_steps", "max_time", "epochs")
+
+
+@dataclass
+class SweepPointStarted(Event):
+    """A grid point starts (or resumes) training; its run's own events follow."""
+
+    kind = "sweep_point"
+    index: int          # 1-based
+    total: int
+    name: str
+    values: dict[str, Any]
+    resumed: bool
+
+
+@dataclass
+class PointResult:
+    """One grid point: its values, where it ran, and its figures (None where not measured)."""
+
+    name: str
+    values: dict[str, Any]
+    run_dir: str
+    status: str = "pending"                 # done | trained | pending
+    steps: Optional[int] = None
+    elapsed_s: Optional[float] = None
+    tokens_per_s: Optional[float] = None
+    final_val_loss: Optional[float] = None
+    final_val_bpc: Optional[float] = None
+    best_val_loss: Optional[float] = None
+    best_val_bpc: Optional[float] = None
+    gradient_horizon: Optional[int] = None  # lags; None: not measured, or beyond the lags measured
+    effective_context: Optional[int] = None
+
+
+@dataclass
+class SweepResult:
+    folder: str
+    axes: dict[str, list[Any]]
+    base: dict[str, Any]
+    points: list[PointResult] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return json_safe({"schema": SCHEMA, "folder": self.folder, "axes": self.axes, "base": self.base,
+                          "points": [asdict(p) for p in self.points]})
+
+
+# ----------------------------------------------------------------------------------------------
+# The grid: "--grid seq_len=8,16,32" -> {"seq_len": [8, 16, 32]}, typed like the option
+
+
+def _option_types() -> dict[str, Any]:
+    hints = {**get_type_hints(ModelConfig), **get_type_hints(TrainConfig)}
+    return {name: hints[field_name] for name, (_, field_name) in config_keys().items()}
+
+
+def _parse_value(text: str, typ: Any, axis: str) -> Any:
+    allowed = [a for a in (get_args(typ) if get_origin(typ) is not None else (typ,)) if a is not type(None)]
+    base = allowed[0]
+    try:
+        if base is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        return base(text)
+    except ValueError:
+        raise ConfigError(f"--grid {axis}: {text!r} is not a valid {base.__name__}") from None
+
+
+def parse_grid(specs: list[str]) -> dict[str, list[Any]]:
+    """Each spec "name=v1,v2,..." becomes an axis; names as the long options (with - or _)."""
+    if not specs:
+        raise ConfigError("a sweep needs at least one --grid NAME=V1,V2,... axis")
+    types = _option_types()
+    axes: dict[str, list[Any]] = {}
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        name = name.strip().lstrip("-").replace("-", "_")
+        if not sep or not name or not values.strip():
+            raise ConfigError(f"--grid takes NAME=V1,V2,... (e.g. seq_len=16,32), got {spec!r}")
+        if name in NOT_AN_AXIS or name not in types:
+            known = ", ".join(sorted(k for k in types if k not in NOT_AN_AXIS))
+            raise ConfigError(f"--grid {name}: not a train option that can vary (options: {known})")
+        if name in axes:
+            raise ConfigError(f"--grid {name} is given twice; put all its values in one --grid")
+        parsed = [_parse_value(v.strip(), types[name], name) for v in values.split(",") if v.strip()]
+        if len(set(map(repr, parsed))) != len(parsed):
+            raise ConfigError(f"--grid {name} repeats a value: {values}")
+        axes[name] = parsed
+    return axes
+
+
+def point_name(values: dict[str, Any]) -> str:
+    """A folder name that says the point's values: "seq_len=16,model=lstm"."""
+    def short(axis: str, value: Any) -> str:
+        text = Path(str(value)).stem if axis == "corpus" else f"{value:g}" if isinstance(value, float) else str(value)
+        return re.sub(r"[^A-Za-z0-9._+-]", "_", text)[:40]
+    return ",".join(f"{axis}={short(axis, v)}" for axis, v in values.items())
+
+
+def grid_points(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination, the last axis varying fastest."""
+    names = list(axes)
+    return [dict(zip(names, combo)) for combo in itertools.product(*(axes[n] for n in names))]
+
+
+# ----------------------------------------------------------------------------------------------
+# Planning: validate every point before anything is written
+
+
+def _check_base(base: dict[str, Any]) -> None:
+    for key in NOT_AN_AXIS:
+        if base.get(key):
+            raise ConfigError(f"--{key} is the sweep's own business: give the sweep folder as --out")
+    if not any(base.get(k) is not None for k in ("max_steps", "max_time", "epochs")):
+        raise ConfigError("a sweep needs a budget for every run: --max-steps, --max-time or --epochs")
+
+
+def _check_manifest(folder: Path, axes: dict[str, list[Any]], base: dict[str, Any]) -> None:
+    """A rerun must be the same sweep (its grid may grow); a folder of something else is refused."""
+    manifest = folder / MANIFEST
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise RunDirError(f"sweep folder {folder} is a file; choose another --out")
+    if not manifest.is_file():
+        if any(folder.iterdir()):
+            raise RunDirError(f"{folder} exists and is not a charlm sweep (no {MANIFEST}); choose another --out")
+        return
+    try:
+        saved = json.loads(manifest.read_text(encoding="utf-8"))
+        saved_base = saved["base"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunDirError(f"{manifest} is unreadable ({e}); choose another --out") from None
+    if saved_base != json_safe(base):
+        differ = sorted(k for k in set(saved_base) | set(base) if saved_base.get(k) != base.get(k))
+        raise RunDirError(f"{folder} holds a sweep with other options (they differ in: "
+                          f"{', '.join(differ)}); rerun it with the same options or choose another --out")
+
+
+def plan(axes: dict[str, list[Any]], base: dict[str, Any], folder: Path) -> list[tuple[PointResult, dict]]:
+    """Each point with its full option dict, validated (configs built) before any run starts."""
+    from .training import resolve_options
+
+    _check_base(base)
+    _check_manifest(folder, axes, base)
+    planned = []
+    for values in grid_points(axes):
+        name = point_name(values)
+        options = {**base, **values, "out": str(folder / name)}
+        resolve_options(dict(options))   # raises ConfigError for a bad combination, before any run
+        planned.append((PointResult(name=name, values=values, run_dir=str(folder / name)), options))
+    names = [p.name for p, _ in planned]
+    if len(set(names)) != len(names):
+        raise ConfigError("two grid points would share a folder name; make the values distinct")
+    return planned
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+
+
+def _read_figures(point: PointResult) -> bool:
+    """Fill point's figures from its metrics.jsonl; True when the run finished its budget."""
+    path = Path(point.run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return False
+    finished = False
+    for rec in read_metrics(path):
+        kind = rec.get("type")
+        if kind == "eval" and isinstance(rec.get("val_loss"), (int, float)):
+            point.final_val_loss, point.final_val_bpc = rec["val_loss"], rec.get("val_bpc")
+            if point.best_val_loss is None or rec["val_loss"] < point.best_val_loss:
+                point.best_val_loss, point.best_val_bpc = rec["val_loss"], rec.get("val_bpc")
+        elif kind == "chunk" and isinstance(rec.get("elapsed"), (int, float)) and rec["elapsed"] > 0:
+            point.steps, point.elapsed_s = rec.get("step"), rec["elapsed"]
+            tokens = rec.get("tokens")
+            point.tokens_per_s = tokens / rec["elapsed"] if isinstance(tokens, (int, float)) else None
+        elif kind == "finish":
+            finished = rec.get("reason") in FINISHED
+        elif kind == "start":
+            finished = False   # a resumed launch: only its own finish counts
+    return finished
+
+
+def _train_point(options: dict[str, Any], resume: bool, on_event: Callable[[Event], None]) -> None:
+    from .training import resolve_options, train
+
+    model_config, train_config = resolve_options({**options, "resume": resume or None})
+    train(train_config, model_config, on_event=on_event)
+
+
+def _inspect_point(point: PointResult, lags: int) -> None:
+    """Gradient horizon (hidden state of the last layer) and effective context of the best model."""
+    from .api import load
+    from .gradients import study_of_trained
+
+    lm = load(point.run_dir, device="cpu")
+    study = study_of_trained(lm.model, lm.tokenizer, lm.checkpoint, point.run_dir, lags=lags, samples=8)
+    curves = study.models[0].curves
+    h_curves = [c for c in curves if c.label.startswith("h")] or curves
+    point.gradient_horizon = h_curves[-1].horizon
+    if hasattr(lm, "inspect_context"):
+        point.effective_context = lm.inspect_context().effective_context
+
+
+def run_sweep(axes: dict[str, list[Any]], base: dict[str, Any], folder: str | Path,
+              on_event: Optional[Callable[[Event], None]] = None, inspect: bool = False,
+              inspect_lags: int = 200) -> SweepResult:
+    """Train every grid point not finished yet (in order), then gather the figures of all."""
+    folder = Path(folder)
+    emit = on_event or (lambda e: None)
+    planned = plan(axes, base, folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST).write_text(json.dumps({"schema": SCHEMA, "axes": json_safe(axes),
+                                               "base": json_safe(base)}, indent=1) + "\n", encoding="utf-8")
+    result = SweepResult(folder=str(folder), axes=axes, base=base)
+    for index, (point, options) in enumerate(planned, start=1):
+        if _read_figures(point):
+            point.status = "done"
+            emit(Notice(f"[{index}/{len(planned)}] {point.name}: finished before, skipped"))
+        else:
+            resume = (Path(point.run_dir) / "last.pt").is_file()
+            emit(SweepPointStarted(index, len(planned), point.name, point.values, resume))
+            _train_point(options, resume, emit)
+            _read_figures(point)
+            point.status = "trained"
+        if inspect:
+            _inspect_point(point, inspect_lags)
+        result.points.append(point)
+    return result
+
+
+def best_point(result: SweepResult) -> Optional[PointResult]:
+    scored = [p for p in result.points if p.best_val_loss is not None and math.isfinite(p.best_val_loss)]
+    return min(scored, key=lambda p: p.best_val_loss) if scored else None
