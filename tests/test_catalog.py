@@ -72,7 +72,7 @@ def _recipe(monkeypatch, name, url, body, member=None, sha256="auto"):
     sha = hashlib.sha256(body).hexdigest() if sha256 == "auto" else sha256
     r = Recipe(name=name, url=url, sha256=sha, size=len(body), licence="test", description="test corpus",
                member=member)
-    monkeypatch.setitem(catalog.RECIPES, name, r)
+    monkeypatch.setitem(catalog.recipes(), name, r)
     return r
 
 
