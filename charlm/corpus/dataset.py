@@ -176,7 +176,7 @@ def _write_ids(corpus: Corpus, tokenizer: Tokenizer, train_chars: int, dtype: np
 
 
 def _megabytes(n: int) -> str:
-    return f"{n / 1e6:,.1f} MB" if n >= 1e5 else f"{n:,} bytes"
+    return f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n:,} bytes"
 
 
 def _tokenizer_key(tokenizer: Tokenizer) -> str:

@@ -44,7 +44,7 @@ class Corpus:
 
     name: str
     files: list[Path]
-    skipped: list[Path] = field(default_factory=list)  # binary files of a folder, left out
+    skipped: list[Path] = field(default_factory=list)  # a folder's binary or non-UTF-8 files, left out
 
     @classmethod
     def resolve(cls, spec: Optional[str]) -> "Corpus":
@@ -155,8 +155,9 @@ def is_run_folder(folder: Path) -> bool:
         (folder / name).is_file() for name in ("last.pt", "best.pt", "metrics.jsonl"))
 
 
-def looks_binary(path: Path) -> bool:
-    """True when the first SNIFF_BYTES hold a NUL byte or are not UTF-8 (a compiled tool, an image)."""
+def binary_reason(path: Path) -> Optional[str]:
+    """Why a folder's file is not text (a NUL byte, or a byte that is not UTF-8, in its first
+    SNIFF_BYTES: a compiled tool, an image, a Latin-1 file), or None when it looks like text."""
     try:
         with open(path, "rb") as f:
             head = f.read(SNIFF_BYTES)
@@ -165,14 +166,15 @@ def looks_binary(path: Path) -> bool:
         raise CorpusError(f"cannot read {path}: permission denied") from None
     except OSError as e:
         raise CorpusError(f"cannot read {path}: {e.strerror or e}") from None
-    if b"\x00" in head:
-        return True
+    nul = head.find(b"\x00")
+    if nul >= 0:
+        return f"NUL byte at byte offset {nul}"
     try:
         # A multi-byte character cut at the end of the sample is fine; a bad byte before it is not.
         codecs.getincrementaldecoder("utf-8")().decode(head, final=whole)
-    except UnicodeDecodeError:
-        return True
-    return False
+    except UnicodeDecodeError as e:
+        return f"not UTF-8: invalid byte 0x{head[e.start:e.start + 1].hex()} at byte offset {e.start}"
+    return None
 
 
 def folder_corpus(root: Path, spec: str) -> Corpus:
@@ -187,13 +189,19 @@ def folder_corpus(root: Path, spec: str) -> Corpus:
         dirnames[:] = [d for d in dirnames if not d.startswith(".") and not is_run_folder(here / d)]
         candidates += [here / name for name in filenames
                        if not name.startswith(".") and Path(name).suffix.lower() in TEXT_SUFFIXES]
-    files, skipped = [], []
+    files, skipped, first_reason = [], [], None
     for path in sorted(candidates):
         if not path.is_file():  # a FIFO, a socket, a dangling link
             continue
-        (skipped if looks_binary(path) else files).append(path)
+        reason = binary_reason(path)
+        if reason is None:
+            files.append(path)
+            continue
+        skipped.append(path)
+        first_reason = first_reason or f"{path}: {reason}"
     if not files:
-        why = f"; {len(skipped)} binary files skipped" if skipped else ""
+        why = (f"; skipped {len(skipped)} binary or non-UTF-8 file{'s' if len(skipped) != 1 else ''}, "
+               f"e.g. {first_reason}" if skipped else "")
         raise CorpusError(f"folder {spec} holds no text files (looked for "
                           f"{', '.join(sorted(s for s in TEXT_SUFFIXES if s))} files{why})")
     return Corpus(name=str(root), files=files, skipped=skipped)
