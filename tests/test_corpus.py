@@ -6,8 +6,10 @@ text through the tokenizer and the encoder, and any bytes through a corpus folde
 from __future__ import annotations
 
 import ast
+import atexit
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 from typer.testing import CliRunner
 
 from charlm.cli import app
@@ -31,6 +34,10 @@ from charlm.errors import CharLMError, CorpusError, TokenizerError
 from charlm.util import RUN_MARKER
 from conftest import TINY, make_text
 
+# Hypothesis keeps caches in ./.hypothesis by default: tests never write into the working tree.
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="charlm-hypothesis-")
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, True)
 runner = CliRunner()
 ELF = b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 4   # the start of a compiled tool
 
@@ -278,7 +285,7 @@ def test_a_tokenizer_shorter_than_its_model_is_refused():
         tokenizer_from_dict(GOOD, vocab_size=65)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(st.dictionaries(st.sampled_from(["kind", "chars", "normalize", "model_proto", "extra"]),
                        st.one_of(st.none(), st.integers(), st.text(max_size=5), st.binary(max_size=20),
                                  st.sampled_from(["char", "bpe", "unigram", "spm-char", "nfc", "none"]),
@@ -295,7 +302,7 @@ def test_any_tokenizer_dict_loads_or_is_a_tokenizer_error(d):
 # ----------------------------------------------------------------------------------------------
 # Properties: any text round-trips; any bytes in a folder end cleanly.
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=80, deadline=None, database=None)
 @given(st.text(min_size=1, max_size=200), st.sampled_from(["none", "nfc", "nfd"]))
 def test_any_text_round_trips_through_the_char_tokenizer(s, form):
     tok = CharTokenizer.from_counts(Counter(unicodedata.normalize(form.upper(), s) if form != "none" else s),
@@ -307,7 +314,7 @@ def test_any_text_round_trips_through_the_char_tokenizer(s, form):
     assert tokenizer_from_dict(tok.to_dict()).decode(ids) == expected
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
                min_size=3, max_size=300))
 def test_any_text_survives_encoding_to_disk(s):
@@ -324,7 +331,7 @@ def test_any_text_survives_encoding_to_disk(s):
         assert ds.train.chars + ds.val.chars == len(s) and ds.val.tokens >= 1
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(["a.txt", "b", "c.md", "d/e.txt", "d/f", ".g.txt"]),
                           st.one_of(st.binary(max_size=300), st.text(max_size=100).map(str.encode))),
                 max_size=5))
