@@ -51,6 +51,7 @@ class Corpus:
         """A path (file or folder), a catalog name, or None for the built-in corpus."""
         if spec is None or spec in (BUILTIN_NAME, "builtin"):
             return builtin_corpus()
+        spec = os.fspath(spec)  # a pathlib.Path from a library caller is fine too
         if not spec.strip():
             raise CorpusError("the corpus path is empty; give a text file, a folder of text files, "
                               "a catalog name, or nothing for the built-in corpus")
