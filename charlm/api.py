@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from .config import ModelConfig, SampleConfig, TrainConfig
-from .corpus.data import Corpus
+from .corpus.text import Corpus
 from .devices import resolve_device
 from .evaluation import EvalResult, evaluate_ids
 from .checkpoint import load_model

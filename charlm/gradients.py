@@ -371,7 +371,7 @@ def text_windows(ids: np.ndarray, samples: int, length: int, generator: np.rando
 
 def read_text(spec: str, limit: int = 4_000_000) -> str:
     """Up to ``limit`` characters of a corpus (file, folder, catalog name or builtin)."""
-    from .corpus.data import Corpus
+    from .corpus.text import Corpus
 
     parts, size = [], 0
     for block in Corpus.resolve(spec).blocks():
