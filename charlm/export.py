@@ -173,10 +173,12 @@ def _write_onnx(step: nn.Module, model: CharRNN, path: Path) -> None:
 
 def _write_torchscript(step: nn.Module, model: CharRNN, path: Path) -> None:
     # Tracing records the aten rnn/gru/lstm call, which takes any batch and sequence length.
+    # torch 2.13 marks TorchScript deprecated (in favour of torch.export, which has no file a
+    # C++ or Java program loads yet): that warning is torch's business, not the user's.
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(step, example_inputs(model))
-    torch.jit.save(traced, str(path))
+        torch.jit.save(traced, str(path))
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:

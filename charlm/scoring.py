@@ -103,7 +103,7 @@ def token_predictions(model: CharRNN, ids: np.ndarray, device: torch.device | st
     for start in range(0, n, chunk):
         x = x_all[start:start + chunk]                                   # (T,)
         logits, state = model(x[None].to(device), state)                 # (1, T, V), state carried
-        logp = torch.log_softmax(logits[0].double(), dim=-1).cpu()       # (T, V)
+        logp = torch.log_softmax(logits[0].cpu().double(), dim=-1)       # (T, V); MPS has no float64
         target = x_all[start + 1:start + 1 + len(x)]                     # (T,) or (T-1,) at the end
         bits[start:start + len(target)] = (-logp[torch.arange(len(target)), target] / math.log(2)).numpy()
         if k:
@@ -120,8 +120,8 @@ def score_text(model: CharRNN, tokenizer: Tokenizer, text: str, device: torch.de
         raise ConfigError(f"--top must be 0 or more, got {top}")
     ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
     if len(ids) < 2:
-        raise ConfigError("nothing to score: the text needs at least two characters (the first one "
-                          "has no prediction)")
+        raise ConfigError("nothing to score: the text needs at least two tokens (two characters for a "
+                          "character model), as the first one has no prediction")
     bits, top_ids, top_p = token_predictions(model, ids, device, top)
     spans = token_spans(tokenizer, text, len(ids))                      # (N, 2) over text's characters
     names = token_names(tokenizer)

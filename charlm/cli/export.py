@@ -20,9 +20,9 @@ def export_command(
 ) -> None:
     """Write a step function (ids (B, T), state) -> (logits (B, T, V), state) that runs without charlm.
 
-    ONNX inputs are named ids, h0 (and c0 for an LSTM), outputs logits, hn (and cn); batch and
-    sequence length are free. Feed hn back as h0 to continue a text; a zero state starts one.
-    ONNX needs the `export` extra (onnx; onnxruntime to run it).
+    Inputs: ids, h0 (and c0 for an LSTM); outputs: logits, hn (and cn). Batch and length are free.
+
+    Feed hn back as h0 to continue a text; a zero state starts one. ONNX needs the `export` extra.
 
     Example: `charlm export runs/NAME --format onnx -o model.onnx`.
     """

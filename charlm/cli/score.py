@@ -46,9 +46,9 @@ def score(
 ) -> None:
     """Per-character surprisal in bits, the mean bits per character, and the model's top guesses.
 
-    The text is shown coloured by surprisal. The figures are evaluate's: the first token has no
-    prediction; a token spanning several characters splits its bits evenly over them, and NFD jamo
-    add up to their syllable's bits.
+    The text is shown coloured by surprisal; the figures are those of `charlm evaluate`.
+
+    The first token has no prediction; a token spanning several characters shares its bits evenly.
 
     Examples: `charlm score runs/NAME "To be, or not to be"`, `charlm score runs/NAME --file a.txt --json -`.
     """
