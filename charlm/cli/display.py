@@ -437,8 +437,12 @@ def _shown(s: str) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in s)
 
 
+def _percent(p: float) -> str:
+    return f"{p:.0%}" if p >= 0.01 else f"{p:.1%}" if p >= 0.001 else "<0.1%"
+
+
 def _guesses(guesses) -> str:
-    return "  ".join(f"{_shown(s)} {p:.0%}" for s, p in guesses) if guesses else ""
+    return "  ".join(f"{_shown(s)} {_percent(p)}" for s, p in guesses) if guesses else ""
 
 
 def score_view(result, rows: int = 20) -> Group:
