@@ -78,6 +78,24 @@ class LanguageModel:
         return study_of_trained(self.model, self.tokenizer, self.checkpoint, str(self.path), corpus=corpus,
                                 text=text, lags=lags, samples=samples, seed=seed, warmup=warmup)
 
+    def score(self, text: str, top: int = 3):
+        """Surprisal of each character of text, in bits, and the model's ``top`` guesses at each.
+
+        Returns a charlm.scoring.ScoreResult: ``.bits`` per character (None where nothing was
+        predicted: the first), ``.top``, ``.next``, ``.total_bits``, ``.bits_per_char`` (the figure
+        ``evaluate`` gives for the same text) and ``.to_json()``.
+        """
+        from .scoring import score_text
+
+        return score_text(self.model, self.tokenizer, text, self.device, top=top)
+
+    def export(self, path: str | Path, format: str = "onnx", force: bool = False) -> tuple[Path, Path]:
+        """Write the step function (ids, state) -> (logits, state) as ONNX or TorchScript to path,
+        and the vocabulary to path + ".vocab.json"; return both paths (charlm.export explains)."""
+        from .export import export_model
+
+        return export_model(self.model, self.tokenizer, path, format=format, force=force)
+
 
 def load(path: str | Path, device: str = "auto") -> LanguageModel:
     """Load a checkpoint file or run directory (its best.pt) safely, onto device."""
