@@ -79,7 +79,7 @@ class LanguageModel:
                                 text=text, lags=lags, samples=samples, seed=seed, warmup=warmup)
 
     def inspect_context(self, file: Optional[str | Path] = None, text: Optional[str] = None,
-                        tail: Optional[float] = None, targets: int = 128, max_context: int = 2048,
+                        tail: Optional[float] = None, targets: int = 96, max_context: int = 2048,
                         tolerance: float = 0.01, shuffle_max: int = 256, seed: int = 0,
                         grad_lags: int = 100, grad_samples: int = 32, threads: Optional[int] = None):
         """How much of the past the model uses (`charlm inspect-context`).

@@ -373,7 +373,7 @@ class ContextStudy:
 
 
 def measure_context(model, ids: np.ndarray, positions: Optional[Sequence[int]] = None,
-                    targets: int = 128, max_context: int = 2048, tolerance: float = 0.01,
+                    targets: int = 96, max_context: int = 2048, tolerance: float = 0.01,
                     shuffle_max: int = 256, lead: Optional[int] = None, seed: int = 0,
                     inputs: str = "ids given") -> ContextStudy:
     """The curves of one model on token ids (N,); the core of `charlm inspect-context`.
@@ -486,7 +486,7 @@ def gradient_horizon(model, tokenizer, ckpt: dict[str, Any], text: str, lags: in
 
 
 def inspect_context(model, tokenizer, ckpt: dict[str, Any], source: str, file: Optional[str] = None,
-                    text: Optional[str] = None, tail: Optional[float] = None, targets: int = 128,
+                    text: Optional[str] = None, tail: Optional[float] = None, targets: int = 96,
                     max_context: int = 2048, tolerance: float = 0.01, shuffle_max: int = 256,
                     seed: int = 0, grad_lags: int = 100, grad_samples: int = 32,
                     threads: Optional[int] = None) -> ContextStudy:

@@ -34,7 +34,7 @@ def inspect_context(
     tail: Annotated[Optional[float], typer.Option(
         help="Read only this last fraction of FILE's characters (default: all of FILE; the "
              "checkpoint's --val-fraction for its own corpus).")] = None,
-    targets: Annotated[int, typer.Option(help="Target positions scored, evenly spread.")] = 128,
+    targets: Annotated[int, typer.Option(help="Target positions scored, evenly spread.")] = 96,
     max_context: Annotated[int, typer.Option(help="Longest context n (the grid is 1, 2, 4, ... up to it).")] = 2048,
     tolerance: Annotated[float, typer.Option(
         help="Effective context: the first n whose loss is within this fraction of the full-history loss.")] = 0.01,
