@@ -380,15 +380,16 @@ def measure_context(model, ids: np.ndarray, positions: Optional[Sequence[int]] =
 
     ``positions``: the target positions to score (each needs max_context tokens before it); by
     default ``targets`` positions on an evenly spread power-of-two lattice. ``shuffle_max`` 0
-    skips the shuffle curve. ``lead``: tokens of carried history for the full-history reading
+    skips the shuffle curve (it is capped at max_context). ``lead``: tokens of carried history for the full-history reading
     (default 2 * max_context).
     """
     if max_context < 1:
         raise ConfigError(f"--max-context must be at least 1, got {max_context}")
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise ConfigError(f"--tolerance must be a number >= 0, got {tolerance}")
-    if shuffle_max < 0 or shuffle_max > max_context:
-        raise ConfigError(f"--shuffle-max must be between 0 and --max-context ({max_context}), got {shuffle_max}")
+    if shuffle_max < 0:
+        raise ConfigError(f"--shuffle-max must be >= 0, got {shuffle_max}")
+    shuffle_max = min(shuffle_max, max_context)       # the shuffled window lies within the longest
     lead = 2 * max_context if lead is None else lead
     ids = np.asarray(ids, dtype=np.int64)
     grid = context_grid(max_context)

@@ -38,7 +38,7 @@ def inspect_context(
     max_context: Annotated[int, typer.Option(help="Longest context n (the grid is 1, 2, 4, ... up to it).")] = 2048,
     tolerance: Annotated[float, typer.Option(
         help="Effective context: the first n whose loss is within this fraction of the full-history loss.")] = 0.01,
-    shuffle_max: Annotated[int, typer.Option(help="How far back the shuffle curve shuffles (0: skip it).")] = 256,
+    shuffle_max: Annotated[int, typer.Option(help="How far back the shuffle curve shuffles, at most --max-context (0: skip it).")] = 256,
     grad_lags: Annotated[int, typer.Option(help="Lags for the gradient horizon (0: skip it).")] = 100,
     seed: Annotated[int, typer.Option(help="Seed for the shuffles and the gradient windows.")] = 0,
     threads: Annotated[Optional[int], typer.Option(help="Torch threads (default: torch's own setting).")] = None,
