@@ -507,7 +507,8 @@ def context_chart(study, width: int = 48) -> Text:
     for p in study.curve:
         inc = max(0.0, p["increase"])
         cells = inc / top * width
-        bar = "█" * int(cells) + (SPARK[int((cells % 1) * len(SPARK))] if cells % 1 > 0.05 else "")
+        eighths = int((cells % 1) * 8)                                 # a partial last cell
+        bar = "█" * int(cells) + ("▏▎▍▌▋▊▉"[eighths - 1] if eighths else "")
         text.append(f"{str(p['context']).rjust(label_w)} │")
         text.append(bar or "·", style="green" if p["increase"] <= bound else "cyan")
         text.append(f" {p['increase']:+.3f}")
