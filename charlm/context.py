@@ -55,11 +55,13 @@ def context_grid(max_context: int) -> list[int]:
     return out + [max_context]
 
 
-def lattice_targets(n_tokens: int, count: int, first: int) -> tuple[np.ndarray, int]:
+def lattice_targets(n_tokens: int, count: int, first: int, widest: Optional[int] = None) -> tuple[np.ndarray, int]:
     """``count`` target positions in [first, n_tokens - 1], evenly spaced by a power of two g.
 
     A power-of-two spacing makes t - n coincide across targets for every power-of-two n >= g, so
-    one run serves many (target, n) pairs. The lattice is centred in the usable range.
+    one run serves many (target, n) pairs. g is the largest that fits (the lattice then covers
+    half the usable range or more, centred), and at most ``widest``: a wider spacing spreads the
+    targets further but shares fewer contexts.
     """
     usable = n_tokens - 1 - first                     # positions first .. n_tokens - 1
     if count < 1:
@@ -69,6 +71,8 @@ def lattice_targets(n_tokens: int, count: int, first: int) -> tuple[np.ndarray, 
                           f"{first} tokens of history each; lower --max-context or --targets, or "
                           f"give a longer FILE")
     g = 1 << int(math.floor(math.log2(usable / (count - 1)))) if count > 1 else 1
+    if widest is not None:
+        g = max(1, min(g, 1 << int(math.floor(math.log2(max(1, widest))))))
     p0 = first + (usable - g * (count - 1)) // 2
     return p0 + g * np.arange(count, dtype=np.int64), g
 
@@ -394,7 +398,8 @@ def measure_context(model, ids: np.ndarray, positions: Optional[Sequence[int]] =
     ids = np.asarray(ids, dtype=np.int64)
     grid = context_grid(max_context)
     if positions is None:
-        pos, spacing = lattice_targets(len(ids), targets, max_context)
+        # Spacing at most max_context / 4: the three longest contexts share their runs.
+        pos, spacing = lattice_targets(len(ids), targets, max_context, widest=max(1, max_context // 4))
     else:
         pos, spacing = np.asarray(sorted(positions), dtype=np.int64), None
         if len(pos) == 0 or pos[0] < max_context or pos[-1] >= len(ids):

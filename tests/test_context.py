@@ -47,6 +47,8 @@ def test_grid_and_lattice():
     pos, g = lattice_targets(100_000, 128, 2048)
     assert len(pos) == 128 and pos[0] >= 2048 and pos[-1] <= 99_999
     assert g & (g - 1) == 0 and np.all(np.diff(pos) == g) and g * 127 > (100_000 - 2048) / 2
+    pos, g = lattice_targets(100_000, 96, 2048, widest=512)
+    assert g == 512 and abs((pos[0] - 2048) - (99_999 - pos[-1])) <= 1       # centred
     with pytest.raises(CharLMError, match="too few"):
         lattice_targets(1000, 128, 2048)
 
