@@ -29,6 +29,7 @@ The core never prints and imports nothing of the CLI; errors are CharLMError wit
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -564,7 +565,8 @@ def plot_context(study: ContextStudy, path: str | Path) -> Path:
     right.set_title("Changing the distant past", fontsize=10)
     for ax in (left, right):
         ax.legend(fontsize=7)
-    fig.suptitle(f"{study.inputs}: {study.targets} targets", fontsize=10)
+    inputs = re.sub(r"\S*/(\S+)", r"\1", study.inputs)               # file names, not folders
+    fig.suptitle(f"{inputs}: {study.targets} targets", fontsize=10)
     try:
         fig.savefig(path, dpi=110)
     except (OSError, ValueError) as e:
