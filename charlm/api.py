@@ -95,6 +95,24 @@ class LanguageModel:
         from .export import export_model
 
         return export_model(self.model, self.tokenizer, path, format=format, force=force)
+    def inspect_context(self, file: Optional[str | Path] = None, text: Optional[str] = None,
+                        tail: Optional[float] = None, targets: int = 96, max_context: int = 2048,
+                        tolerance: float = 0.01, shuffle_max: int = 256, seed: int = 0,
+                        grad_lags: int = 100, grad_samples: int = 32, threads: Optional[int] = None):
+        """How much of the past the model uses (`charlm inspect-context`).
+
+        Targets come from ``text``, else ``file`` (its last ``tail`` when given), else the
+        validation tail of the corpus the model was trained on. Returns a
+        charlm.context.ContextStudy: ``.curve`` (loss per context n), ``.effective_context``,
+        ``.replace``/``.shuffle`` (the perturbation curves), ``.to_json()`` with every number.
+        """
+        from .context import inspect_context
+
+        return inspect_context(self.model, self.tokenizer, self.checkpoint, str(self.path),
+                               file=None if file is None else str(file), text=text, tail=tail,
+                               targets=targets, max_context=max_context, tolerance=tolerance,
+                               shuffle_max=shuffle_max, seed=seed, grad_lags=grad_lags,
+                               grad_samples=grad_samples, threads=threads)
 
 
 def load(path: str | Path, device: str = "auto") -> LanguageModel:
