@@ -309,7 +309,9 @@ def gradient_summary_table(study) -> Table:
     for m in study.models:
         for c in m.curves:
             spec = [s for s in m.spectral if s["layer"] == c.layer]
-            if len(spec) == 1:
+            if not spec:   # minGRU/minLSTM: no recurrent matrix, the gates read the input only
+                sigma, cond = "-", "n/a"
+            elif len(spec) == 1:
                 s = spec[0]
                 sigma, cond = f"{s['sigma_max']:.3f}", s["condition"]
             else:  # gated: the largest gate block here, each block in --json; condition n/a
