@@ -32,7 +32,7 @@ def info(
 
     Examples: `charlm info runs/NAME`, `charlm info runs/NAME/last.pt --json`.
     """
-    from ..runinfo import checkpoint_info
+    from ..runinfo import checkpoint_info, info_rows
 
     d = checkpoint_info(checkpoint)
     if as_json:
@@ -40,25 +40,7 @@ def info(
         return
     from .display import kv_table
 
-    rows = [
-        ["checkpoint", d["checkpoint"]],
-        ["model", f"{d['model']} {d['layers']}x{d['hidden_size']}, embedding {d['embedding_size']}, "
-                  f"dropout {d['dropout']:g}"],
-        ["parameters", _fmt(d["parameters"])],
-        ["tokenizer", f"{d['tokenizer']}" + (f" (normalize {d['normalize']})" if d["normalize"] != "none" else "")
-         + f", vocabulary {d['vocab_size']:,}"],
-        ["step", f"{d['step']:,} (epoch {d['epoch']})"],
-        ["tokens seen", _fmt(d["tokens_seen"])],
-        ["training time", f"{d['elapsed_s']:.0f} s" if d["elapsed_s"] is not None else "-"],
-        ["best val loss", _fmt(d["best_val_loss"]) + " nats/token"],
-        ["best val bits/char", _fmt(d["best_val_bpc"])],
-        ["corpus", f"{d['corpus']} ({_fmt(d['corpus_chars'])} characters)"],
-        ["corpus sha256", _fmt(d["corpus_sha256"])],
-        ["BPTT", f"{d['batch_size']} streams x {d['seq_len']} tokens"
-         + (f" x {d['world_size']} processes" if d["world_size"] > 1 else "")],
-        ["trained on", f"{d['device']}, {d['precision']}"],
-        ["versions", f"charlm {d['charlm_version']}, torch {d['torch_version']}, python {d['python_version']}"],
-    ]
+    rows = info_rows(d)
     _console().print(kv_table(f"charlm info {checkpoint}", rows))
 
 
@@ -95,6 +77,9 @@ def runs(
     _console().print(compact_table(f"runs in {folder}", ["run", "model", "corpus", "steps", "val loss",
                                                          "bpc", "time", "status"],
                                    rows, text_columns=3, flexible=2))
+    for s in summaries:  # what was skipped in a damaged run, one line per run
+        if s.get("notes"):
+            _console().print(f"note: {short(s['run'])}: {s['notes']}", markup=False)
 
 
 @app.command(context_settings=CONTEXT)
