@@ -224,6 +224,10 @@ def _check_shapes(config: ModelConfig, weights: dict[str, Any]) -> None:
     vocab x embedding values), so an edited ``layers=10**6`` or ``vocab_size=10**8`` is refused at
     once; then the exact shapes of a model built on the meta device (no memory) are compared."""
     mismatch = "checkpoint weights do not match its model config"
+    odd = next((k for k, v in weights.items() if not v.is_floating_point()), None)
+    if odd is not None:  # integer, bool or complex weights: not ours, and a copy would cast silently
+        raise CheckpointError(f"{mismatch}: {odd[:60]} holds {str(weights[odd].dtype).replace('torch.', '')} "
+                              f"values, not floating point")
     stored = sum(v.numel() for v in weights.values())
     c = config
     for name, claim, bound in (("layers", c.layers, len(weights)),
