@@ -79,7 +79,7 @@ def runs(
                                    rows, text_columns=3, flexible=2))
     for s in summaries:  # what was skipped in a damaged run, one line per run
         if s.get("notes"):
-            _console().print(f"note: {short(s['run'])}: {s['notes']}", markup=False)
+            _console().print(f"note: {short(s['run'])}: {s['notes']}", markup=False, soft_wrap=True)
 
 
 @app.command(context_settings=CONTEXT)
