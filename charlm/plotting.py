@@ -43,7 +43,9 @@ def load_curves(run_dir: str | Path) -> dict[str, Any]:
         else:
             curves["eval"].append(x + (finite_or_none(rec.get("val_bpc")),))
     if not curves["chunk"] and not curves["eval"]:
-        raise RunDirError(f"{path} holds no training records yet")
+        n = curves["skipped"]
+        raise RunDirError(f"{path} holds no training records yet" + (
+            f" ({n} damaged record{'s' if n > 1 else ''} skipped: a step, time or loss that is not a number)" if n else ""))
     return curves
 
 
@@ -102,6 +104,8 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, title: str | None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=110)
+    except (FileExistsError, NotADirectoryError):  # a file stands where a folder must be
+        raise CharLMError(f"cannot write {out}: {out.parent} is not a folder") from None
     except OSError as e:
         raise CharLMError(f"cannot write {out}: {e.strerror or e}") from None
     except ValueError as e:  # an image format matplotlib does not know
