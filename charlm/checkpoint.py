@@ -31,7 +31,13 @@ FORMAT_VERSION = 1
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run directory means its best.pt (or last.pt when no eval has run); a file means itself."""
-    p = Path(path)
+    try:
+        return _resolve(Path(path))
+    except OSError as e:  # a folder on the way that may not be searched (EACCES), a name too long
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+
+
+def _resolve(p: Path) -> Path:
     if p.is_dir():
         for name in ("best.pt", "last.pt"):
             if (p / name).is_file():

@@ -113,11 +113,11 @@ def _read_config(run_dir: Path) -> tuple[dict[str, Any], Optional[str]]:
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
     path = run_dir / "config.toml"
-    if not path.is_file():
-        return {}, None
     try:
         with open(path, "rb") as f:
             raw = tomllib.load(f)
+    except FileNotFoundError:
+        return {}, None
     except OSError as e:
         return {}, f"config.toml unreadable ({e.strerror or e})"
     except (ValueError, RecursionError):  # TOMLDecodeError, or bytes that are not UTF-8

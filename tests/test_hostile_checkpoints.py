@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -36,7 +37,7 @@ runner = CliRunner()
 
 FAST = settings(max_examples=20, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
-SLOW = settings(max_examples=600, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+SLOW = settings(max_examples=int(os.environ.get("CHARLM_SLOW_EXAMPLES", "600")), deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 try:
     import matplotlib  # noqa: F401
@@ -348,3 +349,18 @@ def test_api_inputs_are_checked(base):
     with pytest.raises(CharLMError, match="at least two are needed"):
         lm.evaluate("t")
     assert math.isfinite(lm.evaluate_file(base["corpus"], tail=0.5).loss)
+
+
+def test_strings_from_files_are_shown_as_text_not_markup(base, tmp_path):
+    """Rich reads '[/bold]' as a closing tag: a corpus or model name from a file must not be markup."""
+    ck = copy.deepcopy(base["ckpt"])
+    ck["corpus"]["name"] = "[/bold]"
+    torch.save(ck, tmp_path / "markup.pt")
+    r = runner.invoke(app, ["info", str(tmp_path / "markup.pt")])
+    assert r.exit_code == 0 and "[/bold]" in r.stdout, r.output
+    run = tmp_path / "runs" / "[x]"
+    shutil.copytree(base["run"], run)
+    with open(run / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"type": "start", "model": "[/x]", "corpus": "[red]"}) + "\n")
+    r = runner.invoke(app, ["runs", str(tmp_path / "runs")])
+    assert r.exit_code == 0 and "[/x]" in r.stdout, r.output

@@ -135,3 +135,20 @@ def test_permission_errors_are_one_line(runs_root, tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     r = runner.invoke(app, ["plot", str(runs_root / "lstm"), "-o", str(tmp_path / "c.png")])
     assert r.exit_code == 1 and "Permission denied" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_info_on_a_folder_that_may_not_be_searched(tmp_path, monkeypatch):
+    import pathlib
+
+    real_is_dir = pathlib.Path.is_dir
+
+    def refusing(self):
+        if "locked" in self.parts:
+            raise PermissionError(13, "Permission denied")
+        return real_is_dir(self)
+
+    monkeypatch.setattr(pathlib.Path, "is_dir", refusing)
+    for args in (["info", str(tmp_path / "locked" / "best.pt")], ["sample", str(tmp_path / "locked")]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 1 and "cannot read checkpoint" in r.stderr and "Permission denied" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
