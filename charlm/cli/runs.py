@@ -38,10 +38,12 @@ def info(
     if as_json:
         typer.echo(json.dumps(d))
         return
+    from rich.markup import escape
+
     from .display import kv_table
 
-    rows = info_rows(d)
-    _console().print(kv_table(f"charlm info {checkpoint}", rows))
+    rows = [[label, escape(text)] for label, text in info_rows(d)]  # a checkpoint's strings are data, not markup
+    _console().print(kv_table(f"charlm info {escape(checkpoint)}", rows))
 
 
 @app.command(context_settings=CONTEXT)
@@ -61,7 +63,7 @@ def runs(
         typer.echo(json.dumps(summaries))
         return
     if not summaries:
-        _console().print(f"no run directories in {folder}")
+        _console().print(f"no run directories in {folder}", markup=False)
         return
     from .display import compact_table
 
@@ -69,12 +71,14 @@ def runs(
         p = Path(run)
         return str(p.relative_to(folder)) if p != folder and p.is_relative_to(folder) else p.name
 
-    rows = [[short(s["run"]), s["model"] or "-", Path(s["corpus"]).name if s["corpus"] else "-",
+    from rich.markup import escape
+
+    rows = [[escape(short(s["run"])), escape(s["model"] or "-"), escape(Path(s["corpus"]).name) if s["corpus"] else "-",
              _fmt(s["step"]), _fmt(s["best_val_loss"]), _fmt(s["best_val_bpc"]),
              f"{s['elapsed_s']:.0f}s" if s["elapsed_s"] is not None else "-",
-             "done" if s["status"] in ("max_steps", "max_time", "epochs") else s["status"]]
+             "done" if s["status"] in ("max_steps", "max_time", "epochs") else escape(s["status"])]
             for s in summaries]
-    _console().print(compact_table(f"runs in {folder}", ["run", "model", "corpus", "steps", "val loss",
+    _console().print(compact_table(f"runs in {escape(str(folder))}", ["run", "model", "corpus", "steps", "val loss",
                                                          "bpc", "time", "status"],
                                    rows, text_columns=3, flexible=2))
     for s in summaries:  # what was skipped in a damaged run, one line per run
