@@ -245,8 +245,8 @@ def _check_shapes(config: ModelConfig, weights: dict[str, Any]) -> None:
     try:
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in CharRNN(config).state_dict().items()}
-    except Exception as e:  # pragma: no cover - a cell type the meta device cannot build
-        raise CheckpointError(f"checkpoint has an invalid model config: {type(e).__name__}") from None
+    except Exception:  # pragma: no cover - a cell the meta device cannot build: the bounds above,
+        return          # the memory check and load_state_dict's own shape check still stand
     missing = sorted(set(expected) - set(weights))
     extra = sorted(set(weights) - set(expected))
     if missing or extra:
