@@ -190,10 +190,27 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
     really holds (shape by shape, built on the meta device, which allocates nothing) and against
     the machine's memory before a single parameter is allocated, and the weights must be finite.
     """
+    config, tokenizer = check_model_record(ckpt, device)
+    model = CharRNN(config)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # dtypes that do not convert, say; the shapes were checked above
+        detail = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [str(e)]
+        raise CheckpointError(f"checkpoint weights do not match its model config: {detail[0][:200]}") from None
+    model.to(device).eval()
+    model.rnn.flatten_parameters()
+    return model, tokenizer
+
+
+def check_model_record(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> tuple[ModelConfig, Tokenizer]:
+    """The checkpoint's model config and tokenizer, once its sizes agree with the stored weights,
+    the weights are finite and the model fits the device; CheckpointError (one line) otherwise.
+    Allocates nothing of the model's size: call it before building a model from a checkpoint
+    (sampling and evaluating do, through model_from_checkpoint; a resume should too)."""
     config = _model_config(ckpt["model_config"])
     weights = ckpt["model"]
     _check_shapes(config, weights)
-    bad = next((k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    bad = next((k for k, v in weights.items() if not bool(torch.isfinite(v).all())), None)
     if bad is not None:
         raise CheckpointError(f"the checkpoint's weights are not finite (NaN or infinity in {bad}): it "
                               f"cannot sample or evaluate; use an earlier checkpoint of the run")
@@ -202,15 +219,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
     if tokenizer.vocab_size != config.vocab_size:
         raise CheckpointError(f"checkpoint's tokenizer has {tokenizer.vocab_size:,} tokens but its model "
                               f"has {config.vocab_size:,}: the file is damaged or was edited")
-    model = CharRNN(config)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:  # dtypes that do not convert, say; the shapes were checked above
-        detail = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [str(e)]
-        raise CheckpointError(f"checkpoint weights do not match its model config: {detail[0][:200]}") from None
-    model.to(device).eval()
-    model.rnn.flatten_parameters()
-    return model, tokenizer
+    return config, tokenizer
 
 
 def _model_config(raw: dict[str, Any]) -> ModelConfig:

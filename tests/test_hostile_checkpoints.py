@@ -121,8 +121,11 @@ def resized(value: Any) -> st.SearchStrategy:
         return st.sampled_from([0.0, -value, value * 1e6, math.nan, math.inf, 1e308])
     if isinstance(value, torch.Tensor):
         v = value
-        options = [v.flatten(), v.new_zeros((0,)), torch.full_like(v, math.nan), torch.full_like(v, math.inf),
-                   (v * 1e30 if v.is_floating_point() else v)]
+        options = [v.flatten(), v.new_zeros((0,))]
+        if v.is_floating_point():
+            options += [torch.full_like(v, math.nan), torch.full_like(v, math.inf), v * 1e30]
+        else:                     # the RNG states are uint8
+            options += [v.to(torch.float32), torch.full_like(v, 255 if v.dtype == torch.uint8 else -1)]
         if v.dim() >= 1 and v.numel():
             options += [v[:-1], torch.cat([v, v[:1]]), v.t() if v.dim() == 2 else v[None]]
             options.append(v.flatten()[:1].expand(4096, *v.shape[1:]) if v.dim() >= 1 else v)
