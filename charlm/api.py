@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -16,10 +17,12 @@ import torch
 
 from .config import ModelConfig, SampleConfig, TrainConfig
 from .corpus.text import Corpus
+from .errors import ConfigError, CorpusError, NumericError
 from .devices import resolve_device
 from .evaluation import EvalResult, evaluate_ids
 from .checkpoint import load_model
 from .sampling import generate, sample_text
+from .util import is_finite_number
 
 
 class LanguageModel:
@@ -54,12 +57,31 @@ class LanguageModel:
         return texts[0] if num_samples == 1 else texts
 
     def evaluate(self, text: str) -> EvalResult:
-        """Loss (nats/token), bits per character and perplexity over text, evaluated statefully."""
+        """Loss (nats/token), bits per character and perplexity over text, evaluated statefully.
+
+        Refuses (CharLMError, one line) what would give a figure that means nothing: fewer than two
+        tokens, text mostly outside the model's vocabulary, a loss that overflows."""
+        if not isinstance(text, str):
+            raise ConfigError(f"evaluate() takes the text as a str, got {type(text).__name__} "
+                              f"(use evaluate_file() for a path)")
         ids = self.tokenizer.encode(text)
-        return evaluate_ids(self.model, ids, len(text), self.device)
+        if self.tokenizer.kind == "char" and len(ids) >= 2:
+            unknown = int((ids[1:] == 0).sum())  # id 0 is <unk>: the model never saw these characters
+            if unknown * 2 > len(ids) - 1:
+                raise CorpusError(f"{unknown:,} of the {len(ids) - 1:,} characters to predict are not in the "
+                                  f"model's vocabulary: this is not text of the kind it was trained on")
+        result = evaluate_ids(self.model, ids, len(text), self.device)
+        if not result.finite:
+            raise NumericError("the model's loss over this text is not finite (its outputs overflow): "
+                               "the checkpoint is damaged or training diverged")
+        return result
 
     def evaluate_file(self, path: str | Path, tail: Optional[float] = None) -> EvalResult:
         """Evaluate a UTF-8 file (or folder); with ``tail``, only that last fraction of its characters."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise ConfigError(f"evaluate_file() takes a file path, got {type(path).__name__}")
+        if tail is not None and not (is_finite_number(tail) and 0 < tail <= 1):
+            raise ConfigError(f"tail must be a number in (0, 1], got {tail!r}")
         text = "".join(Corpus.resolve(str(path)).blocks())
         if tail is not None:
             text = text[len(text) - int(round(len(text) * tail)):]
@@ -117,6 +139,10 @@ class LanguageModel:
 
 def load(path: str | Path, device: str = "auto") -> LanguageModel:
     """Load a checkpoint file or run directory (its best.pt) safely, onto device."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ConfigError(f"load() takes a checkpoint file or run directory path, got {path!r:.80}")
+    if not isinstance(device, str):
+        raise ConfigError(f"device must be a str such as 'auto', 'cpu' or 'cuda', got {device!r:.80}")
     dev = resolve_device(device)
     model, tokenizer, ckpt = load_model(path, dev)
     return LanguageModel(model, tokenizer, ckpt, dev, Path(path))
