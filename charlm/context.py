@@ -453,7 +453,7 @@ def evaluation_text(ckpt: dict[str, Any], file: Optional[str] = None,
                     tail: Optional[float] = None) -> tuple[str, str]:
     """(text, description): ``file`` (its last ``tail`` of characters when given), else the tail
     of the corpus the checkpoint was trained on (its validation split, as `evaluate --tail`)."""
-    from .corpus.data import Corpus
+    from .corpus.text import Corpus
 
     if tail is not None and not (math.isfinite(tail) and 0 < tail <= 1):
         raise ConfigError(f"--tail must be in (0, 1], got {tail}")
