@@ -14,6 +14,7 @@ from .checkpoint import load_checkpoint, resolve_checkpoint
 from .rundir import is_run_dir
 from .errors import CharLMError, RunDirError
 from .metrics import read_metrics
+from .training.state import Progress
 from .util import finite_or_none
 
 
@@ -24,10 +25,10 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
     m = ckpt["model_config"]
     t = ckpt["train_config"]
     tok = ckpt["tokenizer"]
-    p = ckpt["progress"]
+    p = Progress.lenient(ckpt.get("progress"))
     corpus = ckpt.get("corpus", {})
     versions = ckpt.get("versions", {})
-    best = finite_or_none(p.get("best_val_loss"))
+    best = finite_or_none(p["best_val_loss"])
     return {
         "checkpoint": str(ckpt_path),
         "model": m["cell"],
@@ -40,11 +41,11 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
         "normalize": tok.get("normalize", "none"),
         "vocab_size": m["vocab_size"],
         "step": p["step"],
-        "epoch": p.get("epoch"),
+        "epoch": p["epoch"],
         "tokens_seen": p["tokens_seen"],
-        "elapsed_s": finite_or_none(p.get("elapsed")),
+        "elapsed_s": finite_or_none(p["elapsed"]),
         "best_val_loss": best,
-        "best_val_bpc": finite_or_none(p.get("best_val_bpc")) if best is not None else None,
+        "best_val_bpc": finite_or_none(p["best_val_bpc"]) if best is not None else None,
         "corpus": corpus.get("name"),
         "corpus_sha256": corpus.get("sha256"),
         "corpus_chars": corpus.get("chars"),
