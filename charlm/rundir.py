@@ -313,13 +313,24 @@ def commit(plan: RunPlan) -> Path:
         plan.path = _rename_into_place(staging, plan.path, plan.default_name)
     else:
         _remove_charlm_entries(plan.path)
-        for entry in staging.iterdir():
-            if entry.name != LOCK_FILE:
-                os.replace(entry, plan.path / entry.name)
+        _move_into(staging, plan.path)
         shutil.rmtree(staging, ignore_errors=True)
     plan.staging = None
     plan.made_parents.clear()
     return plan.path
+
+
+def _move_into(src: Path, dst: Path) -> None:
+    """Move src's entries into the folder dst; a sub-folder both have (data/ holding a file of
+    the user's) is merged."""
+    for entry in src.iterdir():
+        target = dst / entry.name
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and target.is_dir() and not target.is_symlink():
+            _move_into(entry, target)
+        else:
+            os.replace(entry, target)
 
 
 def _rename_into_place(staging: Path, target: Path, default_name: bool) -> Path:
