@@ -165,7 +165,9 @@ class TrainState:
             raise CheckpointError(f"cannot resume from {where}: its rng entry is damaged "
                                   f"({type(e).__name__})") from None
         self.hidden = tuple(h.to(self.device, torch.float32) for h in hidden)
-        self.progress = progress
+        # In place: the loop holds this very Progress (a rollback restores it mid-loop).
+        for f in fields(Progress):
+            setattr(self.progress, f.name, getattr(progress, f.name))
         self.model.rnn.flatten_parameters()
 
 
