@@ -239,7 +239,7 @@ def plan_run_dir(out: Optional[str], resume: bool, force: bool) -> RunPlan:
     if exists and not is_dir:
         raise RunDirError(f"run directory {path} is a file; choose another --out")
     if resume:
-        if has_checkpoint(path) and (path / "last.pt").is_file():
+        if (path / "last.pt").is_file():
             return RunPlan(path, "resume", lock=lock_run_dir(path))
         if not is_unstarted_run(path):
             raise RunDirError(f"cannot resume: {path} has no last.pt (start it without --resume)")
@@ -268,7 +268,8 @@ def plan_run_dir(out: Optional[str], resume: bool, force: bool) -> RunPlan:
 def stage(plan: RunPlan) -> Path:
     """A hidden sibling folder where the new run is prepared (same file system as the run, so
     moving it in is a rename). Parent folders made for it are noted and removed on ``discard``."""
-    parent = plan.path.parent
+    where = plan.path.absolute()   # `--out .` too: staged beside the folder, not inside it
+    parent = where.parent
     missing = []
     p = parent
     while not p.exists() and p != p.parent:
@@ -278,7 +279,7 @@ def stage(plan: RunPlan) -> Path:
         for p in reversed(missing):
             p.mkdir()
             plan.made_parents.append(p)
-        plan.staging = Path(tempfile.mkdtemp(prefix=f".{plan.path.name}.charlm-new-", dir=parent))
+        plan.staging = Path(tempfile.mkdtemp(prefix=f".{where.name}.charlm-new-", dir=parent))
         (plan.staging / ".write-test").write_bytes(b"")
         (plan.staging / ".write-test").unlink()
     except OSError as e:

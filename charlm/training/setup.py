@@ -119,7 +119,7 @@ def _build(config: TrainConfig, model_config: Optional[ModelConfig], device: tor
     corpus = Corpus.resolve(config.corpus)
     skipped = getattr(corpus, "skipped", 0)
     if skipped:
-        notes.append(f"skipped {skipped} files in {corpus.name} that are not UTF-8 text")
+        notes.append(f"skipped {skipped} files in {corpus.name} that are not text")
 
     def prepare(data_dir: Path, tokenizer_dict: Optional[dict]) -> Dataset:
         return prepare_dataset(corpus, data_dir, config.tokenizer, config.vocab_size, config.min_char_count,
