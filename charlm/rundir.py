@@ -98,6 +98,13 @@ def is_run_dir(path: Path) -> bool:
     return read_marker(path) is not None or _charlm_config(path / "config.toml")
 
 
+def looks_like_run(path: Path) -> bool:
+    """For listing only (`charlm runs`): a charlm run, or a folder with a checkpoint or a
+    metrics.jsonl. Never used to decide what may be deleted or overwritten."""
+    path = Path(path)
+    return is_run_dir(path) or (path.is_dir() and (has_checkpoint(path) or (path / "metrics.jsonl").is_file()))
+
+
 def has_checkpoint(path: Path) -> bool:
     return any((Path(path) / n).is_file() for n in CHECKPOINTS)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import load_checkpoint, resolve_checkpoint
-from .rundir import is_run_dir
+from .rundir import looks_like_run
 from .errors import CharLMError, RunDirError
 from .metrics import read_metrics
 from .training.state import Progress
@@ -129,12 +129,12 @@ def find_runs(root: str | Path) -> list[Path]:
                           f"pass the folder that holds them)")
     if not root.is_dir():
         raise RunDirError(f"{root} is not a folder")
-    if is_run_dir(root):
+    if looks_like_run(root):
         return [root]
     found = []
     for child in sorted(root.iterdir()):
-        if is_run_dir(child):
+        if looks_like_run(child):
             found.append(child)
         elif child.is_dir():
-            found.extend(sorted(c for c in child.iterdir() if is_run_dir(c)))
+            found.extend(sorted(c for c in child.iterdir() if looks_like_run(c)))
     return found
