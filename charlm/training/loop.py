@@ -77,15 +77,19 @@ def loop(run: Setup, sinks: "Sinks", stop: StopRequest, should_stop: Optional[Ca
     reports = Reports(last_tokens=p.tokens_seen)
     clock = Clock(before=p.elapsed)
     chunks = DeviceBatches(run.batches, run.device)          # ids reach the device without a host copy per step
+    reset_every_chunk = getattr(config, "state_reset", "epoch") == "chunk"   # (TrainConfig field, issue 12)
     state.model.train()
     while True:
         reason, signum, asked = agreed_stop(run, clock, stop, should_stop, report_every)
         if reason or signum or asked:
             break
 
-        # A new epoch starts every stream from its beginning, so the state starts from zero.
-        if p.step_in_epoch >= run.batches.steps_per_epoch:
+        # A new epoch starts every stream from its beginning, so the state starts from zero;
+        # with --state-reset chunk every chunk does (no memory beyond k tokens, for comparison).
+        new_epoch = p.step_in_epoch >= run.batches.steps_per_epoch
+        if new_epoch:
             p.epoch, p.step_in_epoch = p.epoch + 1, 0
+        if new_epoch or reset_every_chunk:
             state.reset_hidden(config.batch_size)
 
         # Under DDP the learning rate may depend on the clock only through a time all ranks

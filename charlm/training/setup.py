@@ -231,7 +231,7 @@ def _model(config: TrainConfig, model_config: ModelConfig, device: torch.device,
 
 
 _MUST_AGREE = ("tokenizer", "vocab_size", "normalize", "min_char_count", "val_fraction", "seq_len",
-               "batch_size")
+               "batch_size", "state_reset")
 
 
 def _resume_inputs(path: Path, config: TrainConfig, model_config: Optional[ModelConfig],
@@ -288,8 +288,9 @@ def _check_compatible(ckpt: dict, model_config: ModelConfig, config: TrainConfig
             raise ConfigError(f"cannot resume: the checkpoint's model has {option} {saved_model.get(key)}, "
                               f"but {value} was given (drop the option, or start a new run)")
     saved_train = ckpt["train_config"]
-    for key in _MUST_AGREE:
-        if saved_train.get(key) != getattr(config, key):
+    for key in (k for k in _MUST_AGREE if hasattr(config, k)):
+        # A key an older checkpoint lacks had its default then (e.g. state_reset "epoch").
+        if saved_train.get(key, getattr(TrainConfig(), key)) != getattr(config, key):
             option = f"--{key.replace('_', '-')}"
             raise ConfigError(f"cannot resume: the run was trained with {option} {saved_train.get(key)}, "
                               f"but {getattr(config, key)} was given (drop the option, or start a new run)")
