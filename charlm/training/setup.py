@@ -93,9 +93,8 @@ def prepare_device(config: TrainConfig) -> tuple[torch.device, distributed.DistC
 def build(config: TrainConfig, model_config: Optional[ModelConfig], device: torch.device,
           ctx: distributed.DistContext) -> Setup:
     """Validate everything, then create (or lock, for a resume) the run directory."""
-    plan: Optional[RunPlan] = None
-    if ctx.is_main:
-        plan = plan_run_dir(config.out, config.resume, config.force)   # no disk writes; may lock
+    # Rank 0's plan (None on the others): no disk writes yet, but the lock of an existing run.
+    plan: Optional[RunPlan] = _on_main(ctx, lambda: plan_run_dir(config.out, config.resume, config.force))
     try:
         return _build(config, model_config, device, ctx, plan)
     except BaseException:
