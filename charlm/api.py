@@ -154,10 +154,12 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, model: Optional[Mod
 
     ``config`` is a TrainConfig (with ``model`` a ModelConfig, or None for the default shape), a
     dict of option names as on the command line (``{"corpus": "input.txt", "hidden_size": 256}``),
-    or the path of a TOML file like ``charlm train --config`` reads. Progress arrives as events
+    or the path of a TOML file like ``charlm train --config`` reads. ``TrainConfig(out=RUN,
+    resume=True)`` continues RUN with the options it was started with. Progress arrives as events
     through ``on_event`` when given; metrics.jsonl in the run directory records them either way.
     """
     from .training import resolve_options, train as _train
+    from .training.options import explicit_options
 
     if isinstance(config, (str, Path)):
         model_from_options, config = resolve_options({}, str(config))
@@ -165,4 +167,8 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, model: Optional[Mod
     elif isinstance(config, dict):
         model_from_options, config = resolve_options(dict(config))
         model = model or model_from_options
+    elif isinstance(config, TrainConfig) and config.resume:
+        # As the CLI does: the checkpoint's options, under the ones this config sets (a field
+        # left at its default counts as not given).
+        model, config = resolve_options(explicit_options(config, model))
     return _train(config, model, on_event=on_event)

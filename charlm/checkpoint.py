@@ -1,4 +1,4 @@
-"""Checkpoints and run directories.
+"""Checkpoints: the file format.
 
 A checkpoint is one file that ``torch.load(path, weights_only=True)`` reads: only tensors and
 plain containers/str/int/float/bytes, never arbitrary pickled objects. It holds everything needed
@@ -165,7 +165,8 @@ def _check_weight_sizes(weights: dict[str, Any], p: Path) -> None:
                               f"more than the file's {size:,}")
 
 
-# What sampling/evaluating needs (checked on every load), and what resuming needs on top.
+# What sampling/evaluating needs (checked on every load), and what resuming needs on top. The
+# progress record's own keys are training.state.Progress's business (its from_dict checks them).
 MODEL_KEYS = {"model_config": dict, "model": dict, "tokenizer": dict}
 RESUME_KEYS = {"train_config": dict, "optimizer": dict, "progress": dict, "hidden_state": list,
                "rng": list, "corpus": dict}
@@ -174,10 +175,6 @@ RESUME_KEYS = {"train_config": dict, "optimizer": dict, "progress": dict, "hidde
 def check_resumable(ckpt: dict[str, Any], path: str | Path) -> None:
     """A checkpoint that samples may still lack what a resume needs (e.g. one written by hand)."""
     missing = [k for k, t in RESUME_KEYS.items() if not isinstance(ckpt.get(k), t)]
-    progress = ckpt.get("progress") if isinstance(ckpt.get("progress"), dict) else {}
-    missing += [f"progress.{k}" for k in ("step", "epoch", "step_in_epoch", "tokens_seen", "elapsed",
-                                          "best_val_loss", "best_val_bpc", "metrics_offset")
-                if k not in progress]
     if missing:
         raise CheckpointError(f"cannot resume from {path}: the checkpoint lacks {', '.join(missing)} "
                               f"(it can still be sampled; start a new run to train further)")

@@ -17,27 +17,48 @@ from .util import json_safe
 
 
 class MetricsLog:
+    """The run's metrics.jsonl, appended to (rank 0 only). A write that fails (a full disk, a
+    folder gone read-only) raises RunDirError with the cause, never an OSError traceback."""
+
     def __init__(self, path: Path, truncate_to: Optional[int] = None):
         self.path = Path(path)
-        if truncate_to is not None and self.path.exists():
-            with open(self.path, "r+b") as f:
-                f.truncate(min(truncate_to, os.path.getsize(self.path)))
-        self.file = open(self.path, "a", encoding="utf-8", buffering=1 << 16)
+        try:
+            if truncate_to is not None and self.path.exists():
+                with open(self.path, "r+b") as f:
+                    f.truncate(min(truncate_to, os.path.getsize(self.path)))
+            self.file = open(self.path, "a", encoding="utf-8", buffering=1 << 16)
+        except OSError as e:
+            raise self._error(e) from None
+
+    def _error(self, e: OSError) -> RunDirError:
+        return RunDirError(f"cannot write {self.path}: {e.strerror or e} (the last checkpoint is intact; "
+                           f"free some space and continue with --resume)")
 
     def write(self, event: Event) -> None:
-        self.file.write(json.dumps(json_safe(event.to_json()), ensure_ascii=False) + "\n")
+        try:
+            self.file.write(json.dumps(json_safe(event.to_json()), ensure_ascii=False) + "\n")
+        except OSError as e:
+            raise self._error(e) from None
 
     def offset(self) -> int:
         """Bytes written so far (flushed first), to store in a checkpoint."""
-        self.file.flush()
+        self.flush()
         return self.file.tell()
 
     def flush(self) -> None:
-        self.file.flush()
+        try:
+            self.file.flush()
+        except OSError as e:
+            raise self._error(e) from None
 
     def close(self) -> None:
+        """Close the file; a failing last flush is dropped (closing runs in a ``finally``, where
+        a second error would hide the first)."""
         if not self.file.closed:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:
+                pass
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

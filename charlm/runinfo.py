@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .checkpoint import load_checkpoint, resolve_checkpoint
-from .rundir import is_run_dir
+from .rundir import looks_like_run
 from .errors import CharLMError, RunDirError
 from .metrics import scan_metrics
+from .training.state import Progress
 from .util import finite_or_none
 
 
@@ -37,7 +38,8 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
     m, t, tok = _dict(ckpt.get("model_config")), _dict(ckpt.get("train_config")), _dict(ckpt.get("tokenizer"))
-    p, corpus, versions = _dict(ckpt.get("progress")), _dict(ckpt.get("corpus")), _dict(ckpt.get("versions"))
+    p = Progress.lenient(ckpt.get("progress"))   # each key well typed, or None
+    corpus, versions = _dict(ckpt.get("corpus")), _dict(ckpt.get("versions"))
     best = finite_or_none(p.get("best_val_loss"))
     dropout = m.get("dropout")
     return {
@@ -211,7 +213,7 @@ def find_runs(root: str | Path) -> list[Path]:
                               f"pass the folder that holds them)")
         if not root.is_dir():
             raise RunDirError(f"{root} is not a folder")
-        if is_run_dir(root):
+        if looks_like_run(root):
             return [root]
         children = sorted(root.iterdir())
     except OSError as e:
@@ -219,10 +221,10 @@ def find_runs(root: str | Path) -> list[Path]:
     found = []
     for child in children:
         try:
-            if is_run_dir(child):
+            if looks_like_run(child):
                 found.append(child)
             elif child.is_dir():
-                found.extend(sorted(c for c in child.iterdir() if is_run_dir(c)))
+                found.extend(sorted(c for c in child.iterdir() if looks_like_run(c)))
         except OSError:  # an unreadable folder among the runs: not one we can list
             continue
     return found

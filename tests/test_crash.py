@@ -349,7 +349,8 @@ def test_ctrl_c_while_preparing_a_large_corpus_stops_at_once(tmp_path):
                      "--embedding-size", "8", "--device", "cpu", "--sample-length", "0")
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.time() + 120
-    while not (run / "data").exists():    # the run directory is made, the encoding has begun
+    # The run is prepared in a hidden sibling folder and only moved into place once it is ready.
+    while not list(tmp_path.glob(".run.charlm-new-*/data")):    # the encoding has begun
         assert p.poll() is None and time.time() < deadline, p.stderr.read()
         time.sleep(0.01)
     t0 = time.time()
@@ -360,7 +361,8 @@ def test_ctrl_c_while_preparing_a_large_corpus_stops_at_once(tmp_path):
     p.stderr.close()
     assert rc == 130 and "Traceback" not in err, (rc, err)
     assert took < 5.0, f"took {took:.1f}s"
-    assert not (run / "last.pt").exists(), "the signal came after training had started"
-    p = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600, env=ENV)
+    assert not run.exists(), "the signal came after training had started"
+    assert not list(tmp_path.glob(".run.charlm-new-*")), "the staging folder was left behind"
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV)
     assert p.returncode == 0, p.stderr
     assert load_checkpoint(run / "last.pt")["progress"]["step"] == 3

@@ -230,7 +230,7 @@ def test_fp16_overflow_skips_the_step_without_counting_as_divergence(corpus, tmp
     training goes on and learns."""
     import importlib
 
-    train_module = importlib.import_module("charlm.training.run")  # (charlm.train is also a function)
+    train_module = importlib.import_module("charlm.training.setup")  # (charlm.train is also a function)
 
     made = []
 

@@ -69,7 +69,6 @@ def test_physical_memory_is_known_here():
     assert have is not None and have > 100_000_000
 
 
-@pytest.mark.xfail(strict=False, reason="the lead wires check_model_fits into training set-up at merge")
 @pytest.mark.parametrize("flag, value", [("--hidden-size", "1000000"), ("--embedding-size", str(10**11))])
 def test_train_refuses_absurd_flags_before_allocating(tmp_path, corpus_file, monkeypatch, flag, value):
     monkeypatch.chdir(tmp_path)

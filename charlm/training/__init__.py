@@ -1,5 +1,12 @@
-"""Training with truncated BPTT: option resolution, set-up, the run's state, the step, the loop."""
+"""Training with truncated BPTT.
 
-from .run import lr_at, resolve_options, train
+options.py resolves the options (defaults < checkpoint < TOML < flags); setup.py validates
+everything and builds the run into one value; state.py holds the run's state (``Progress`` is the
+checkpoint's progress record); step.py trains one chunk; loop.py is the loop.
+"""
+
+from .loop import train
+from .options import resolve_options
+from .step import lr_at
 
 __all__ = ["lr_at", "resolve_options", "train"]

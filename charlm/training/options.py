@@ -1,0 +1,128 @@
+"""Option resolution, one function for the CLI and the library: defaults < checkpoint < TOML < flags.
+
+It sits above the checkpoint module (config.py stays the bottom layer). On --resume the run's
+last.pt is read here once; the set-up that follows takes the same loaded checkpoint
+(``read_checkpoint``) unless the file changed in between.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Optional
+
+from ..checkpoint import check_resumable, load_checkpoint
+from ..config import ModelConfig, TrainConfig, config_keys, load_toml, split_options
+from ..errors import CheckpointError, ConfigError, RunDirError
+from ..rundir import is_unstarted_run
+
+# The checkpoint last read for a resume, keyed by its path and (size, mtime): the set-up reuses it
+# rather than loading the file a second time.
+_last_read: Optional[tuple[Path, tuple, dict]] = None
+
+
+def _stat_key(path: Path) -> tuple:
+    st = path.stat()
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The checkpoint at path, reusing the copy option resolution read when the file is unchanged."""
+    global _last_read
+    path = Path(path)
+    cached, _last_read = _last_read, None
+    try:
+        if cached is not None and cached[0] == path.resolve() and cached[1] == _stat_key(path):
+            return cached[2]
+    except OSError:
+        pass
+    return load_checkpoint(path)
+
+
+def _remember(path: Path, ckpt: dict) -> None:
+    global _last_read
+    try:
+        _last_read = (path.resolve(), _stat_key(path), ckpt)
+    except OSError:
+        _last_read = None
+
+
+def explicit_options(config: TrainConfig, model: Optional[ModelConfig] = None) -> dict[str, Any]:
+    """The options a library caller set: the fields that differ from their defaults.
+
+    A TrainConfig cannot say which fields were given, so a resume from the library treats a
+    default value as "not given" and takes the checkpoint's (as the CLI does for an absent flag).
+    """
+    keys = config_keys()
+    names = {field: name for name, (cls, field) in keys.items()}
+    out: dict[str, Any] = {}
+    for obj, default in ((config, TrainConfig()), (model, ModelConfig())):
+        if obj is None:
+            continue
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if f.name in names and keys[names[f.name]][0] is type(obj) and value != getattr(default, f.name):
+                out[names[f.name]] = value
+    return out
+
+
+def resolve_options(explicit: dict, config_file: Optional[str] = None) -> tuple[Optional[ModelConfig], TrainConfig]:
+    """Merge option sources: defaults < the checkpoint (on --resume) < TOML file < explicit flags.
+
+    Returns ``(None, train_config)`` for a resume that names no model option, so the checkpoint's
+    model is used as it is; a model option that is named must agree with the checkpoint.
+    """
+    file_options = load_toml(config_file) if config_file else {}
+    options = {**file_options, **{k: v for k, v in explicit.items() if v is not None}}
+    if options.get("resume", False):
+        return _resume_options(options)
+    try:
+        return split_options(options)
+    except ConfigError as e:
+        # A bad value that came from the file (not a flag): say which file, so it can be found.
+        from_file = [k for k in file_options if explicit.get(k) is None]
+        if any(f"--{k.replace('_', '-')} " in f"{e} " for k in from_file):
+            raise ConfigError(f"{config_file}: {e}") from None
+        raise
+
+
+def _resume_options(options: dict) -> tuple[Optional[ModelConfig], TrainConfig]:
+    keys = config_keys()
+    model_named = any(keys[k][0] is ModelConfig for k in options if k in keys)
+    out = options.get("out")
+    if out is None:
+        raise ConfigError("--resume needs --out DIR naming the run to continue")
+    ckpt_path = Path(out).expanduser() / "last.pt"
+    if not ckpt_path.is_file():
+        if not is_unstarted_run(Path(out).expanduser()):
+            raise RunDirError(f"cannot resume: {out} has no last.pt (start it without --resume)")
+        # Killed before its first checkpoint: start over with the options it was launched
+        # with (its config.toml, when the crash left a whole one), under the ones given now.
+        base: dict = {}
+        try:
+            if (Path(out).expanduser() / "config.toml").is_file():
+                base = load_toml(Path(out).expanduser() / "config.toml")
+        except ConfigError:
+            pass
+        for k in ("resume", "force", "out"):
+            base.pop(k, None)
+        return split_options({**base, **options})
+    ckpt = load_checkpoint(ckpt_path)
+    check_resumable(ckpt, ckpt_path)
+    _remember(ckpt_path, ckpt)
+    saved = {k: v for k, v in ckpt["train_config"].items() if k in keys}
+    saved.update({("model" if k == "cell" else k): v for k, v in ckpt["model_config"].items()
+                  if k != "vocab_size"})
+    # The device is the machine's, not the run's: a resume picks the best one present
+    # (a GPU run continues on a CPU-only machine and the reverse) unless --device is given.
+    for k in ("resume", "force", "out", "device"):
+        saved.pop(k, None)
+    # The stopping rule is the new launch's own business when it names one.
+    if any(k in options for k in ("max_steps", "max_time", "epochs")):
+        for k in ("max_steps", "max_time", "epochs"):
+            saved.pop(k, None)
+    try:
+        model_config, train_config = split_options({**saved, **options})
+    except TypeError as e:
+        raise CheckpointError(f"cannot resume from {ckpt_path}: its options are damaged ({e})") from None
+    return (model_config if model_named else None), train_config

@@ -1,0 +1,298 @@
+"""Set-up: everything a run needs, built and validated into one value before the loop starts.
+
+Validate, then act. The options, the resumed checkpoint, the corpus, the tokenizer and the sizes
+are all checked, and the model is built, before the run directory is created, replaced or
+written: a new run is prepared in a hidden sibling folder (rundir.stage) and moved into place
+(rundir.commit) as the very last step. A mistyped corpus path with --force, a --seq-len too long
+for the text or a corpus that is not UTF-8 leave the old run exactly as it was.
+
+Under torchrun rank 0 plans, locks and prepares the run directory and encodes the data; the
+other ranks reuse its files with the very same tokenizer. An error on rank 0 is sent to every
+rank, so all of them stop with the same message.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from .. import distributed
+from ..checkpoint import check_resumable
+from ..config import DEFAULT_MAX_TIME, ModelConfig, TrainConfig
+from ..corpus.dataset import Dataset, StreamBatches, prepare_dataset
+from ..corpus.text import Corpus
+from ..limits import check_model_fits
+from ..corpus.tokenizers import tokenizer_from_dict
+from ..devices import check_precision, grad_scaler, resolve_device, resolve_precision
+from ..errors import CheckpointError, ConfigError, CorpusError, DeviceError, RunDirError
+from ..model import CharRNN
+from ..rundir import RunPlan, commit, discard, new_run_id, plan_run_dir, read_marker, stage, write_marker
+from .options import read_checkpoint
+from .state import Progress, TrainState
+
+
+@dataclass
+class Setup:
+    """One validated run, ready to train."""
+
+    config: TrainConfig
+    model_config: ModelConfig
+    device: torch.device
+    ctx: distributed.DistContext
+    precision: str
+    amp_dtype: Optional[torch.dtype]
+    run_dir: Path
+    run_id: str
+    plan: RunPlan                      # holds the run's lock (rank 0); released at the end
+    corpus: Corpus
+    dataset: Dataset
+    batches: StreamBatches
+    total_steps: Optional[int]
+    max_time: Optional[float]
+    state: TrainState
+    train_model: torch.nn.Module       # the model, or its DDP wrapper
+    ckpt: Optional[dict] = None        # the checkpoint resumed from
+    notes: list = field(default_factory=list)   # said once the run has started
+
+    @property
+    def tokenizer(self):
+        return self.dataset.tokenizer
+
+
+def _on_main(ctx: distributed.DistContext, fn: Callable[[], Any]) -> Any:
+    """fn() on rank 0 (None elsewhere); its error, if any, raised on every rank."""
+    result, error = None, None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except Exception as e:  # passed to every rank so all of them stop with the same message
+            error = e
+    error = distributed.broadcast_object(error, ctx)
+    if error is not None:
+        raise error
+    return result
+
+
+def prepare_device(config: TrainConfig) -> tuple[torch.device, distributed.DistContext, TrainConfig]:
+    """Check the options and the device, then join the process group (under torchrun)."""
+    config.validate()
+    if config.tensorboard:
+        from ..tb import require
+        require()  # before anything else: a missing extra must not leave a half-made run
+    device = resolve_device(config.device)
+    if device.type != "cuda" and not config.resume:
+        check_precision(device, config.precision)  # refuse before joining a process group
+    ctx = distributed.setup(device)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    return device, ctx, distributed.elastic_resume(config, ctx)
+
+
+def build(config: TrainConfig, model_config: Optional[ModelConfig], device: torch.device,
+          ctx: distributed.DistContext) -> Setup:
+    """Validate everything, then create (or lock, for a resume) the run directory."""
+    # Rank 0's plan (None on the others): no disk writes yet, but the lock of an existing run.
+    plan: Optional[RunPlan] = _on_main(ctx, lambda: plan_run_dir(config.out, config.resume, config.force))
+    try:
+        return _build(config, model_config, device, ctx, plan)
+    except BaseException:
+        if plan is not None:
+            discard(plan)
+            plan.release()
+        raise
+
+
+def _build(config: TrainConfig, model_config: Optional[ModelConfig], device: torch.device,
+           ctx: distributed.DistContext, plan: Optional[RunPlan]) -> Setup:
+    path, mode = distributed.broadcast_object((plan.path, plan.mode) if plan else None, ctx)
+    notes: list[str] = []
+    ckpt = None
+    if mode == "resume":
+        ckpt, config, model_config = _resume_inputs(path, config, model_config, device, ctx, notes)
+    elif config.resume:
+        # Killed or failed before its first checkpoint: nothing to resume, start from step 0.
+        notes.append(f"{path} has no checkpoint yet: starting the run from step 0")
+    model_config = (model_config or ModelConfig()).validate()
+    corpus = Corpus.resolve(config.corpus)
+    if corpus.skipped:
+        notes.append(f"skipped {len(corpus.skipped)} files in {corpus.name} that are not text "
+                     f"(binary, or not UTF-8 at the start)")
+
+    def prepare(data_dir: Path, tokenizer_dict: Optional[dict]) -> Dataset:
+        return prepare_dataset(corpus, data_dir, config.tokenizer, config.vocab_size, config.min_char_count,
+                               config.normalize, config.val_fraction, tokenizer_dict=tokenizer_dict)
+
+    # Rank 0 builds the tokenizer and writes the ids (into the hidden staging folder for a new
+    # run); the others reuse its files with the same tokenizer (sentencepiece trained twice
+    # could differ).
+    def main_data() -> tuple[Dataset, dict]:
+        data_dir = path / "data" if mode == "resume" else stage(plan) / "data"
+        dataset = prepare(data_dir, ckpt["tokenizer"] if ckpt else None)
+        _check_sizes(dataset, config, ctx, ckpt, corpus)
+        # Refuse a model this machine cannot hold (--hidden-size 1000000) before building it.
+        check_model_fits(model_config, dataset.tokenizer.vocab_size, device, config.batch_size, config.seq_len)
+        return dataset, dataset.tokenizer.to_dict()
+
+    dataset, tok_dict = _on_main(ctx, main_data) or (None, None)
+    tok_dict = distributed.broadcast_object(tok_dict, ctx)
+    model_config = replace(model_config, vocab_size=tokenizer_from_dict(tok_dict).vocab_size
+                           if dataset is None else dataset.tokenizer.vocab_size)
+    state, train_model, amp_dtype, precision = _model(config, model_config, device, ctx)
+    if ckpt is not None:
+        state.load_state_dict(ckpt, str(path / "last.pt"))
+
+    # Everything is known to be good: now, and only now, the run directory is made or replaced.
+    # (The staged memmaps stay valid when their folder is renamed: a mapping follows the file.)
+    run_id, path = distributed.broadcast_object(_on_main(ctx, lambda: _commit(plan, ckpt)), ctx)
+    if not ctx.is_main:
+        dataset = prepare(path / "data", tok_dict)
+    batches = StreamBatches(dataset.train.ids, config.batch_size, config.seq_len, ctx.rank, ctx.world_size)
+    total_steps, max_time = _budget(config, batches)
+    return Setup(config=config, model_config=model_config, device=device, ctx=ctx, precision=precision,
+                 amp_dtype=amp_dtype, run_dir=path, run_id=run_id, plan=plan, corpus=corpus,
+                 dataset=dataset, batches=batches, total_steps=total_steps, max_time=max_time,
+                 state=state, train_model=train_model, ckpt=ckpt, notes=notes)
+
+
+def _check_sizes(dataset: Dataset, config: TrainConfig, ctx: distributed.DistContext,
+                 ckpt: Optional[dict], corpus: Corpus) -> None:
+    """What the encoded text must satisfy before a run may start."""
+    if ckpt and ckpt["corpus"].get("sha256") != dataset.sha256:
+        raise CorpusError(f"cannot resume: corpus {corpus.name} changed since the run started "
+                          f"(sha256 differs); start a new run")
+    StreamBatches(dataset.train.ids, config.batch_size, config.seq_len, 0, ctx.world_size)
+    if dataset.val.tokens < 2:
+        raise CorpusError("the validation split is empty; raise --val-fraction or use a longer corpus")
+
+
+def _commit(plan: RunPlan, ckpt: Optional[dict]) -> tuple[str, Path]:
+    """Make the run directory (rank 0); the run's id and its final path."""
+    if plan.mode == "resume":
+        marker = read_marker(plan.path)
+        run_id = (marker or {}).get("run_id") or (ckpt or {}).get("run_id") or new_run_id()
+        if marker is None:
+            # A run from before markers (or whose marker was lost): adopted, under the id its
+            # checkpoint carries when it has one.
+            write_marker(plan.path, run_id)
+        for stray in plan.path.glob(".*.tmp"):   # leftovers of a save cut short by a crash
+            stray.unlink(missing_ok=True)
+        return run_id, plan.path
+    run_id = new_run_id()
+    write_marker(plan.staging, run_id)
+    return run_id, commit(plan)
+
+
+def _budget(config: TrainConfig, batches: StreamBatches) -> tuple[Optional[int], Optional[float]]:
+    """The stopping rule: --max-steps, --epochs and --max-time all count the whole run."""
+    max_time = config.max_time if config.stopping_rule_given() else DEFAULT_MAX_TIME
+    total_steps = config.max_steps
+    if config.epochs is not None:
+        epoch_steps = math.ceil(config.epochs * batches.steps_per_epoch)
+        total_steps = min(total_steps, epoch_steps) if total_steps else epoch_steps
+    return total_steps, max_time
+
+
+def _model(config: TrainConfig, model_config: ModelConfig, device: torch.device,
+           ctx: distributed.DistContext):
+    """Model (seeded), its DDP wrapper, optimizer and loss scaler, as a fresh TrainState."""
+    torch.manual_seed(config.seed)
+    model = CharRNN(model_config).to(device)
+    train_model: torch.nn.Module = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # Same initial weights everywhere (DDP also broadcasts rank 0's), but each rank its own
+        # dropout masks: its streams are different text.
+        torch.manual_seed(config.seed + ctx.rank)
+    # cuDNN wants the RNN weights in one contiguous buffer; DDP's initial broadcast and
+    # load_state_dict copy into the parameters, so re-flatten after each of them.
+    model.rnn.flatten_parameters()
+    # Fused AdamW reads `found_inf` and skips a non-finite update on the device, without a sync.
+    fused = device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99),
+                                  weight_decay=config.weight_decay, fused=fused)
+    # Mixed precision: autocast for the forward pass (bf16 on a CPU with native bf16 by default);
+    # fp16 also scales the loss so small gradients survive fp16's narrow range. The scaler only
+    # unscales and tracks its scale; the step itself stays ours (found_inf on the fused
+    # optimizer, see step.py). The weights, the optimizer and the carried state stay fp32.
+    precision = resolve_precision(device, config.precision)
+    amp_dtype = check_precision(device, precision)
+    scaler = grad_scaler(device, amp_dtype)
+    state = TrainState(model=model, optimizer=optimizer, scaler=scaler,
+                       hidden=model.init_state(config.batch_size, device), progress=Progress(),
+                       device=device, rank=ctx.rank)
+    return state, train_model, amp_dtype, precision
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume: the checkpoint's model and tokenizer win; options may only agree with them
+
+
+_MUST_AGREE = ("tokenizer", "vocab_size", "normalize", "min_char_count", "val_fraction", "seq_len",
+               "batch_size", "state_reset")
+
+
+def _resume_inputs(path: Path, config: TrainConfig, model_config: Optional[ModelConfig],
+                   device: torch.device, ctx: distributed.DistContext, notes: list[str]):
+    """The checkpoint to resume from, checked against this launch; the configs it implies."""
+    ckpt_path = path / "last.pt"
+    ckpt = read_checkpoint(ckpt_path)
+    check_resumable(ckpt, ckpt_path)
+    _check_run_id(ckpt, path)
+    Progress.from_dict(ckpt["progress"], str(ckpt_path))
+    if model_config is None:
+        try:
+            model_config = ModelConfig(**ckpt["model_config"]).validate()
+        except (TypeError, ConfigError) as e:
+            raise CheckpointError(f"cannot resume from {ckpt_path}: invalid model config ({e})") from None
+    _check_compatible(ckpt, model_config, config)
+    if config.corpus is None:
+        corpus = ckpt["corpus"].get("path")
+        if not isinstance(corpus, str):
+            raise CheckpointError(f"cannot resume from {ckpt_path}: its corpus entry names no path")
+        config = replace(config, corpus=corpus)
+    try:
+        check_precision(device, config.precision)
+    except DeviceError:
+        # A checkpoint resumes anywhere: where its precision is not available, go on in fp32.
+        notes.append(f"resuming a --precision {config.precision} run on {device.type}, which "
+                     f"lacks it: continuing in fp32")
+        config = replace(config, precision="fp32")
+    if distributed.restart_count() > 0:
+        notes.append(f"torchrun restart {distributed.restart_count()}: resuming from {ckpt_path}")
+    saved_world = ckpt.get("world_size", 1)
+    if saved_world != ctx.world_size:
+        raise ConfigError(f"cannot resume: the run was trained with {saved_world} processes, this "
+                          f"launch has {ctx.world_size}; resume with the same --nproc_per_node")
+    return ckpt, config, model_config
+
+
+def _check_run_id(ckpt: dict, path: Path) -> None:
+    """A last.pt copied in from another run is refused: resuming it would overwrite this run's
+    best.pt with the other run's model and cut its metrics.jsonl."""
+    marker = read_marker(path)
+    theirs = ckpt.get("run_id")
+    if marker is not None and theirs is not None and theirs != marker["run_id"]:
+        raise RunDirError(f"cannot resume: {path / 'last.pt'} belongs to another run (run id "
+                          f"{str(theirs)[:12]}, this folder's is {marker['run_id'][:12]}); it was copied "
+                          f"from elsewhere: put back this run's last.pt, or start a new run")
+
+
+def _check_compatible(ckpt: dict, model_config: ModelConfig, config: TrainConfig) -> None:
+    saved_model = ckpt["model_config"]
+    for key, value in asdict(model_config).items():
+        if key != "vocab_size" and saved_model.get(key) != value:
+            option = "--model" if key == "cell" else f"--{key.replace('_', '-')}"
+            raise ConfigError(f"cannot resume: the checkpoint's model has {option} {saved_model.get(key)}, "
+                              f"but {value} was given (drop the option, or start a new run)")
+    saved_train = ckpt["train_config"]
+    for key in (k for k in _MUST_AGREE if hasattr(config, k)):
+        # A key an older checkpoint lacks had its default then (e.g. state_reset "epoch").
+        if saved_train.get(key, getattr(TrainConfig(), key)) != getattr(config, key):
+            option = f"--{key.replace('_', '-')}"
+            raise ConfigError(f"cannot resume: the run was trained with {option} {saved_train.get(key)}, "
+                              f"but {getattr(config, key)} was given (drop the option, or start a new run)")

@@ -1,0 +1,84 @@
+"""One optimizer step: the learning-rate schedule and ``train_step`` on one BPTT chunk."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..config import TrainConfig
+from ..devices import autocast
+from .state import TrainState
+
+
+def lr_at(config: TrainConfig, step: int, elapsed: float, total_steps: Optional[int],
+          max_time: Optional[float], scale: float = 1.0) -> float:
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio at the end of the budget.
+
+    The budget is whichever ends first, steps or seconds, so a `--max-time` run decays exactly
+    into its deadline.
+    """
+    warm = min(1.0, (step + 1) / (config.warmup_steps + 1)) if config.warmup_steps else 1.0
+    progress = 0.0
+    if total_steps:
+        progress = max(progress, step / total_steps)
+    if max_time:
+        progress = max(progress, elapsed / max_time)
+    progress = min(progress, 1.0)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    ratio = config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine
+    return config.lr * warm * ratio * scale
+
+
+@dataclass
+class StepResult:
+    """What a step leaves on the device for the next read-back (no sync per step)."""
+
+    loss: torch.Tensor        # () the chunk's mean loss, nats/token
+    grad_norm: torch.Tensor   # () global gradient norm before clipping
+    flags: torch.Tensor       # (2,) [update skipped, diverging step] as bools
+
+
+def train_step(state: TrainState, train_model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+               lr: float, grad_clip: float, amp_dtype: Optional[torch.dtype]) -> StepResult:
+    """Train one chunk: x (B, k) inputs, y (B, k) targets; carries state.hidden to the next chunk.
+
+    ``train_model`` is the model itself, or its DDP wrapper (which averages the gradients).
+    """
+    optimizer, scaler = state.optimizer, state.scaler
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast(state.device, amp_dtype):
+        logits, new_hidden = train_model(x, state.hidden)                       # (B, k, V)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        # fp16: backward through loss * scale, then unscale the grads in place so clipping
+        # and the norm see true values. An overflow shows up as a non-finite norm below.
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    max_norm = grad_clip if grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm)
+
+    # A non-finite loss or gradient skips the update (on the device, no sync) and keeps the
+    # previous state; several in a row trigger a rollback once the values are read back.
+    # The fused optimizer reads `found_inf` itself, so we set it rather than calling
+    # scaler.step(), which would overwrite it with the grads-only flag. With fp16 a finite
+    # loss whose grads overflowed is the scaler's business (it halves the scale), not a
+    # divergence: it skips the update but keeps the new state and counts as no bad step.
+    finite_loss = torch.isfinite(loss)
+    skip = ~(finite_loss & torch.isfinite(grad_norm))
+    bad = ~finite_loss if scaler is not None else skip
+    optimizer.found_inf = skip.float()
+    optimizer.step()
+    if scaler is not None:
+        scaler.update()   # reads the inf flags unscale_() recorded; on the device, no sync
+    # Detach at the chunk border: the next chunk's gradient stops here (BPTT(k)).
+    state.hidden = tuple(torch.where(bad, old, new.detach().float())
+                         for old, new in zip(state.hidden, new_hidden))
+    return StepResult(loss.detach(), grad_norm.detach(), torch.stack([skip, bad]))
