@@ -39,6 +39,13 @@ PRIME_CHUNK = 4096
 # at load 6-9; benchmarks/sampling_speed.py).
 SINGLE_THREAD_WORK = 64 * 512
 SEED_SPACE = 2**64
+# Temperatures below this take the careful path in filter_logits: logits of a few hundred divided
+# by it stay far inside float32's range (3.4e38).
+TINY_TEMPERATURE = 1e-30
+# The finiteness of the scores is checked after the prime and then every this many steps: NaN
+# weights show at once, a damaged embedding row soon after it is first drawn; a check every step
+# cost several percent of a small model's step.
+FINITE_CHECK_EVERY = 16
 
 
 def max_tokens(length: int) -> int:
@@ -55,11 +62,15 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: Optional[int]
                   top_p: Optional[float]) -> torch.Tensor:
     """Temperature, then top-k, then nucleus (top-p) filtering of logits (B, V); temperature > 0.
 
-    The logits are shifted so the largest is 0 before dividing (in float64), so a tiny temperature
-    tends to its limit, greedy, instead of overflowing into inf - inf = NaN.
+    Below TINY_TEMPERATURE the logits are shifted so the largest is 0 and divided in float64, so a
+    tiny temperature tends to its limit, greedy, instead of overflowing into inf - inf = NaN (in
+    float32, 1e-300 is 0).
     """
-    logits = logits.double()
-    logits = ((logits - logits.max(dim=-1, keepdim=True).values) / temperature).float()
+    if temperature < TINY_TEMPERATURE:
+        logits = logits.double()
+        logits = ((logits - logits.max(dim=-1, keepdim=True).values) / temperature).float()
+    else:
+        logits = logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]             # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -161,75 +172,84 @@ class Ending:
     that may still turn into a stop string, and says when the sample is done.
 
     ``push(id)`` returns the text that is now final; after ``done`` it returns nothing more.
+    ``text`` is the whole sample so far (what has been returned).
     """
 
     def __init__(self, tokenizer: Tokenizer, length: int, stops: Sequence[str] = ()):
         self.decoder = StreamDecoder(tokenizer)
         self.length, self.stops = length, tuple(stops)
-        self.text = ""        # settled display text (the sample so far, cut at the end when done)
-        self.released = 0     # characters of text already returned
+        self.longest_stop = max((len(s) for s in self.stops), default=0)
+        self.out: list[str] = []   # released pieces (a list: a long sample is not copied per step)
+        self.released = 0          # characters released
+        self.pending = ""          # settled text held back: it may be the start of a stop string
         self.done = length == 0
+        # One id, one settled character, no stop strings: the plain char model's fast path.
+        self.one_char = self.decoder.direct and not self.stops
+
+    @property
+    def text(self) -> str:
+        return "".join(self.out)
 
     def copy(self) -> "Ending":
         twin = object.__new__(Ending)
         twin.__dict__.update(self.__dict__)
-        twin.decoder = self.decoder.copy()
+        twin.decoder, twin.out = self.decoder.copy(), list(self.out)
         return twin
 
     def push(self, token_id: int) -> str:
         if self.done:
             return ""
-        before = len(self.text)
-        self.text += self.decoder.push(token_id)
-        if self._cut_at_stop(before):
-            return self._release_all()
+        if self.one_char:
+            piece = self.decoder.table[token_id]
+            self.out.append(piece)
+            self.released += 1
+            self.done = self.released >= self.length
+            return piece
+        self.pending += self.decoder.push(token_id)
+        if self._cut_at_stop():
+            return self._release(len(self.pending), done=True)
         peek = self.decoder.peek()
-        if len(self.text) + len(peek) >= self.length:
-            whole = (self.text + peek)[:self.length]
+        room = self.length - self.released
+        if len(self.pending) + len(peek) >= room:
+            whole = (self.pending + peek)[:room]
             # A lone leading consonant may still take its vowel: wait, unless it is already settled.
-            if not is_dangling_jamo(whole[-1]) or len(self.text) >= self.length:
-                self.text = whole
-                self._cut_at_stop(max(before - self._longest_stop(), 0))
-                return self._release_all()
-        return self._release(len(self.text) - self._held_for_stops())
+            if not is_dangling_jamo(whole[-1]) or len(self.pending) >= room:
+                self.pending = whole
+                self._cut_at_stop()
+                return self._release(len(self.pending), done=True)
+        return self._release(len(self.pending) - self._held_for_stops())
 
     def finish(self) -> str:
         """The rest of the text when generation stops before the sample is done."""
-        if not self.done:
-            before = len(self.text)
-            self.text = (self.text + self.decoder.flush())[:self.length]
-            self._cut_at_stop(max(before - self._longest_stop(), 0))
-            return self._release_all()
-        return ""
+        if self.done:
+            return ""
+        self.pending = (self.pending + self.decoder.flush())[:self.length - self.released]
+        self._cut_at_stop()
+        return self._release(len(self.pending), done=True)
 
-    def _longest_stop(self) -> int:
-        return max((len(s) for s in self.stops), default=0)
-
-    def _cut_at_stop(self, before: int) -> bool:
-        """Cut the text at the first stop string that ends after position ``before``."""
-        start = max(before - self._longest_stop() + 1, 0)
-        hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+    def _cut_at_stop(self) -> bool:
+        """Cut the held text at the first stop string in it. Released text never holds the start of
+        one (see _held_for_stops), so every stop string that ends in new text starts in here."""
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
         if hits:
-            self.text = self.text[:min(hits)]
+            self.pending = self.pending[:min(hits)]
         return bool(hits)
 
     def _held_for_stops(self) -> int:
-        """Characters at the end of the text that could be the start of a stop string."""
-        for k in range(min(self._longest_stop() - 1, len(self.text)), 0, -1):
-            tail = self.text[-k:]
+        """Characters at the end of the held text that could be the start of a stop string."""
+        for k in range(min(self.longest_stop - 1, len(self.pending)), 0, -1):
+            tail = self.pending[-k:]
             if any(s.startswith(tail) for s in self.stops):
                 return k
         return 0
 
-    def _release(self, upto: int) -> str:
-        out = self.text[self.released:upto] if upto > self.released else ""
-        self.released = max(self.released, upto)
-        return out
-
-    def _release_all(self) -> str:
-        self.done = True
-        self.text = self.text[:self.length]
-        return self._release(len(self.text))
+    def _release(self, upto: int, done: bool = False) -> str:
+        piece, self.pending = self.pending[:upto], self.pending[upto:]
+        if piece:
+            self.out.append(piece)
+            self.released += len(piece)
+        self.done = self.done or done
+        return piece
 
 
 class SyllableGuard:
@@ -257,7 +277,7 @@ class SyllableGuard:
         if ending.done:
             return []
         held = ending.decoder.held
-        settled = len(ending.text) + len(unicodedata.normalize("NFC", held))
+        settled = ending.released + len(ending.pending) + len(unicodedata.normalize("NFC", held))
         if settled < ending.length - 1:
             return []                    # the last character is not being formed yet
         banned = [i for i, c in enumerate(self.chars) if i > 0 and self._leaves_dangling(ending, held, c)]
@@ -266,17 +286,18 @@ class SyllableGuard:
     def _leaves_dangling(self, ending: Ending, held: str, c: str) -> bool:
         starter = unicodedata.combining(c) == 0 and not ("\u1160" <= c <= "\u11ff" or "\ud7b0" <= c <= "\ud7ff")
         if starter:
-            settled, cluster = ending.text + unicodedata.normalize("NFC", held), c
+            settled, cluster = ending.pending + unicodedata.normalize("NFC", held), c
         else:
-            settled, cluster = ending.text, held + c
-        shown = settled + unicodedata.normalize("NFC", cluster)
-        if len(shown) < ending.length:
+            settled, cluster = ending.pending, held + c
+        shown = settled + unicodedata.normalize("NFC", cluster)     # after what is released
+        room = ending.length - ending.released
+        if len(shown) < room:
             return False
-        last = shown[ending.length - 1]
+        last = shown[room - 1]
         if not is_dangling_jamo(last):
             return False
         # A lone leading consonant at the very end may still take a vowel.
-        can_grow = len(shown) == ending.length and ("\u1100" <= last <= "\u115f" or "\ua960" <= last <= "\ua97f")
+        can_grow = len(shown) == room and ("\u1100" <= last <= "\u115f" or "\ua960" <= last <= "\ua97f")
         return not can_grow
 
 
@@ -321,12 +342,13 @@ def continue_samples(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
     step = model.stepper(column_major=threads == 1 and B <= 2)
     skip = _skip(tokenizer, carry.last.size(-1))
     guard = _guard(tokenizer)
-    for _ in range(max_tokens(config.length)):
+    for n in range(max_tokens(config.length)):
         if all(e.done for e in endings):
             break
         with torch_threads(threads):  # around the work only: the caller's setting holds between yields
             logits = carry.last
-            check_finite(logits)
+            if n % FINITE_CHECK_EVERY == 0:
+                check_finite(logits)
             if guard is not None:
                 logits = guard.mask(logits, endings)
             nxt = choose(logits[:, skip:], config, gens) + skip                # (B,)

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from ..errors import CharLMError
+from ..errors import CharLMError, ConfigError
 from .app import CONTEXT, _console, app, handles_errors
 
 
@@ -61,6 +61,8 @@ def sample(
         prime = _read_prime(prime_file)
     config = SampleConfig(prime=prime, length=length, temperature=temperature, top_k=top_k, top_p=top_p,
                           seed=seed, num_samples=num_samples, beam=beam, stop=tuple(stop or ())).validate()
+    if interactive and (beam is not None or num_samples != 1):
+        raise ConfigError("--interactive samples one reply at a time: drop --beam and --num-samples")
     from ..api import load
 
     lm = load(checkpoint, device=device)
@@ -71,8 +73,6 @@ def sample(
 
 
 def _read_prime(path: Path) -> str:
-    from ..errors import ConfigError
-
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -229,8 +229,6 @@ def evaluate(
 
     Example: `charlm evaluate runs/NAME input.txt --tail 0.1`.
     """
-    from ..errors import ConfigError
-
     if tail is not None and not 0 < tail <= 1:
         raise ConfigError(f"--tail must be in (0, 1], got {tail}")
     from ..api import load
