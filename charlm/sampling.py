@@ -9,7 +9,8 @@ single sample with seed ``seed + i`` gives, which lets the CLI stream samples on
 A sample is ``length`` characters *as displayed*: ids go through the tokenizer's StreamDecoder
 (sentencepiece pieces decoded, NFD jamo recomposed into syllables) and the characters that come out
 are counted. For an NFD model the last character is never a loose conjoining jamo: while the last
-character is being formed, tokens that would leave it dangling are masked (``SyllableGuard``).
+character is being formed, tokens that would leave it dangling are masked (``SyllableGuard``;
+a sentencepiece model with NFD is counted the same way but not guarded).
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ def sample(
     seed: Annotated[Optional[int], typer.Option(help="Seed in [0, 2**64): the same seed gives the same text.")] = None,
     num_samples: Annotated[int, typer.Option(help="Samples, streamed one after another (seeds --seed, --seed + 1, ...).")] = 1,
     beam: Annotated[Optional[int], typer.Option(help="Beam search with N beams instead of sampling.")] = None,
-    stop: Annotated[Optional[list[str]], typer.Option(help="End a sample before this string (repeatable; not printed).")] = None,
+    stop: Annotated[Optional[list[str]], typer.Option(metavar="STRING", help="End a sample before this string (repeatable; not printed).")] = None,
     interactive: Annotated[bool, typer.Option("--interactive", help="A prompt loop with carried state (see above).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
 ) -> None:
