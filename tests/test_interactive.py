@@ -98,3 +98,10 @@ def test_session_api_matches_one_pass():
     reply = "".join(s.reply())
     lm = charlm.api.LanguageModel(model, tok, {}, torch.device("cpu"), Path("m"))
     assert reply == greedy(lm, "the cat ", 10)
+
+
+def test_interactive_refuses_beam_and_several_samples(run_dir):
+    for extra in (["--beam", "3"], ["--num-samples", "2"]):
+        r = runner.invoke(app, ["sample", str(run_dir), "--interactive", *extra], input="the \n")
+        assert r.exit_code == 1 and "drop --beam and --num-samples" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stdout == ""

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import charlm  # noqa: E402
 from charlm.api import LanguageModel  # noqa: E402
 from charlm.cli import app  # noqa: E402
-from charlm.config import ModelConfig, SampleConfig, TrainConfig  # noqa: E402
+from charlm.config import ModelConfig, TrainConfig  # noqa: E402
 from charlm.corpus.tokenizers import CharTokenizer, SentencePieceTokenizer  # noqa: E402
 from charlm.errors import ConfigError, NumericError  # noqa: E402
 from charlm.model import CharRNN  # noqa: E402
