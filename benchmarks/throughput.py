@@ -127,7 +127,8 @@ def main() -> None:
                          "and checkpoints of step 500 at charlm's default cadence, and 100 at 2x512)")
     args = ap.parse_args()
     corpus = corpus_path("tinyshakespeare.txt")
-    from charlm.corpus.data import Corpus, scan, build_tokenizer
+    from charlm.corpus.dataset import build_tokenizer
+    from charlm.corpus.text import Corpus, scan
     c = Corpus.resolve(str(corpus))
     tok = build_tokenizer(c, scan(c), "char", None, 1, "none")
     ids = tok.encode(corpus.read_text(encoding="utf-8"))

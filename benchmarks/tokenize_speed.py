@@ -1,4 +1,4 @@
-"""Tokenising speed and memory: charlm.corpus.data.prepare_dataset against a raw read + UTF-8 decode.
+"""Tokenising speed and memory: charlm.corpus.dataset.prepare_dataset against a raw read + UTF-8 decode.
 
 A corpus of --size-mb megabytes is built in a temporary folder by repeating
 ../shared/corpora/tinyshakespeare.txt and korean-chatbot.txt (English and Hangul, so the ids need
@@ -50,7 +50,8 @@ def build_corpus(path: Path, size_mb: float) -> int:
 def child(mode: str, corpus: str, folder: str) -> None:
     """One measured run in this fresh process; prints seconds and peak RSS as JSON."""
     if mode == "charlm":
-        from charlm.corpus.data import Corpus, prepare_dataset
+        from charlm.corpus.dataset import prepare_dataset
+        from charlm.corpus.text import Corpus
 
         t = time.perf_counter()
         ds = prepare_dataset(Corpus(name=corpus, files=[Path(corpus)]), Path(folder), "char", None,

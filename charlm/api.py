@@ -9,17 +9,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
 from .config import ModelConfig, SampleConfig, TrainConfig
-from .corpus.data import Corpus
+from .corpus.text import Corpus
+from .errors import ConfigError, CorpusError, NumericError
 from .devices import resolve_device
 from .evaluation import EvalResult, evaluate_ids
 from .checkpoint import load_model
 from .sampling import generate, sample_text
+from .util import is_finite_number
 
 
 class LanguageModel:
@@ -66,12 +69,31 @@ class LanguageModel:
                             seed=seed, num_samples=num_samples, beam=beam, stop=stops).validate()
 
     def evaluate(self, text: str) -> EvalResult:
-        """Loss (nats/token), bits per character and perplexity over text, evaluated statefully."""
+        """Loss (nats/token), bits per character and perplexity over text, evaluated statefully.
+
+        Refuses (CharLMError, one line) what would give a figure that means nothing: fewer than two
+        tokens, text mostly outside the model's vocabulary, a loss that overflows."""
+        if not isinstance(text, str):
+            raise ConfigError(f"evaluate() takes the text as a str, got {type(text).__name__} "
+                              f"(use evaluate_file() for a path)")
         ids = self.tokenizer.encode(text)
-        return evaluate_ids(self.model, ids, len(text), self.device)
+        if self.tokenizer.kind == "char" and len(ids) >= 2:
+            unknown = int((ids[1:] == 0).sum())  # id 0 is <unk>: the model never saw these characters
+            if unknown * 2 > len(ids) - 1:
+                raise CorpusError(f"{unknown:,} of the {len(ids) - 1:,} characters to predict are not in the "
+                                  f"model's vocabulary: this is not text of the kind it was trained on")
+        result = evaluate_ids(self.model, ids, len(text), self.device)
+        if not result.finite:
+            raise NumericError("the model's loss over this text is not finite (its outputs overflow): "
+                               "the checkpoint is damaged or training diverged")
+        return result
 
     def evaluate_file(self, path: str | Path, tail: Optional[float] = None) -> EvalResult:
         """Evaluate a UTF-8 file (or folder); with ``tail``, only that last fraction of its characters."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise ConfigError(f"evaluate_file() takes a file path, got {type(path).__name__}")
+        if tail is not None and not (is_finite_number(tail) and 0 < tail <= 1):
+            raise ConfigError(f"tail must be a number in (0, 1], got {tail!r}")
         text = "".join(Corpus.resolve(str(path)).blocks())
         if tail is not None:
             text = text[len(text) - int(round(len(text) * tail)):]
@@ -90,9 +112,49 @@ class LanguageModel:
         return study_of_trained(self.model, self.tokenizer, self.checkpoint, str(self.path), corpus=corpus,
                                 text=text, lags=lags, samples=samples, seed=seed, warmup=warmup)
 
+    def score(self, text: str, top: int = 3):
+        """Surprisal of each character of text, in bits, and the model's ``top`` guesses at each.
+
+        Returns a charlm.scoring.ScoreResult: ``.bits`` per character (None where nothing was
+        predicted: the first), ``.top``, ``.next``, ``.total_bits``, ``.bits_per_char`` (the figure
+        ``evaluate`` gives for the same text) and ``.to_json()``.
+        """
+        from .scoring import score_text
+
+        return score_text(self.model, self.tokenizer, text, self.device, top=top)
+
+    def export(self, path: str | Path, format: str = "onnx", force: bool = False) -> tuple[Path, Path]:
+        """Write the step function (ids, state) -> (logits, state) as ONNX or TorchScript to path,
+        and the vocabulary to path + ".vocab.json"; return both paths (charlm.export explains)."""
+        from .export import export_model
+
+        return export_model(self.model, self.tokenizer, path, format=format, force=force)
+    def inspect_context(self, file: Optional[str | Path] = None, text: Optional[str] = None,
+                        tail: Optional[float] = None, targets: int = 96, max_context: int = 2048,
+                        tolerance: float = 0.01, shuffle_max: int = 256, seed: int = 0,
+                        grad_lags: int = 100, grad_samples: int = 32, threads: Optional[int] = None):
+        """How much of the past the model uses (`charlm inspect-context`).
+
+        Targets come from ``text``, else ``file`` (its last ``tail`` when given), else the
+        validation tail of the corpus the model was trained on. Returns a
+        charlm.context.ContextStudy: ``.curve`` (loss per context n), ``.effective_context``,
+        ``.replace``/``.shuffle`` (the perturbation curves), ``.to_json()`` with every number.
+        """
+        from .context import inspect_context
+
+        return inspect_context(self.model, self.tokenizer, self.checkpoint, str(self.path),
+                               file=None if file is None else str(file), text=text, tail=tail,
+                               targets=targets, max_context=max_context, tolerance=tolerance,
+                               shuffle_max=shuffle_max, seed=seed, grad_lags=grad_lags,
+                               grad_samples=grad_samples, threads=threads)
+
 
 def load(path: str | Path, device: str = "auto") -> LanguageModel:
     """Load a checkpoint file or run directory (its best.pt) safely, onto device."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ConfigError(f"load() takes a checkpoint file or run directory path, got {path!r:.80}")
+    if not isinstance(device, str):
+        raise ConfigError(f"device must be a str such as 'auto', 'cpu' or 'cuda', got {device!r:.80}")
     dev = resolve_device(device)
     model, tokenizer, ckpt = load_model(path, dev)
     return LanguageModel(model, tokenizer, ckpt, dev, Path(path))

@@ -16,7 +16,7 @@ from typing import Any, Optional, get_args, get_origin, get_type_hints
 from .errors import ConfigError
 from .util import is_finite_number
 
-CELLS = ("lstm", "gru", "rnn")
+CELLS = ("lstm", "gru", "rnn", "mingru", "minlstm")
 TOKENIZERS = ("char", "spm-char", "bpe", "unigram")
 NORMALIZATIONS = ("none", "nfc", "nfd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -44,8 +44,10 @@ class ModelConfig:
     """Shape of the recurrent language model: Embedding -> RNN/LSTM/GRU stack -> Linear."""
 
     cell: str = "gru"
-    """Recurrent cell: 'lstm', 'gru' or 'rnn' (tanh). GRU is the default: on tiny shakespeare it
-    reached a lower validation loss than LSTM for the same tokens and time (BENCHMARKS.md)."""
+    """Recurrent cell: 'lstm', 'gru', 'rnn' (tanh), or 'mingru' / 'minlstm' (Feng et al. 2024: gates
+    from the input only, trained with a parallel scan over time; charlm/mincells.py). GRU is the
+    default: on tiny shakespeare it reached a lower validation loss than LSTM for the same tokens
+    and time (BENCHMARKS.md)."""
     vocab_size: int = 0
     """Number of token ids; set from the tokenizer, never by hand."""
     embedding_size: int = 64

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import CorpusError
 from .model import CharRNN, detach_state
 
 IGNORE = -100
@@ -30,12 +31,17 @@ class EvalResult:
 
     @property
     def loss(self) -> float:
-        """Mean nats per token."""
-        return self.nats / max(1, self.tokens)
+        """Mean nats per token (NaN when nothing was scored: never a fake perfect 0)."""
+        return self.nats / self.tokens if self.tokens > 0 else math.nan
+
+    @property
+    def finite(self) -> bool:
+        """Whether the figures mean anything: tokens were scored and the loss did not overflow."""
+        return self.tokens > 0 and self.chars > 0 and math.isfinite(self.nats)
 
     @property
     def bits_per_char(self) -> float:
-        return self.nats / max(self.chars, 1e-9) / math.log(2)
+        return self.nats / self.chars / math.log(2) if self.chars > 0 else math.nan
 
     @property
     def perplexity(self) -> float:
@@ -61,8 +67,9 @@ def evaluate_ids(model: CharRNN, ids: np.ndarray, chars: int, device: torch.devi
     ``streams`` evenly spread pieces: the same pieces every time, so estimates compare.
     """
     n = len(ids)
-    if n < 2:
-        return EvalResult(nats=0.0, tokens=0, chars=0.0)
+    if n < 2:  # nothing to predict: a loss of 0 here would read as a perfect model
+        raise CorpusError(f"the text to evaluate has {n} token{'s' if n != 1 else ''}: at least two are "
+                          f"needed (the first is only read, the rest are predicted)")
     was_training = model.training
     model.eval()
     # Target t (1 <= t < n) is ids[t] predicted from ids[:t]. Stream s scores targets

@@ -10,6 +10,11 @@ state passed by hand, keep every h_t (and c_t), and backpropagate the loss at th
 The cell equations below are PyTorch's documented ones; tests check them against the fused module
 (same outputs, same lag-0 gradient).
 
+minGRU and minLSTM (charlm/mincells.py) train with a parallel scan, which has the same blind spot;
+they are unrolled with their own one-step form on a float64 copy of the module, keeping every h_t.
+For them the "top" output is the stack's output (the residual stream the head reads), and the
+state of each layer is its h.
+
 Everything runs in float64 on the CPU by default, so a tanh RNN's gradient (often 1e-40 of its
 lag-0 value after a couple of hundred steps) does not underflow to zero before we can see it.
 
@@ -23,6 +28,7 @@ spread. Summary figures are read off the geometric-mean curve:
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import CharLMError, ConfigError
+from .mincells import MinRNN
 from .util import json_safe, torch_threads
 
 HORIZON_RATIO = 1e-3
@@ -108,9 +115,11 @@ def unrolled(rnn: nn.RNNBase, inputs: torch.Tensor, state: Optional[tuple] = Non
     """Run rnn one step and one layer at a time. inputs (B, T, I); state: tensors (layers, B, H).
 
     Returns steps[t][layer] = (h,) or (h, c) each (B, H) with their graph, and the top layer's
-    outputs stacked (B, T, H).
+    outputs stacked (B, T, H) (for a MinRNN, the stack's output).
     """
     _check_module(rnn)
+    if isinstance(rnn, MinRNN):
+        return _unrolled_min(rnn, inputs, state, dtype)
     B, T, _ = inputs.shape
     L, H = rnn.num_layers, rnn.hidden_size
     n_state = 2 if rnn.mode == "LSTM" else 1
@@ -133,6 +142,26 @@ def unrolled(rnn: nn.RNNBase, inputs: torch.Tensor, state: Optional[tuple] = Non
         steps.append(per_layer)
     top = torch.stack([s[-1][0] for s in steps], dim=1)                   # (B, T, H)
     return steps, top
+
+
+def _unrolled_min(rnn: MinRNN, inputs: torch.Tensor, state: Optional[tuple],
+                  dtype: torch.dtype) -> tuple[list[list[tuple]], torch.Tensor]:
+    """``unrolled`` for a minGRU/minLSTM stack: its one-step form (MinRNN.step), step after step.
+
+    A detached copy in ``dtype`` stands in for the module (the same weights, no gradient to them,
+    eval mode: no dropout), so the inputs are the graph's only leaves, as for the nn modules.
+    """
+    twin = copy.deepcopy(rnn).to(dtype=dtype).requires_grad_(False).eval()
+    x_all = inputs.to(dtype)
+    if not x_all.requires_grad:
+        x_all = x_all.detach().requires_grad_(True)
+    h = None if state is None else [s.detach().to(dtype) for s in state[0]]   # one (B, H) per layer
+    steps, outs = [], []
+    for t in range(inputs.size(1)):
+        y, h = twin.step(x_all[:, t], h)                                  # (B, H), one (B, H) per layer
+        steps.append([(h_l,) for h_l in h])
+        outs.append(y)
+    return steps, torch.stack(outs, dim=1)                                # (B, T, H)
 
 
 def trace_gradients(rnn: nn.RNNBase, inputs: torch.Tensor,
@@ -225,8 +254,11 @@ def spectral_report(rnn: nn.RNNBase) -> list[dict[str, Any]]:
     gamma = max |f'| (1 for tanh, 1/4 for sigmoid), the gradient vanishes exponentially. It is a
     sufficient condition, not a necessary one. It applies to the plain RNN; an LSTM's cell state
     and a GRU's (1 - z) * h path bypass W_hh, so for gated cells we report each block against its
-    bound but state the condition as "n/a".
+    bound but state the condition as "n/a". minGRU and minLSTM have no recurrent matrix at all
+    (their gates read only the input): no rows.
     """
+    if isinstance(rnn, MinRNN):
+        return []
     rows = []
     gated = rnn.mode in ("LSTM", "GRU")
     for l in range(rnn.num_layers):
@@ -371,7 +403,7 @@ def text_windows(ids: np.ndarray, samples: int, length: int, generator: np.rando
 
 def read_text(spec: str, limit: int = 4_000_000) -> str:
     """Up to ``limit`` characters of a corpus (file, folder, catalog name or builtin)."""
-    from .corpus.data import Corpus
+    from .corpus.text import Corpus
 
     parts, size = [], 0
     for block in Corpus.resolve(spec).blocks():

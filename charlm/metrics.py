@@ -11,10 +11,9 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from .errors import RunDirError
 from .events import Event
 from .util import json_safe
-
-
 
 
 class MetricsLog:
@@ -43,11 +42,29 @@ class MetricsLog:
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """All records of a metrics.jsonl (a torn last line from a crash is skipped)."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
+    return scan_metrics(path)[0]
+
+
+def scan_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The records of a metrics.jsonl, and how many damaged lines were skipped.
+
+    A line that is not UTF-8, not JSON, or JSON but not an object (a hand edit, another program's
+    file) is skipped and counted; a torn last line (a crash mid-write: no newline) is skipped
+    without counting, as it is expected. A file that cannot be read at all is a RunDirError."""
+    records, bad, torn = [], 0, False
+    try:
+        with open(path, "rb") as f:
+            for raw in f:  # line by line: a long run's log is never held as text twice
+                try:
+                    rec = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, ValueError, RecursionError):
+                    rec = None
+                if isinstance(rec, dict):
+                    records.append(rec)
+                    torn = False
+                elif raw.strip():
+                    bad += 1
+                    torn = not raw.endswith(b"\n")  # only the last line can lack its newline
+    except OSError as e:
+        raise RunDirError(f"cannot read {path}: {e.strerror or e}") from None
+    return records, bad - torn

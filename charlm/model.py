@@ -1,8 +1,9 @@
-"""The language model: Embedding -> nn.RNN | nn.LSTM | nn.GRU -> Linear.
+"""The language model: Embedding -> nn.RNN | nn.LSTM | nn.GRU | minGRU | minLSTM -> Linear.
 
 ``forward(x, state)`` takes ids (B, T) and the carried state, and returns logits (B, T, V) and the
 new state. The state is a tuple of tensors each (layers, B, H): (h,) for RNN/GRU, (h, c) for LSTM,
-so callers treat every cell the same way (detach, save, slice by stream).
+so callers treat every cell the same way (detach, save, slice by stream). minGRU and minLSTM
+(charlm/mincells.py) have only h, so their state is (h,) too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import ModelConfig
+from .mincells import MODES as MIN_CELLS, MinRNN
 
 State = tuple[torch.Tensor, ...]
 
@@ -24,10 +26,14 @@ class CharRNN(nn.Module):
         self.config = config
         c = config
         self.embed = nn.Embedding(c.vocab_size, c.embedding_size)
-        rnn_class = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[c.cell]
-        kwargs = {"nonlinearity": "tanh"} if c.cell == "rnn" else {}
-        self.rnn = rnn_class(c.embedding_size, c.hidden_size, num_layers=c.layers,
-                             dropout=c.dropout if c.layers > 1 else 0.0, batch_first=True, **kwargs)
+        dropout = c.dropout if c.layers > 1 else 0.0
+        if c.cell in MIN_CELLS:
+            self.rnn = MinRNN(c.cell, c.embedding_size, c.hidden_size, c.layers, dropout)
+        else:
+            rnn_class = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[c.cell]
+            kwargs = {"nonlinearity": "tanh"} if c.cell == "rnn" else {}
+            self.rnn = rnn_class(c.embedding_size, c.hidden_size, num_layers=c.layers,
+                                 dropout=dropout, batch_first=True, **kwargs)
         self.drop = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.hidden_size, c.vocab_size)
         if c.cell == "lstm":
@@ -75,6 +81,8 @@ class CharRNN(nn.Module):
         than with the row-major one on the machines measured (benchmarks/sampling_speed.py), and
         more time for larger batches.
         """
+        if self.config.cell in MIN_CELLS:
+            return self._min_stepper()
         cell = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}[self.config.cell]
         lstm = self.config.cell == "lstm"
         r = self.rnn
@@ -93,6 +101,20 @@ class CharRNN(nn.Module):
                 new_state.append(s)
                 x = s[0]                                     # h feeds the next layer
             return F.linear(x, head_w, head_b), new_state    # (B, V)
+
+        return step
+
+    def _min_stepper(self) -> Callable[[torch.Tensor, list[State]], tuple[torch.Tensor, list[State]]]:
+        """``stepper`` for minGRU/minLSTM: the stack's own one-step form, without a graph.
+
+        No column-major trick: these cells have no hidden-to-hidden matrix.
+        """
+        rnn = self.rnn
+
+        def step(ids: torch.Tensor, state: list[State]) -> tuple[torch.Tensor, list[State]]:
+            with torch.no_grad():
+                y, h = rnn.step(self.embed(ids), [s[0] for s in state])   # (B, H), one (B, H) per layer
+                return self.head(y), [(h_l,) for h_l in h]                  # (B, V)
 
         return step
 

@@ -11,27 +11,47 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import CharLMError, MissingExtra, RunDirError
-from .metrics import read_metrics
-from .util import is_finite_number
+from .metrics import scan_metrics
+from .util import finite_or_none, is_finite_number
 
 
 def load_curves(run_dir: str | Path) -> dict[str, Any]:
-    """The series one run contributes: chunk losses and evaluations, by step and by seconds."""
+    """The series one run contributes: chunk losses and evaluations, by step and by seconds.
+
+    Records whose step, time or loss is not a finite number (hand edits, damaged lines) are
+    skipped; ``skipped`` counts them and the damaged lines of the file."""
     run_dir = Path(run_dir)
-    path = run_dir / "metrics.jsonl" if run_dir.is_dir() else run_dir
-    if not path.is_file():
+    try:
+        path = run_dir / "metrics.jsonl" if run_dir.is_dir() else run_dir
+        found = path.is_file()
+    except OSError as e:
+        raise RunDirError(f"cannot read {run_dir}: {e.strerror or e}") from None
+    if not found:
         raise RunDirError(f"{run_dir} has no metrics.jsonl (give a run directory written by `charlm train`)")
     curves: dict[str, Any] = {"name": run_dir.name if run_dir.is_dir() else run_dir.parent.name,
-                              "chunk": [], "eval": []}
-    for rec in read_metrics(path):
+                              "chunk": [], "eval": [], "skipped": 0}
+    records, curves["skipped"] = scan_metrics(path)
+    for rec in records:
         kind = rec.get("type")
-        if kind == "chunk" and not rec.get("skipped") and is_finite_number(rec.get("loss")):
-            curves["chunk"].append((rec["step"], rec["elapsed"], rec["loss"]))
-        elif kind == "eval" and is_finite_number(rec.get("val_loss")):
-            curves["eval"].append((rec["step"], rec["elapsed"], rec["val_loss"], rec.get("val_bpc")))
+        if kind not in ("chunk", "eval") or (kind == "chunk" and rec.get("skipped")):
+            continue
+        x = (rec.get("step"), rec.get("elapsed"), rec.get("loss" if kind == "chunk" else "val_loss"))
+        if not all(is_finite_number(v) for v in x):
+            curves["skipped"] += 1
+        elif kind == "chunk":
+            curves["chunk"].append(x)
+        else:
+            curves["eval"].append(x + (finite_or_none(rec.get("val_bpc")),))
     if not curves["chunk"] and not curves["eval"]:
-        raise RunDirError(f"{path} holds no training records yet")
+        n = curves["skipped"]
+        raise RunDirError(f"{path} holds no training records yet" + (
+            f" ({n} damaged record{'s' if n > 1 else ''} skipped: a step, time or loss that is not a number)" if n else ""))
     return curves
+
+
+def _literal(text: str) -> str:
+    """text as matplotlib draws it literally: a '$' would start mathtext (and a lone one fails)."""
+    return text.replace("$", r"\$")
 
 
 def _smooth(values: Sequence[float], weight: float = 0.9) -> list[float]:
@@ -55,7 +75,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, title: str | None
     axes = fig.subplots(2, 2)
     colours = [f"C{i % 10}" for i in range(len(runs))]
     for run, colour in zip(runs, colours):
-        name = run["name"]
+        name = _literal(run["name"])
         if run["chunk"]:
             steps, secs, losses = zip(*run["chunk"])
             smooth = _smooth(losses)
@@ -79,12 +99,15 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, title: str | None
             ax.grid(True, alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize="small")
-    fig.suptitle(title or "charlm: " + ", ".join(r["name"] for r in runs))
+    fig.suptitle(_literal(title or "charlm: " + ", ".join(r["name"] for r in runs)))
     out = Path(out)
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=110)
-    except (OSError, ValueError) as e:
-        raise CharLMError(f"cannot write {out}: {e}") from None
+    except (FileExistsError, NotADirectoryError):  # a file stands where a folder must be
+        raise CharLMError(f"cannot write {out}: {out.parent} is not a folder") from None
+    except OSError as e:
+        raise CharLMError(f"cannot write {out}: {e.strerror or e}") from None
+    except ValueError as e:  # an image format matplotlib does not know
+        raise CharLMError(f"cannot write {out}: {str(e).splitlines()[0] if str(e) else 'unknown format'}") from None
     return out

@@ -72,7 +72,7 @@ def _recipe(monkeypatch, name, url, body, member=None, sha256="auto"):
     sha = hashlib.sha256(body).hexdigest() if sha256 == "auto" else sha256
     r = Recipe(name=name, url=url, sha256=sha, size=len(body), licence="test", description="test corpus",
                member=member)
-    monkeypatch.setitem(catalog.RECIPES, name, r)
+    monkeypatch.setitem(catalog.recipes(), name, r)
     return r
 
 
@@ -252,3 +252,152 @@ def test_corpus_info_recommends_a_tokenizer(tmp_path):
 def test_corpus_info_missing_file_is_a_clean_error(tmp_path):
     result = runner.invoke(app, ["corpus", "info", str(tmp_path / "nope.txt")])
     assert result.exit_code == 1 and "does not exist" in result.stderr and "Traceback" not in result.output
+
+
+# ----------------------------------------------------------------------------------------------
+# The cache folder and the address: a cache that is a file or unwritable, a file:// address.
+
+def test_cache_that_is_a_file_is_one_line(tmp_path, monkeypatch):
+    blocker = tmp_path / "cachefile"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("CHARLM_CACHE", str(blocker))
+    _recipe(monkeypatch, "tiny", "http://127.0.0.1:9/tiny.txt", b"x")
+    with pytest.raises(DownloadError) as e:
+        catalog.fetch("tiny")
+    assert str(e.value) == (f"cannot use $CHARLM_CACHE {blocker}: a file is in the way of "
+                            f"{blocker / 'corpora'}; set CHARLM_CACHE to a folder")
+    assert blocker.read_text() == "not a folder"
+    result = runner.invoke(app, ["corpus", "get", "tiny"], env={"CHARLM_CACHE": str(blocker)})
+    assert result.exit_code == 1 and "a file is in the way" in result.stderr and "Traceback" not in result.output
+    assert runner.invoke(app, ["corpus", "list", "--json"]).exit_code == 0  # listing still works
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere: permissions cannot be tested")
+def test_unwritable_cache_is_one_line(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    (locked / "corpora").mkdir(parents=True)
+    (locked / "corpora").chmod(0o500)
+    monkeypatch.setenv("CHARLM_CACHE", str(locked))
+    _recipe(monkeypatch, "tiny", "http://127.0.0.1:9/tiny.txt", b"x")
+    try:
+        with pytest.raises(DownloadError, match="is not writable; set CHARLM_CACHE"):
+            catalog.fetch("tiny")
+    finally:
+        (locked / "corpora").chmod(0o700)
+
+
+def test_unwritable_cache_message(tmp_path, monkeypatch):
+    """The same check as root would see it, with os.access saying no."""
+    monkeypatch.setenv("CHARLM_CACHE", str(tmp_path / "c"))
+    monkeypatch.setattr(catalog.os, "access", lambda path, mode: False)
+    _recipe(monkeypatch, "tiny", "http://127.0.0.1:9/tiny.txt", b"x")
+    with pytest.raises(DownloadError) as e:
+        catalog.fetch("tiny")
+    assert str(e.value) == (f"cannot use $CHARLM_CACHE {tmp_path / 'c'}: {tmp_path / 'c' / 'corpora'} "
+                            f"is not writable; set CHARLM_CACHE to a folder you can write")
+
+
+def test_file_addresses_are_supported(cache, monkeypatch, tmp_path):
+    body = make_text(2000).encode()
+    source = tmp_path / "mirror" / "tiny.txt"
+    source.parent.mkdir()
+    source.write_bytes(body)
+    _recipe(monkeypatch, "tiny", source.as_uri(), body)
+    assert catalog.fetch("tiny").read_bytes() == body
+    _recipe(monkeypatch, "gone", (tmp_path / "nope.txt").as_uri(), body)
+    with pytest.raises(DownloadError) as e:
+        catalog.fetch("gone")
+    assert str(e.value) == f"cannot read {(tmp_path / 'nope.txt').as_uri()}: No such file or directory"
+    _recipe(monkeypatch, "ftp", "ftp://example.org/x.txt", body)
+    with pytest.raises(DownloadError, match="only http, https, file addresses are supported"):
+        catalog.fetch("ftp")
+    assert _leftovers(cache) == ["tiny.txt"]
+
+
+def test_file_address_through_the_cli(cache, tmp_path):
+    source = tmp_path / "input.txt"
+    source.write_bytes(b"hello\n" * 10)
+    env = {**os.environ, "CHARLM_CATALOG_URL_TINYSHAKESPEARE": source.as_uri()}
+    proc = subprocess.run([sys.executable, "-m", "charlm", "corpus", "get", "tinyshakespeare"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: checksum mismatch for {source.as_uri()}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Recipes: TOML files in corpora/, one per corpus, packaged with the code.
+
+RECIPE = 'description = "d"\nurl = "https://example.org/x.txt"\nsize = 10\nlicence = "l"\n'
+
+
+@pytest.mark.parametrize("body,why", [
+    ("url = ", "not valid TOML (Invalid value"),
+    (RECIPE + "colour = 'red'\n", "unknown key 'colour'"),
+    (RECIPE.replace("size = 10", "size = '10'"), "size must be int, got str"),
+    (RECIPE.replace("size = 10", "size = 0"), "size must be positive"),
+    (RECIPE.replace('licence = "l"\n', ""), "it lacks licence"),
+    (RECIPE + 'sha256 = "abc"\n', "sha256 must be 64 hexadecimal digits"),
+    (RECIPE.replace("https://", "gopher://"), "url must start with http://, https://, file://"),
+])
+def test_a_malformed_recipe_is_one_line_naming_the_file(tmp_path, monkeypatch, body, why):
+    path = tmp_path / "broken.toml"
+    path.write_text(body, encoding="utf-8")
+    with pytest.raises(catalog.CorpusError) as e:
+        catalog.read_recipe(path)
+    msg = str(e.value)
+    assert msg.startswith(f"corpus recipe {path} is malformed: ") and why in msg and "\n" not in msg
+    # Through the CLI: `corpus list`, and a corpus name anywhere, say the same line.
+    monkeypatch.setattr(catalog, "recipe_folder", lambda: tmp_path)
+    monkeypatch.setattr(catalog, "_recipes", None)
+    result = runner.invoke(app, ["corpus", "list"])
+    assert result.exit_code == 1 and f"corpus recipe {path} is malformed" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_recipes_are_read_from_the_top_level_corpora_folder(tmp_path, monkeypatch):
+    repo = Path(__file__).resolve().parents[1]
+    assert catalog.recipe_folder() == repo / "corpora"
+    assert sorted(catalog.recipes()) == sorted(p.stem for p in (repo / "corpora").glob("*.toml"))
+    (tmp_path / "mine.toml").write_text(RECIPE, encoding="utf-8")
+    monkeypatch.setattr(catalog, "recipe_folder", lambda: tmp_path)
+    monkeypatch.setattr(catalog, "_recipes", None)
+    r = catalog.recipe("mine")
+    assert (r.name, r.url, r.size, r.sha256, r.member) == ("mine", "https://example.org/x.txt", 10, None, None)
+
+
+def test_pyproject_packages_every_package_and_the_recipes():
+    """pyproject.toml lists packages by hand (to map corpora/ into charlm._corpora): none missing."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    repo = Path(__file__).resolve().parents[1]
+    setup = tomllib.loads((repo / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    found = {".".join(p.parent.relative_to(repo).parts) for p in (repo / "charlm").rglob("__init__.py")}
+    assert set(setup["packages"]) == found | {"charlm._corpora"}
+    assert setup["package-dir"] == {"charlm._corpora": "corpora"}
+    assert "*.toml" in setup["package-data"]["charlm._corpora"]
+
+
+@pytest.mark.slow
+def test_a_wheel_carries_the_recipes(tmp_path):
+    """`pip wheel .` puts corpora/*.toml at charlm/_corpora/, where recipe_folder() looks."""
+    repo = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"   # a copy, so the build leaves nothing in the working tree
+    import shutil
+
+    shutil.copytree(repo, src, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                           "-w", str(tmp_path / "whl"), str(src)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (wheel,) = (tmp_path / "whl").glob("charlm-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for recipe in (repo / "corpora").glob("*.toml"):
+        assert f"charlm/_corpora/{recipe.name}" in names
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    code = "import charlm.corpus.catalog as c; print(c.recipe_folder(), sorted(c.recipes()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert str(tmp_path / "site" / "charlm" / "_corpora") in out.stdout and "tinyshakespeare" in out.stdout

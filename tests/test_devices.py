@@ -13,7 +13,7 @@ from charlm import devices
 from charlm.checkpoint import load_checkpoint, load_model, save_checkpoint
 from charlm.cli import app
 from charlm.config import ModelConfig, TrainConfig
-from charlm.corpus.data import StreamBatches
+from charlm.corpus.dataset import StreamBatches
 from charlm.errors import DeviceError
 from charlm.metrics import read_metrics
 from charlm.training import resolve_options, train

@@ -122,3 +122,39 @@ def test_training_validation_uses_the_capped_sample(tmp_path):
     full = charlm.load(tmp_path / "r0", device="cpu").evaluate_file(path, tail=0.1)
     assert losses[0][-1] == pytest.approx(full.loss, rel=1e-6)
     assert losses[256][-1] != pytest.approx(full.loss, rel=1e-6)
+
+
+def test_fewer_than_two_tokens_is_refused_not_a_perfect_score(model_and_ids):
+    """Issue 14 §5: one character has nothing to predict; a loss of 0 would read as perfect."""
+    from charlm.errors import CorpusError
+    from charlm.evaluation import EvalResult
+
+    model, ids = model_and_ids
+    for n in (0, 1):
+        with pytest.raises(CorpusError, match="at least two are needed"):
+            evaluate_ids(model, ids[:n], n, torch.device("cpu"))
+    assert evaluate_ids(model, ids[:2], 2, torch.device("cpu")).tokens == 1
+    empty = EvalResult(nats=0.0, tokens=0, chars=0.0)
+    assert np.isnan(empty.loss) and np.isnan(empty.bits_per_char) and not empty.finite
+
+
+def test_cli_evaluate_refuses_one_char_and_a_vanishing_tail(tmp_path, corpus_file):
+    from typer.testing import CliRunner
+
+    from charlm.cli import app
+    from charlm.training import train
+    from charlm.config import TrainConfig
+
+    run = tmp_path / "run"
+    train(TrainConfig(corpus=str(corpus_file), out=str(run), batch_size=4, seq_len=8, max_steps=2,
+                      eval_every=2, device="cpu", sample_length=0, warmup_steps=0),
+          ModelConfig(cell="gru", hidden_size=8, embedding_size=8))
+    one = tmp_path / "one.txt"
+    one.write_text("t", encoding="utf-8")
+    runner = CliRunner()
+    for args in (["evaluate", str(run), str(one)], ["evaluate", str(run), str(corpus_file), "--tail", "1e-9"]):
+        r = runner.invoke(app, args + ["--device", "cpu"])
+        assert r.exit_code == 1, r.output
+        assert "at least two are needed" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = runner.invoke(app, ["evaluate", str(run), str(corpus_file), "--tail", "0.1", "--json", "--device", "cpu"])
+    assert r.exit_code == 0 and '"loss"' in r.stdout

@@ -16,7 +16,7 @@ import torch
 from charlm import devices
 from charlm.checkpoint import load_checkpoint, load_model
 from charlm.config import ModelConfig, TrainConfig
-from charlm.corpus.data import StreamBatches
+from charlm.corpus.dataset import StreamBatches
 from charlm.errors import DeviceError
 from charlm.metrics import read_metrics
 from charlm.training import resolve_options, train

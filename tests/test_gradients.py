@@ -75,10 +75,11 @@ def test_relu_rnn_with_growing_recurrence_is_reported_exploding():
     assert spectral_report(rnn)[0]["condition"] == "not met"
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "mingru", "minlstm"])
 def test_unrolled_module_equals_the_fused_one(cell):
     """Same outputs, same input gradients at every step, and the same gradient at lag 0 as
-    autograd gives on the fused module; the fused output tensor shows none at earlier steps."""
+    autograd gives on the fused module (for minGRU/minLSTM: the parallel scan); the fused output
+    tensor shows none at earlier steps."""
     torch.manual_seed(2)
     model = CharRNN(ModelConfig(cell=cell, vocab_size=11, embedding_size=5, hidden_size=7, layers=2)).double()
     model.eval()

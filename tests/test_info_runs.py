@@ -100,3 +100,55 @@ def test_runs_errors_and_empty(tmp_path):
     assert result.exit_code == 1 and "does not exist" in result.stderr
     result = runner.invoke(app, ["runs", str(tmp_path)])
     assert result.exit_code == 0 and "no run directories" in result.stdout
+
+
+def test_permission_errors_are_one_line(runs_root, tmp_path, monkeypatch):
+    """Issue 14 §6: unreadable folders and files (simulated: the tests may run as root, which
+    reads anything) give one line, or are passed over in a listing."""
+    import builtins
+    import pathlib
+
+    import charlm.metrics
+
+    real_iterdir, real_open = pathlib.Path.iterdir, builtins.open
+
+    def no_listing(self):
+        if self.name in ("locked", "group"):
+            raise PermissionError(13, "Permission denied")
+        return real_iterdir(self)
+
+    def no_reading(path, *args, **kwargs):
+        if str(path).endswith("metrics.jsonl"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "iterdir", no_listing)
+    (tmp_path / "locked").mkdir()
+    r = runner.invoke(app, ["runs", str(tmp_path / "locked")])
+    assert r.exit_code == 1 and "Permission denied" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = runner.invoke(app, ["runs", str(runs_root)])          # group/ unreadable: the rest is listed
+    assert r.exit_code == 0 and "lstm" in r.stdout and "group" not in r.stdout
+    monkeypatch.setattr(charlm.metrics, "open", no_reading, raising=False)
+    r = runner.invoke(app, ["runs", str(runs_root), "--json"])
+    [lstm] = [s for s in json.loads(r.stdout) if s["run"].endswith("lstm")]
+    assert "metrics.jsonl unreadable (Permission denied)" in lstm["notes"]
+    pytest.importorskip("matplotlib")
+    r = runner.invoke(app, ["plot", str(runs_root / "lstm"), "-o", str(tmp_path / "c.png")])
+    assert r.exit_code == 1 and "Permission denied" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_info_on_a_folder_that_may_not_be_searched(tmp_path, monkeypatch):
+    import pathlib
+
+    real_is_dir = pathlib.Path.is_dir
+
+    def refusing(self):
+        if "locked" in self.parts:
+            raise PermissionError(13, "Permission denied")
+        return real_is_dir(self)
+
+    monkeypatch.setattr(pathlib.Path, "is_dir", refusing)
+    for args in (["info", str(tmp_path / "locked" / "best.pt")], ["sample", str(tmp_path / "locked")]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 1 and "cannot read checkpoint" in r.stderr and "Permission denied" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from charlm.config import ModelConfig
-from charlm.corpus.data import StreamBatches
+from charlm.corpus.dataset import StreamBatches
 from charlm.errors import CorpusError
 from charlm.model import CharRNN, detach_state
 

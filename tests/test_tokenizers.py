@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from charlm.corpus.data import Corpus, build_tokenizer, scan
+from charlm.corpus.dataset import build_tokenizer
+from charlm.corpus.text import Corpus, scan
 from charlm.errors import TokenizerError
 from charlm.sampling import encode_prime
 from charlm.corpus.tokenizers import (CharTokenizer, SentencePieceTokenizer, StreamDecoder, for_display,

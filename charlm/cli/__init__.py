@@ -2,7 +2,8 @@
 display (display.py). Only this package imports typer or rich; the core raises CharLMError and
 emits events, and these modules turn them into one line of text or a live view."""
 
-from . import train, generate, runs, lab, corpus  # noqa: F401,I001  (each registers its commands, in this order)
+# Each module registers its commands on app when imported; this order is the order of --help.
+from . import train, generate, score, runs, lab, context, corpus, export  # noqa: F401,I001
 from .app import app, main
 
 __all__ = ["app", "main"]

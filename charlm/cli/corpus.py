@@ -30,7 +30,7 @@ def corpus_list(
     Example: `charlm corpus list`.
     """
     from ..corpus import catalog
-    from ..corpus.data import BUILTIN_NAME
+    from ..corpus.text import BUILTIN_NAME
 
     rows = catalog.listing()
     if as_json:
@@ -107,7 +107,7 @@ def corpus_info(
 
     Example: `charlm corpus info input.txt`.
     """
-    from ..corpus.catalog import describe_corpus
+    from ..corpus.describe import describe_corpus
 
     d = describe_corpus(file, top=top)
     if as_json:

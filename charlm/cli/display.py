@@ -309,7 +309,9 @@ def gradient_summary_table(study) -> Table:
     for m in study.models:
         for c in m.curves:
             spec = [s for s in m.spectral if s["layer"] == c.layer]
-            if len(spec) == 1:
+            if not spec:   # minGRU/minLSTM: no recurrent matrix, the gates read the input only
+                sigma, cond = "-", "n/a"
+            elif len(spec) == 1:
                 s = spec[0]
                 sigma, cond = f"{s['sigma_max']:.3f}", s["condition"]
             else:  # gated: the largest gate block here, each block in --json; condition n/a
@@ -415,3 +417,175 @@ def truncation_table(result) -> Table:
                      f"{result.steps} steps per cell, {result.hidden_size} units, {result.batch_size} "
                      f"streams,\nlr {result.lr:g}, seed {result.seed}; {result.seconds / 60:.1f} min")
     return table
+
+
+# ---------------------------------------------------------------------------------------------
+# score: the text coloured by surprisal, a legend, the totals, and the most surprising positions.
+# It takes a charlm.scoring.ScoreResult (duck-typed).
+
+SURPRISAL_STYLES = [(1.0, "green", "<1"), (2.0, "yellow", "1-2"), (4.0, "dark_orange", "2-4"),
+                    (8.0, "red", "4-8"), (math.inf, "bold magenta", "8+")]
+
+
+def _surprisal_style(bits: Optional[float]) -> str:
+    if bits is None:
+        return "dim"
+    return next(style for limit, style, _ in SURPRISAL_STYLES if bits < limit)
+
+
+def _shown(s: str) -> str:
+    """A token or character as a table cell: visible whitespace, escaped control characters."""
+    s = s.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "␣")
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in s)
+
+
+def _percent(p: float) -> str:
+    return f"{p:.0%}" if p >= 0.01 else f"{p:.1%}" if p >= 0.001 else "<0.1%"
+
+
+def _guesses(guesses) -> str:
+    return "  ".join(f"{_shown(s)} {_percent(p)}" for s, p in guesses) if guesses else ""
+
+
+def score_view(result, rows: int = 20) -> Group:
+    """The `charlm score` report for a terminal (colours drop away when piped)."""
+    text = Text()
+    for ch, bits in zip(result.text, result.bits):
+        style = _surprisal_style(bits)
+        if ch.isspace() and ch != "\n" and bits is not None and bits >= 2:
+            style += " underline"  # a surprising space would be invisible otherwise
+        text.append(ch, style=style)
+    legend = Text("bits: ", style="bold")
+    for _, style, label in SURPRISAL_STYLES:
+        legend.append("██", style=style).append(f" {label}  ")
+    legend.append("░░", style="dim").append(" no prediction (the first token)")
+    summary = Text(f"{result.total_bits:.1f} bits over {result.scored_chars:,.0f} predicted characters "
+                   f"({result.tokens:,} tokens): {result.bits_per_char:.3f} bits/char")
+    parts: list[Any] = [text, Text(""), legend, summary]
+    if result.unknown_chars:
+        parts.append(Text("not in the vocabulary (scored as <unk>): "
+                          + " ".join(_shown(c) for c in result.unknown_chars[:20]), style="yellow"))
+    if result.next:
+        parts.append(Text(f"next: {_guesses(result.next)}"))
+    scored = [i for i, b in enumerate(result.bits) if b is not None]
+    shown = sorted(sorted(scored, key=lambda i: -result.bits[i])[:max(rows, 0)])
+    if shown:
+        title = "every position" if len(shown) == len(scored) else f"the {len(shown)} most surprising positions"
+        table = Table(title=title, header_style="bold", title_justify="left")
+        for col, justify in (("pos", "right"), ("char", "left"), ("bits", "right"), ("expected", "left")):
+            table.add_column(col, justify=justify)
+        for i in shown:
+            table.add_row(str(i), Text(_shown(result.text[i]), style=_surprisal_style(result.bits[i])),
+                          f"{result.bits[i]:.2f}", Text(_guesses(result.top[i])))
+        parts += [Text(""), table]
+# inspect-context: a headline, the figures, the curves by n, and a bar chart of the excess loss.
+# They take a charlm.context.ContextStudy (duck-typed, so display never imports torch).
+
+def _tokens(n: Optional[int], beyond: int) -> str:
+    return f"beyond {beyond}" if n is None else str(n)
+
+
+def context_headline(study) -> str:
+    """'trained with k = 64, gradient horizon 34, uses about 256 tokens' (what is known of it)."""
+    m = study.model
+    parts = []
+    if m.get("chunk_length"):
+        parts.append(f"trained with k = {m['chunk_length']}")
+    if m.get("gradient_lags"):
+        parts.append(f"gradient horizon {_tokens(m.get('gradient_horizon'), m['gradient_lags'])}")
+    uses = (f"uses about {study.effective_context} token{'' if study.effective_context == 1 else 's'}" if study.effective_context is not None
+            else f"uses more than {study.max_context} tokens")
+    return ", ".join(parts + [uses])
+
+
+def context_summary_table(study) -> Table:
+    from rich import box
+
+    table = Table(show_header=False, box=box.SIMPLE_HEAD, title="summary", title_justify="left")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(justify="right")
+    table.add_column(style="dim")
+    m = study.model
+    tol = f"{study.tolerance:.1%} of it"
+    rows = [("full-history loss", f"{study.full_loss:.4f}", f"nats/token, accuracy {study.full_accuracy:.1%}"),
+            ("effective context", _tokens(study.effective_context, study.max_context),
+             f"first n with loss within {tol}"),
+            ("replace horizon", _tokens(study.replace_horizon, study.max_context),
+             "first d: the past beyond it replaced, loss within tolerance")]
+    if study.shuffle:
+        rows.append(("shuffle horizon", _tokens(study.shuffle_horizon, study.shuffle_max),
+                     "first d: the past beyond it shuffled, loss within tolerance"))
+    if m.get("chunk_length"):
+        rows.append(("training chunk k", str(m["chunk_length"]), "BPTT(k): no gradient reached further"))
+    if m.get("gradient_lags"):
+        per = ", ".join(f"{k} {_tokens(v, m['gradient_lags'])}" for k, v in m.get("gradient_horizons", {}).items())
+        rows.append(("gradient horizon", _tokens(m.get("gradient_horizon"), m["gradient_lags"]),
+                     f"first lag below 1e-3 of lag 0 ({per})"))
+    c = study.cost
+    rows.append(("cost", f"{c['token_steps_per_target']:,.0f}",
+                 f"token-steps per target ({c['naive_token_steps_per_target']:,} unshared), "
+                 f"{c['seconds']:.1f}s" + (f" + {c['gradient_seconds']:.1f}s gradient" if "gradient_seconds" in c else "")))
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def context_curve_table(study) -> Table:
+    """Loss per context n, and the loss increase when the past beyond d = n is replaced/shuffled."""
+    from rich import box
+
+    table = Table(title="loss by context n (and by intact distance d = n)", header_style="bold",
+                  box=box.SIMPLE_HEAD, title_justify="left", caption_justify="left")
+    for col in ("n", "loss", "+ vs full", "± se", "accuracy", "replaced +", "shuffled +"):
+        table.add_column(col, justify="right")
+    replace = {p["distance"]: p for p in study.replace}
+    shuffle = {p["distance"]: p for p in study.shuffle}
+    bound = study.tolerance * abs(study.full_loss)
+    for p in study.curve:
+        n = p["context"]
+        mark = " ◀" if n == study.effective_context else ""
+        style = "green" if p["increase"] <= bound else ""
+        inc = f"[{style}]{p['increase']:+.4f}[/]" if style else f"{p['increase']:+.4f}"
+        se = f"{p['stderr']:.4f}" if p["stderr"] is not None and math.isfinite(p["stderr"]) else "-"
+        r, s = replace.get(n), shuffle.get(n)
+        table.add_row(f"{n}{mark}", f"{p['loss']:.4f}", inc, se, f"{p['accuracy']:.1%}",
+                      f"{r['increase']:+.4f}" if r else "", f"{s['increase']:+.4f}" if s else "")
+    table.caption = (f"+: mean loss increase over the full-history loss {study.full_loss:.4f}, paired over "
+                     f"{study.targets} targets;\n◀ the effective context (first n within "
+                     f"{study.tolerance:.1%}); green: within tolerance")
+    return table
+
+
+def context_chart(study, width: int = 48) -> Text:
+    """One bar per n: the loss increase over full history, given only the last n tokens."""
+    text = Text()
+    text.append("loss increase over full history, given only the last n tokens\n", style="bold")
+    top = max([p["increase"] for p in study.curve if math.isfinite(p["increase"])] + [1e-12])
+    bound = study.tolerance * abs(study.full_loss)
+    label_w = len(str(study.max_context))
+    k = study.model.get("chunk_length")
+    for p in study.curve:
+        inc = max(0.0, p["increase"])
+        cells = inc / top * width
+        eighths = int((cells % 1) * 8)                                 # a partial last cell
+        bar = "█" * int(cells) + ("▏▎▍▌▋▊▉"[eighths - 1] if eighths else "")
+        text.append(f"{str(p['context']).rjust(label_w)} │")
+        text.append(bar or "·", style="green" if p["increase"] <= bound else "cyan")
+        text.append(f" {p['increase']:+.3f}")
+        if k and p["context"] >= k > p["context"] // 2:
+            text.append("  ← training chunk k", style="dim")
+        text.append("\n")
+    return text
+
+
+def context_report(study, verbose: bool = True) -> Group:
+    parts: list[Any] = [Text(context_headline(study), style="bold")]
+    if verbose:
+        parts.append(Text(f"inputs: {study.inputs}; {study.targets} targets"
+                          + (f" every {study.spacing} tokens" if study.spacing else "")
+                          + f" of {study.text_tokens:,}; full history = at least {study.lead} tokens "
+                            f"of carried state", style="dim"))
+    parts += [context_summary_table(study), context_curve_table(study)]
+    if verbose:
+        parts.append(context_chart(study))
+    return Group(*parts)

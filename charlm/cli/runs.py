@@ -32,34 +32,18 @@ def info(
 
     Examples: `charlm info runs/NAME`, `charlm info runs/NAME/last.pt --json`.
     """
-    from ..runinfo import checkpoint_info
+    from ..runinfo import checkpoint_info, info_rows
 
     d = checkpoint_info(checkpoint)
     if as_json:
         typer.echo(json.dumps(d))
         return
+    from rich.markup import escape
+
     from .display import kv_table
 
-    rows = [
-        ["checkpoint", d["checkpoint"]],
-        ["model", f"{d['model']} {d['layers']}x{d['hidden_size']}, embedding {d['embedding_size']}, "
-                  f"dropout {d['dropout']:g}"],
-        ["parameters", _fmt(d["parameters"])],
-        ["tokenizer", f"{d['tokenizer']}" + (f" (normalize {d['normalize']})" if d["normalize"] != "none" else "")
-         + f", vocabulary {d['vocab_size']:,}"],
-        ["step", f"{d['step']:,} (epoch {d['epoch']})"],
-        ["tokens seen", _fmt(d["tokens_seen"])],
-        ["training time", f"{d['elapsed_s']:.0f} s" if d["elapsed_s"] is not None else "-"],
-        ["best val loss", _fmt(d["best_val_loss"]) + " nats/token"],
-        ["best val bits/char", _fmt(d["best_val_bpc"])],
-        ["corpus", f"{d['corpus']} ({_fmt(d['corpus_chars'])} characters)"],
-        ["corpus sha256", _fmt(d["corpus_sha256"])],
-        ["BPTT", f"{d['batch_size']} streams x {d['seq_len']} tokens"
-         + (f" x {d['world_size']} processes" if d["world_size"] > 1 else "")],
-        ["trained on", f"{d['device']}, {d['precision']}"],
-        ["versions", f"charlm {d['charlm_version']}, torch {d['torch_version']}, python {d['python_version']}"],
-    ]
-    _console().print(kv_table(f"charlm info {checkpoint}", rows))
+    rows = [[label, escape(text)] for label, text in info_rows(d)]  # a checkpoint's strings are data, not markup
+    _console().print(kv_table(f"charlm info {escape(checkpoint)}", rows))
 
 
 @app.command(context_settings=CONTEXT)
@@ -79,7 +63,7 @@ def runs(
         typer.echo(json.dumps(summaries))
         return
     if not summaries:
-        _console().print(f"no run directories in {folder}")
+        _console().print(f"no run directories in {folder}", markup=False)
         return
     from .display import compact_table
 
@@ -87,14 +71,19 @@ def runs(
         p = Path(run)
         return str(p.relative_to(folder)) if p != folder and p.is_relative_to(folder) else p.name
 
-    rows = [[short(s["run"]), s["model"] or "-", Path(s["corpus"]).name if s["corpus"] else "-",
+    from rich.markup import escape
+
+    rows = [[escape(short(s["run"])), escape(s["model"] or "-"), escape(Path(s["corpus"]).name) if s["corpus"] else "-",
              _fmt(s["step"]), _fmt(s["best_val_loss"]), _fmt(s["best_val_bpc"]),
              f"{s['elapsed_s']:.0f}s" if s["elapsed_s"] is not None else "-",
-             "done" if s["status"] in ("max_steps", "max_time", "epochs") else s["status"]]
+             "done" if s["status"] in ("max_steps", "max_time", "epochs") else escape(s["status"])]
             for s in summaries]
-    _console().print(compact_table(f"runs in {folder}", ["run", "model", "corpus", "steps", "val loss",
+    _console().print(compact_table(f"runs in {escape(str(folder))}", ["run", "model", "corpus", "steps", "val loss",
                                                          "bpc", "time", "status"],
                                    rows, text_columns=3, flexible=2))
+    for s in summaries:  # what was skipped in a damaged run, one line per run
+        if s.get("notes"):
+            _console().print(f"note: {short(s['run'])}: {s['notes']}", markup=False, soft_wrap=True)
 
 
 @app.command(context_settings=CONTEXT)

@@ -1,15 +1,19 @@
-"""Named corpora: recipes (source address, sha256, licence), downloaded once into a cache.
+"""Named corpora: recipes read from the top-level corpora/ folder, downloaded once into a cache.
 
-``charlm train tinyshakespeare`` works because ``data.Corpus.resolve`` asks ``is_known(name)`` and
-then ``fetch(name)`` for a name that is not an existing path. A download goes to a temporary file
-in the cache folder, is checked against the recipe's sha256, and only then is moved into place
-with ``os.replace``: an interrupted or corrupted download never leaves a file that looks complete.
-Zip archives are checked as downloaded, then their single text file is extracted the same way.
+This module only knows recipes, the cache and downloads; it imports nothing else of charlm.corpus,
+so ``text.Corpus.resolve`` can look a name up here ("tinyshakespeare" wherever a path goes) without
+a cycle. A download goes to a temporary file in the cache folder, is checked against the recipe's
+sha256, and only then is moved into place with ``os.replace``: an interrupted or corrupted download
+never leaves a file that looks complete. Zip archives are checked as downloaded, then their single
+text file is extracted the same way.
 
 Where things live, and how tests (or a mirror) redirect them:
+- recipes: ``corpora/NAME.toml`` in a source checkout or an editable install, and the same files
+  as the package data ``charlm/_corpora/`` in a wheel (pyproject.toml maps one to the other);
 - cache folder: ``$CHARLM_CACHE``, else ``$XDG_CACHE_HOME/charlm``, else ``~/.cache/charlm``;
 - source address: ``$CHARLM_CATALOG_URL_<NAME>`` (e.g. ``CHARLM_CATALOG_URL_TINYSHAKESPEARE``)
-  replaces a recipe's URL. Only the address changes: the bytes must still match the sha256.
+  replaces a recipe's URL (http, https or file). Only the address changes: the bytes must still
+  match the sha256.
 """
 
 from __future__ import annotations
@@ -18,17 +22,25 @@ import hashlib
 import http.client
 import os
 import re
+import sys
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..errors import DownloadError
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (pyproject.toml declares tomli there)
+    import tomli as tomllib
+
+from ..errors import CorpusError, DownloadError
 
 ProgressCallback = Callable[[int, Optional[int]], None]  # (bytes so far, total or None)
+SCHEMES = ("http", "https", "file")
 
 
 @dataclass(frozen=True)
@@ -47,46 +59,84 @@ class Recipe:
         return f"{self.name}.txt"
 
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    Recipe(
-        name="tinyshakespeare",
-        url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-        sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
-        size=1_115_394,
-        licence="public domain (Shakespeare's works), from karpathy/char-rnn (MIT)",
-        description="40,000 lines of Shakespeare, 65 distinct characters: the classic char-rnn corpus",
-        checksum_source="karpathy/char-rnn data/tinyshakespeare/input.txt"),
-    Recipe(
-        name="enwik8",
-        url="http://mattmahoney.net/dc/enwik8.zip",
-        sha256="547994d9980ebed1288380d652999f38a14fe291a6247c157c3d33d4932534bc",
-        size=36_445_475,
-        licence="Wikipedia text: CC BY-SA 3.0 / GFDL",
-        description="first 10^8 bytes of an English Wikipedia XML dump (2006), the Hutter Prize corpus",
-        member="enwik8",
-        checksum_source="download_checksums of huggingface/datasets datasets/enwik8/dataset_infos.json"),
-    Recipe(
-        name="text8",
-        url="http://mattmahoney.net/dc/text8.zip",
-        sha256=None,
-        size=31_344_016,
-        licence="Wikipedia text: CC BY-SA 3.0 / GFDL",
-        description="enwik9 cleaned to lowercase a-z and spaces, first 10^8 characters",
-        member="text8",
-        checksum_source="no published sha256 found; only the size (31,344,016 bytes, the TensorFlow "
-                        "word2vec tutorial's check) is known"),
-)}
+# ----------------------------------------------------------------------------------------------
+# Recipes: one TOML file per corpus.
+
+_FIELDS = {"url": str, "size": int, "sha256": str, "licence": str, "description": str,
+           "member": str, "checksum_source": str}
+_REQUIRED = ("url", "size", "licence", "description")
+_recipes: Optional[dict[str, Recipe]] = None
+
+
+def recipe_folder() -> Path:
+    """Where the recipe files are: the package data of a wheel, else the checkout's corpora/."""
+    package = Path(__file__).resolve().parent.parent  # charlm/
+    installed = package / "_corpora"
+    return installed if installed.is_dir() else package.parent / "corpora"
+
+
+def read_recipe(path: Path) -> Recipe:
+    """One recipe file, checked: a malformed one is a one-line CorpusError naming the file."""
+    def bad(why: str) -> CorpusError:
+        return CorpusError(f"corpus recipe {path} is malformed: {why}")
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise CorpusError(f"cannot read corpus recipe {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise bad("not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise bad(f"not valid TOML ({e})") from None
+    for key, value in data.items():
+        if key not in _FIELDS:
+            raise bad(f"unknown key {key!r} (known: {', '.join(_FIELDS)})")
+        if not isinstance(value, _FIELDS[key]) or isinstance(value, bool):
+            raise bad(f"{key} must be {_FIELDS[key].__name__}, got {type(value).__name__}")
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise bad(f"it lacks {', '.join(missing)}")
+    if data["size"] <= 0:
+        raise bad(f"size must be positive, got {data['size']}")
+    sha = data.get("sha256")
+    if sha is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
+        raise bad("sha256 must be 64 hexadecimal digits")
+    if urllib.parse.urlsplit(data["url"]).scheme not in SCHEMES:
+        raise bad(f"url must start with {', '.join(s + '://' for s in SCHEMES)}")
+    return Recipe(name=path.stem, url=data["url"], sha256=sha.lower() if sha else None,
+                  size=data["size"], licence=data["licence"], description=data["description"],
+                  member=data.get("member"), checksum_source=data.get("checksum_source", ""))
+
+
+def recipes() -> dict[str, Recipe]:
+    """Every recipe, by name, read once (lazily: `charlm --help` reads none)."""
+    global _recipes
+    if _recipes is None:
+        folder = recipe_folder()
+        found = {}
+        for path in sorted(folder.glob("*.toml")):
+            if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", path.stem):
+                raise CorpusError(f"corpus recipe {path} has a bad name: use lowercase letters, "
+                                  f"digits, '-', '_' and '.'")
+            found[path.stem] = read_recipe(path)
+        _recipes = found
+    return _recipes
 
 
 def is_known(name: str) -> bool:
-    return name in RECIPES
+    return name in recipes()
 
 
 def recipe(name: str) -> Recipe:
-    if name not in RECIPES:
-        raise DownloadError(f"no corpus named {name!r} in the catalog (known: {', '.join(sorted(RECIPES))})")
-    return RECIPES[name]
+    known = recipes()
+    if name not in known:
+        raise DownloadError(f"no corpus named {name!r} in the catalog (known: {', '.join(sorted(known))})")
+    return known[name]
 
+
+# ----------------------------------------------------------------------------------------------
+# The cache.
 
 def cache_dir() -> Path:
     """$CHARLM_CACHE, else $XDG_CACHE_HOME/charlm, else ~/.cache/charlm (the XDG convention)."""
@@ -105,7 +155,28 @@ def cached_path(name: str) -> Path:
 
 
 def is_cached(name: str) -> bool:
-    return cached_path(name).is_file()
+    try:
+        return cached_path(name).is_file()
+    except OSError:  # e.g. a name too long for the file system under $CHARLM_CACHE
+        return False
+
+
+def _cache_folder(target: Path) -> Path:
+    """The folder a download goes to, created; a cache that is a file or unwritable is one line."""
+    folder = target.parent
+    where = "$CHARLM_CACHE" if os.environ.get("CHARLM_CACHE") else "the cache folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise DownloadError(f"cannot use {where} {cache_dir()}: a file is in the way of {folder}; "
+                            f"set CHARLM_CACHE to a folder") from None
+    except OSError as e:
+        raise DownloadError(f"cannot use {where} {cache_dir()}: {e.strerror or e}; set CHARLM_CACHE "
+                            f"to a folder you can write") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DownloadError(f"cannot use {where} {cache_dir()}: {folder} is not writable; set "
+                            f"CHARLM_CACHE to a folder you can write")
+    return folder
 
 
 def fetch(name: str, progress: Optional[ProgressCallback] = None, sha256: Optional[str] = None,
@@ -117,7 +188,7 @@ def fetch(name: str, progress: Optional[ProgressCallback] = None, sha256: Option
     """
     r = recipe(name)
     target = cached_path(name)
-    if target.is_file():
+    if is_cached(name):
         return target
     expected = (sha256 or r.sha256 or "").lower() or None
     if expected is None and not allow_unverified:
@@ -126,56 +197,38 @@ def fetch(name: str, progress: Optional[ProgressCallback] = None, sha256: Option
             + (f" ({r.checksum_source})" if r.checksum_source else "") + f"; pass the checksum with `charlm corpus get {name} --sha256 HEX`, accept a "
             f"size-only check with `charlm corpus get {name} --allow-unverified`, or download "
             f"{r.url} yourself and pass the extracted file's path")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    url = source_url(r)
-    archive = _download(url, target.parent, expected, r.size if expected is None else None, progress)
+    folder = _cache_folder(target)
+    archive = _download(source_url(r), folder, expected, r.size if expected is None else None, progress)
     try:
         if r.member is None:
             os.replace(archive, target)
         else:
             _extract(archive, r.member, target)
+        target.chmod(0o644)  # temporary files are private (0600); a cached corpus is ordinary data
+    except OSError as e:
+        raise DownloadError(f"cannot store {name} in {folder}: {e.strerror or e}") from None
     finally:
         archive.unlink(missing_ok=True)
-    target.chmod(0o644)  # temporary files are private (0600); a cached corpus is ordinary data
     return target
 
+
+# ----------------------------------------------------------------------------------------------
+# Downloads.
 
 def _download(url: str, folder: Path, sha256: Optional[str], size: Optional[int],
               progress: Optional[ProgressCallback]) -> Path:
     """Stream url into a temporary file in folder; return it once its checksum (or size) matches."""
-    fd, tmp_name = tempfile.mkstemp(prefix=".download-", suffix=".tmp", dir=folder)
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme not in SCHEMES:
+        raise DownloadError(f"cannot download {url!r}: only {', '.join(SCHEMES)} addresses are supported")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=".download-", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise DownloadError(f"cannot write to the cache folder {folder}: {e.strerror or e}") from None
     tmp = Path(tmp_name)
-    digest = hashlib.sha256()
-    done = 0
     try:
         with os.fdopen(fd, "wb") as f:
-            try:
-                with urllib.request.urlopen(url, timeout=30) as response:
-                    total = response.length  # None when the server does not say
-                    while True:
-                        block = response.read(1 << 16)
-                        if not block:
-                            break
-                        f.write(block)
-                        digest.update(block)
-                        done += len(block)
-                        if progress is not None:
-                            progress(done, total)
-                    if total is not None and done < total:
-                        raise DownloadError(f"download of {url} was cut short ({done:,} of {total:,} bytes); "
-                                            f"nothing was kept, try again")
-            except urllib.error.HTTPError as e:
-                raise DownloadError(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
-            except urllib.error.URLError as e:
-                raise DownloadError(
-                    f"cannot reach {url} ({e.reason}): you seem to be offline. Download the file on a "
-                    f"machine that is online and pass its path instead, e.g. `charlm train input.txt`") from None
-            except (OSError, http.client.HTTPException) as e:  # reset connections, timeouts, IncompleteRead
-                raise DownloadError(f"download of {url} was interrupted ({type(e).__name__}: {e}); "
-                                    f"nothing was kept, try again") from None
-            except ValueError as e:  # a malformed address (e.g. in CHARLM_CATALOG_URL_<NAME>)
-                raise DownloadError(f"cannot download {url!r}: {e}") from None
-        got = digest.hexdigest()
+            got, done = _stream(url, f, progress)
         if sha256 is not None and got != sha256:
             raise DownloadError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}; "
                                 f"the file was refused and deleted")
@@ -186,6 +239,46 @@ def _download(url: str, folder: Path, sha256: Optional[str], size: Optional[int]
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _stream(url: str, f, progress: Optional[ProgressCallback]) -> tuple[str, int]:
+    """Copy url into the open file f; return the sha256 and the byte count. Errors are one line."""
+    digest = hashlib.sha256()
+    done = 0
+    local = url.startswith("file:")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            length = response.headers.get("Content-Length")  # None when the server does not say
+            total = int(length) if length and length.isdigit() else None
+            while True:
+                block = response.read(1 << 16)
+                if not block:
+                    break
+                f.write(block)
+                digest.update(block)
+                done += len(block)
+                if progress is not None:
+                    progress(done, total)
+            if total is not None and done < total:
+                raise DownloadError(f"download of {url} was cut short ({done:,} of {total:,} bytes); "
+                                    f"nothing was kept, try again")
+    except urllib.error.HTTPError as e:
+        raise DownloadError(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        if local:  # a file:// address: no network involved, so say what the file system said
+            why = e.reason.strerror if isinstance(e.reason, OSError) and e.reason.strerror else e.reason
+            raise DownloadError(f"cannot read {url}: {why}") from None
+        raise DownloadError(
+            f"cannot reach {url} ({e.reason}): you seem to be offline. Download the file on a "
+            f"machine that is online and pass its path instead, e.g. `charlm train input.txt`") from None
+    except DownloadError:
+        raise
+    except (OSError, http.client.HTTPException) as e:  # reset connections, timeouts, a full disk
+        raise DownloadError(f"download of {url} was interrupted ({type(e).__name__}: {e}); "
+                            f"nothing was kept, try again") from None
+    except ValueError as e:  # a malformed address (e.g. in CHARLM_CATALOG_URL_<NAME>)
+        raise DownloadError(f"cannot download {url!r}: {e}") from None
+    return digest.hexdigest(), done
 
 
 def _extract(archive: Path, member: str, target: Path) -> None:
@@ -212,76 +305,9 @@ def _extract(archive: Path, member: str, target: Path) -> None:
 def listing() -> list[dict]:
     """Every recipe as a plain dict, with whether it is cached here (for `charlm corpus list`)."""
     rows = []
-    for r in RECIPES.values():
+    for r in recipes().values():
         rows.append({"name": r.name, "url": source_url(r), "sha256": r.sha256, "size": r.size,
                      "licence": r.licence, "description": r.description,
                      "checksum_source": r.checksum_source, "cached": is_cached(r.name),
                      "path": str(cached_path(r.name))})
     return rows
-
-
-# ----------------------------------------------------------------------------------------------
-# `charlm corpus info FILE`: what is in a corpus, and which tokenizer suits it.
-
-def _is_hangul(ch: str) -> bool:
-    return "\uac00" <= ch <= "\ud7a3"
-
-
-def describe_corpus(spec: str, top: int = 10) -> dict:
-    """Size, characters, distinct characters, most and least frequent, and a tokenizer advice."""
-    from .data import Corpus, scan
-
-    corpus = Corpus.resolve(spec)
-    stats = scan(corpus, "none")
-    counts = stats.counts
-    ranked = counts.most_common()
-    total = stats.chars
-    distinct = len(counts)
-    letters = sum(n for ch, n in ranked if not ch.isspace())
-    hangul = sum(n for ch, n in ranked if _is_hangul(ch))
-    hangul_share = hangul / max(1, letters)
-    # How many distinct characters cover 99.9% of the text: rare tails barely matter to a model.
-    covered, k999 = 0, 0
-    for _, n in ranked:
-        covered += n
-        k999 += 1
-        if covered >= 0.999 * total:
-            break
-    advice = _advise(distinct, k999, hangul_share, total, corpus)
-    return {
-        "corpus": corpus.name, "files": len(corpus.files),
-        "bytes": sum(p.stat().st_size for p in corpus.files), "characters": total,
-        "distinct": distinct, "sha256": stats.sha256, "hangul_share": round(hangul_share, 4),
-        "covering_99_9": k999,
-        "most_frequent": [[ch, n] for ch, n in ranked[:top]],
-        "least_frequent": [[ch, n] for ch, n in ranked[::-1][:top]],
-        **advice,
-    }
-
-
-def _advise(distinct: int, k999: int, hangul_share: float, total: int, corpus) -> dict:
-    """Tokenizer advice. Char models want a small alphabet; large ones need pieces or jamo."""
-    if hangul_share > 0.3:
-        from .data import scan
-
-        jamo = len(scan(corpus, "nfd").counts)
-        return {"tokenizer": "char", "normalize": "nfd", "vocab_size": jamo,
-                "options": "--tokenizer char --normalize nfd",
-                "reason": f"{hangul_share:.0%} of the letters are Hangul syllables; NFD splits each "
-                          f"into 2-3 jamo, so {distinct} distinct characters become {jamo} symbols"}
-    if distinct <= 300:
-        return {"tokenizer": "char", "normalize": "none", "vocab_size": distinct,
-                "options": "--tokenizer char",
-                "reason": f"a small alphabet ({distinct} characters): one token per character"}
-    if k999 <= 1000:
-        return {"tokenizer": "char", "normalize": "none", "vocab_size": k999,
-                "options": "--tokenizer char --min-char-count 3",
-                "reason": f"{distinct} characters, but {k999} of them cover 99.9% of the text; "
-                          f"map the rare ones to <unk>"}
-    # A very large alphabet (CJK): subword pieces. Enough pieces to cover the common characters
-    # and their frequent pairs, but not more than the text can train (~50 characters per piece).
-    vocab = int(min(32000, max(2000, round(2 * k999, -3)), max(2000, total // 50)))
-    return {"tokenizer": "unigram", "normalize": "nfc", "vocab_size": vocab,
-            "options": f"--tokenizer unigram --vocab-size {vocab}",
-            "reason": f"a very large alphabet ({distinct} characters, {k999} for 99.9% of the text): "
-                      f"a char softmax would be huge and rare characters barely trained"}

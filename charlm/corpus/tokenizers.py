@@ -17,7 +17,7 @@ import io
 import sys
 import unicodedata
 from collections import Counter
-from typing import Iterable, Iterator, Protocol
+from typing import Iterable, Iterator, Optional, Protocol
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from ..errors import TokenizerError
 UNK = "<unk>"
 UNK_DISPLAY = "\ufffd"  # what an <unk> id decodes to
 PIECE_CHARS = 1 << 16  # characters converted at a time when encoding a block of text (see encode_compact)
+NORMALIZE_FORMS = ("none", "nfc", "nfd")
+SPM_KINDS = ("spm-char", "bpe", "unigram")
+MAX_CHAR_VOCAB = 1 << 20  # a char vocabulary beyond this is a softmax no one can train
 
 
 class Tokenizer(Protocol):
@@ -38,6 +41,15 @@ class Tokenizer(Protocol):
     def decode(self, ids: Iterable[int]) -> str: ...
     def unknown_chars(self, text: str) -> list[str]: ...
     def to_dict(self) -> dict: ...
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned dtype that holds every id: what the id arrays on disk use."""
+    if vocab_size <= 1 << 8:
+        return np.dtype(np.uint8)
+    if vocab_size <= 1 << 16:
+        return np.dtype(np.uint16)
+    return np.dtype(np.uint32)
 
 
 def normalize_text(text: str, form: str) -> str:
@@ -66,7 +78,7 @@ class CharTokenizer:
         # the ids, the one the on-disk id array uses: encoding is one numpy gather with no bounds
         # test (1-4 MB, allocated lazily as zeros).
         n = len(self.itos)
-        self.id_dtype = np.dtype(np.uint8 if n <= 1 << 8 else np.uint16 if n <= 1 << 16 else np.uint32)
+        self.id_dtype = id_dtype(n)
         self._lut = np.zeros(sys.maxunicode + 1, dtype=self.id_dtype)
         self._lut[[ord(c) for c in self.itos[1:]]] = np.arange(1, n)
         self._decode_table = self.itos.copy()
@@ -172,13 +184,65 @@ class SentencePieceTokenizer:
         return {"kind": self.kind, "model_proto": self.model_proto, "normalize": self.normalize}
 
 
-def tokenizer_from_dict(d: dict) -> Tokenizer:
+def tokenizer_from_dict(d: dict, vocab_size: Optional[int] = None) -> Tokenizer:
+    """Rebuild a tokenizer from ``to_dict()``, checking it first: a checkpoint may be damaged or
+    edited, so every field is validated and any fault is one TokenizerError line. ``vocab_size``
+    (the model's) must then match the tokenizer's, or sampling would yield ids it cannot decode."""
+    if not isinstance(d, dict):
+        raise TokenizerError(f"the checkpoint's tokenizer is a {type(d).__name__}, not a dictionary")
     kind = d.get("kind")
+    normalize = d.get("normalize", "none")
+    if not isinstance(normalize, str) or normalize not in NORMALIZE_FORMS:
+        raise TokenizerError(f"the checkpoint's tokenizer has normalize={_short(normalize)}; "
+                             f"expected one of {', '.join(NORMALIZE_FORMS)}")
     if kind == "char":
-        return CharTokenizer(list(d["chars"]), d.get("normalize", "none"))
-    if kind in ("spm-char", "bpe", "unigram"):
-        return SentencePieceTokenizer(d["model_proto"], kind, d.get("normalize", "none"))
-    raise TokenizerError(f"unknown tokenizer kind {kind!r} in checkpoint")
+        tokenizer: Tokenizer = CharTokenizer(_checked_chars(d.get("chars")), normalize)
+    elif kind in SPM_KINDS:
+        tokenizer = _checked_sentencepiece(d.get("model_proto"), kind, normalize)
+    else:
+        raise TokenizerError(f"unknown tokenizer kind {_short(kind)} in the checkpoint "
+                             f"(known: char, {', '.join(SPM_KINDS)})")
+    if vocab_size is not None and tokenizer.vocab_size != vocab_size:
+        raise TokenizerError(f"the checkpoint's tokenizer has {tokenizer.vocab_size} tokens but its "
+                             f"model has {vocab_size}: the checkpoint is inconsistent")
+    return tokenizer
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _checked_chars(chars: object) -> list[str]:
+    """A char vocabulary as to_dict wrote it: <unk> first, then distinct single code points."""
+    if not isinstance(chars, (list, tuple)) or not chars:
+        raise TokenizerError(f"the checkpoint's char tokenizer has no list of characters "
+                             f"(got {type(chars).__name__})")
+    if chars[0] != UNK:
+        raise TokenizerError(f"the checkpoint's char vocabulary does not start with {UNK}")
+    if len(chars) > MAX_CHAR_VOCAB + 1:
+        raise TokenizerError(f"the checkpoint's char vocabulary has {len(chars)} entries, over the "
+                             f"limit of {MAX_CHAR_VOCAB}")
+    for c in chars[1:]:
+        if not isinstance(c, str) or len(c) != 1:
+            raise TokenizerError(f"the checkpoint's char vocabulary holds {_short(c)}, not a single character")
+        if "\ud800" <= c <= "\udfff":  # a lone surrogate is not a character and has no UTF-8 form
+            raise TokenizerError(f"the checkpoint's char vocabulary holds the surrogate code point "
+                                 f"U+{ord(c):04X}, which is not a character")
+    if len(set(chars)) != len(chars):
+        raise TokenizerError("the checkpoint's char vocabulary lists a character twice")
+    return list(chars)
+
+
+def _checked_sentencepiece(proto: object, kind: str, normalize: str) -> "SentencePieceTokenizer":
+    if not isinstance(proto, (bytes, bytearray)) or not proto:
+        raise TokenizerError(f"the checkpoint's {kind} tokenizer has no sentencepiece model "
+                             f"(got {type(proto).__name__})")
+    try:
+        return SentencePieceTokenizer(bytes(proto), kind, normalize)
+    except Exception as e:  # sentencepiece raises RuntimeError (or others) on a damaged model
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise TokenizerError(f"the checkpoint's sentencepiece model cannot be loaded: {msg[:120]}") from None
 
 
 class StreamDecoder:

@@ -30,7 +30,8 @@ from .. import __version__, distributed
 from ..checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from ..rundir import prepare_run_dir
 from ..config import DEFAULT_MAX_TIME, ModelConfig, TrainConfig, to_toml
-from ..corpus.data import Corpus, StreamBatches, prepare_dataset
+from ..corpus.dataset import StreamBatches, prepare_dataset
+from ..corpus.text import Corpus
 from ..devices import (DeviceBatches, autocast, check_precision, describe_device, grad_scaler,
                       resolve_device, resolve_precision, rng_state as _rng_state, set_rng_state as _set_rng_state)
 from ..errors import ConfigError, CorpusError, DeviceError, Interrupted, NumericError

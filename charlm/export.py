@@ -1,0 +1,199 @@
+"""Export a trained model's step function, to run without charlm (ONNX or TorchScript).
+
+The exported function is the model's forward pass with the state made explicit:
+
+    (ids (B, T) int64, h0 (L, B, H) float32 [, c0 for an LSTM])  ->  (logits (B, T, V), hn [, cn])
+
+Batch and sequence length are free; feeding hn (and cn) back in as the next call's h0 (and c0)
+continues the text, so one call per token samples, and one call over a whole text scores it. A zero
+state starts a text. Beside the model file goes its vocabulary as JSON (``vocab_path``): id -> token,
+the normalisation to apply before encoding, the <unk> id, the shapes above, and for a sentencepiece
+tokenizer the model itself (base64), so a program in any language can encode and decode.
+
+ONNX goes through torch's TorchScript-based exporter (``dynamo=False``). The torch.export-based one
+(torch 2.13) writes a tanh RNN unrolled over the traced sequence length, so T is fixed, and took
+15-30 s per tiny model here; the TorchScript-based one writes ONNX's own RNN/GRU/LSTM operators with
+free batch and sequence axes in about a second. It needs the ``onnx`` package (not onnxscript).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import importlib.util
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .corpus.tokenizers import UNK, CharTokenizer, Tokenizer
+from .errors import CharLMError, ConfigError, MissingExtra
+from .model import CharRNN
+
+FORMATS = ("onnx", "torchscript")
+VOCAB_SCHEMA = "charlm.vocab/1"
+
+
+class RecurrentStep(nn.Module):
+    """(ids, h0) -> (logits, hn): the model with its state as plain tensors (RNN and GRU)."""
+
+    def __init__(self, model: CharRNN):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, (hn,) = self.model(ids, (h0,))            # (B, T, V), (L, B, H)
+        return logits, hn
+
+
+class LSTMStep(nn.Module):
+    """(ids, h0, c0) -> (logits, hn, cn): the model with its state as plain tensors (LSTM)."""
+
+    def __init__(self, model: CharRNN):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, h0: torch.Tensor,
+                c0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, (hn, cn) = self.model(ids, (h0, c0))
+        return logits, hn, cn
+
+
+def state_names(model: CharRNN) -> tuple[list[str], list[str]]:
+    """The state's input and output names: (["h0"], ["hn"]), or with "c0"/"cn" for an LSTM."""
+    lstm = model.config.cell == "lstm"
+    return (["h0", "c0"], ["hn", "cn"]) if lstm else (["h0"], ["hn"])
+
+
+def step_module(model: CharRNN) -> nn.Module:
+    """A CPU float32 copy of the model in eval mode (no dropout), wrapped as a step function."""
+    m = copy.deepcopy(model).cpu().float().eval()
+    return (LSTMStep if model.config.cell == "lstm" else RecurrentStep)(m).eval()
+
+
+def vocab_path(path: str | Path) -> Path:
+    """Where the vocabulary goes: model.onnx -> model.onnx.vocab.json (so an ONNX and a TorchScript
+    export of the same name never share one)."""
+    return Path(f"{path}.vocab.json")
+
+
+def vocab_document(model: CharRNN, tokenizer: Tokenizer, format: str, model_file: str) -> dict:
+    """The JSON written beside an exported model: enough to encode, decode and call the step."""
+    c = model.config
+    inputs, outputs = state_names(model)
+    state_shape = f"(layers={c.layers}, batch, hidden={c.hidden_size}) float32"
+    doc = {
+        "schema": VOCAB_SCHEMA,
+        "model_file": model_file,
+        "format": format,
+        "cell": c.cell, "layers": c.layers, "hidden_size": c.hidden_size, "vocab_size": c.vocab_size,
+        "inputs": {"ids": "(batch, seq) int64", **{n: state_shape for n in inputs}},
+        "outputs": {"logits": f"(batch, seq, vocab={c.vocab_size}) float32, unnormalised",
+                    **{n: state_shape for n in outputs}},
+        "state_inputs": inputs,
+        "state_outputs": outputs,
+        "tokenizer": tokenizer.kind,
+        "normalize": tokenizer.normalize,
+    }
+    if isinstance(tokenizer, CharTokenizer):
+        doc.update(itos=tokenizer.itos, unk_id=0, unk=UNK, notes=[
+            "One id per character: id i is itos[i]; a character not in itos is encoded as unk_id.",
+            _normalize_note(tokenizer.normalize)])
+    else:
+        sp = tokenizer.sp
+        doc.update(itos=[sp.id_to_piece(i) for i in range(sp.get_piece_size())], unk_id=sp.unk_id(),
+                   unk=UNK, sentencepiece_model=base64.b64encode(tokenizer.model_proto).decode("ascii"),
+                   notes=["itos holds sentencepiece pieces: U+2581 stands for a space, <0xNN> for a byte. "
+                          "To encode and decode exactly, load the model: sentencepiece.SentencePieceProcessor"
+                          "(model_proto=base64.b64decode(sentencepiece_model)).",
+                          _normalize_note(tokenizer.normalize)])
+    return doc
+
+
+def _normalize_note(form: str) -> str:
+    if form == "none":
+        return "No normalisation: encode the text as it is."
+    note = f"Apply unicodedata.normalize('{form.upper()}', text) before encoding."
+    if form == "nfd":
+        note += " Decoded text is jamo: show it after unicodedata.normalize('NFC', text)."
+    return note
+
+
+def export_model(model: CharRNN, tokenizer: Tokenizer, path: str | Path, format: str = "onnx",
+                 force: bool = False) -> tuple[Path, Path]:
+    """Write the step function to ``path`` and its vocabulary beside it; return both paths.
+
+    Refuses to replace an existing file without ``force``. Each file is written to a temporary
+    name in the same folder and renamed into place, so a failure leaves no half-written file.
+    """
+    if format not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    path = Path(path).expanduser()
+    vocab = vocab_path(path)
+    for p in (path, vocab):
+        if p.is_dir():
+            raise ConfigError(f"{p} is a folder; -o names the file to write")
+        if p.exists() and not force:
+            raise ConfigError(f"{p} already exists; pass --force to replace it")
+    if format == "onnx" and importlib.util.find_spec("onnx") is None:
+        raise MissingExtra("ONNX export needs the onnx package: pip install 'charlm[export]' (or onnx)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the folder {path.parent}: {e.strerror or e}") from None
+    step = step_module(model)
+    writer = _write_onnx if format == "onnx" else _write_torchscript
+    _atomic(path, lambda tmp: writer(step, model, tmp))
+    text = json.dumps(vocab_document(model, tokenizer, format, path.name), ensure_ascii=False, indent=1)
+    _atomic(vocab, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    return path, vocab
+
+
+def example_inputs(model: CharRNN, batch: int = 1, seq: int = 2) -> tuple[torch.Tensor, ...]:
+    """Zero ids and a zero state: what the exporters trace with."""
+    return (torch.zeros(batch, seq, dtype=torch.long), *model.init_state(batch, "cpu"))
+
+
+def _write_onnx(step: nn.Module, model: CharRNN, path: Path) -> None:
+    inputs, outputs = state_names(model)
+    axes = {"ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"},
+            **{n: {1: "batch"} for n in inputs + outputs}}
+    # Traced with a batch of one: the exporter warns that an RNN traced with a larger batch may
+    # fail at other batch sizes. Its deprecation and tracer warnings are about torch, not the user.
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(step, example_inputs(model), str(path), input_names=["ids", *inputs],
+                          output_names=["logits", *outputs], dynamic_axes=axes, dynamo=False)
+
+
+def _write_torchscript(step: nn.Module, model: CharRNN, path: Path) -> None:
+    # Tracing records the aten rnn/gru/lstm call, which takes any batch and sequence length.
+    # torch 2.13 marks TorchScript deprecated (in favour of torch.export, which has no file a
+    # C++ or Java program loads yet): that warning is torch's business, not the user's.
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(step, example_inputs(model))
+        torch.jit.save(traced, str(path))
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = None
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        write(tmp)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        tmp.chmod(0o666 & ~mask)  # mkstemp makes 0600; an exported model is an ordinary file
+        os.replace(tmp, path)
+    except OSError as e:
+        raise CharLMError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)

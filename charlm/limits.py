@@ -1,0 +1,97 @@
+"""How much memory a model shape needs, checked before anything is allocated.
+
+A size typed by hand (``--hidden-size 1000000``) or edited into a checkpoint would otherwise reach
+torch as an allocation that fails with a traceback, or worse succeeds and swaps the machine for a
+minute before failing. ``check_model_fits`` does the arithmetic first and refuses with one line.
+
+Sits beside model.py: imports config and errors only (torch lazily, to ask a GPU its size).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from .config import ModelConfig
+from .errors import ConfigError
+
+# Gate blocks per recurrent layer: an LSTM has 4 (input, forget, cell, output), a GRU 3 (reset,
+# update, new), a tanh RNN 1. A cell this table does not know is costed like an LSTM, the largest.
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+FLOAT_BYTES = 4
+# Training keeps, per parameter, the weight, its gradient and Adam's two moments.
+TRAIN_COPIES = 4
+
+
+def parameter_count(model_config: ModelConfig, vocab_size: int) -> int:
+    """Parameters of Embedding -> recurrent stack -> Linear, from the shape alone (exact for the
+    three built-in cells; Python ints, so absurd sizes cannot overflow)."""
+    c = model_config
+    V, E, H, L = int(vocab_size), int(c.embedding_size), int(c.hidden_size), int(c.layers)
+    g = GATES.get(c.cell, 4)
+    first = g * H * (E + H) + 2 * g * H              # weight_ih (gH, E), weight_hh (gH, H), two biases
+    others = (L - 1) * (g * H * (H + H) + 2 * g * H)  # deeper layers read H, not E
+    return V * E + first + others + H * V + V         # embedding, stack, head (weight and bias)
+
+
+def estimate_model_bytes(model_config: ModelConfig, vocab_size: int, batch_size: int = 0,
+                         seq_len: int = 0, training: bool = True) -> int:
+    """Bytes the model needs: weights (plus gradients and Adam moments when training), plus a rough
+    activation term for a (batch_size, seq_len) chunk: the per-step gate and hidden values of every
+    layer and the logits, kept for the backward pass."""
+    params = parameter_count(model_config, vocab_size)
+    total = params * FLOAT_BYTES * (TRAIN_COPIES if training else 1)
+    c = model_config
+    g = GATES.get(c.cell, 4)
+    per_token = c.embedding_size + c.layers * c.hidden_size * (g + 2) + 2 * int(vocab_size)
+    total += int(batch_size) * int(seq_len) * per_token * FLOAT_BYTES
+    return total
+
+
+def machine_memory(device: Any = "cpu") -> Optional[int]:
+    """Total memory of the device in bytes: the GPU's for CUDA, else the machine's physical
+    memory (MPS shares it); None when the platform does not say."""
+    kind = getattr(device, "type", str(device).split(":")[0])
+    if kind == "cuda":
+        try:
+            import torch
+
+            return int(torch.cuda.mem_get_info(device)[1])
+        except Exception:  # no driver, a device index out of range: fall back to host memory
+            pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        pass
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "bytes" or n >= 10 else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.0f} PB"  # not reached
+
+
+def check_model_fits(model_config: ModelConfig, vocab_size: int, device: Any = "cpu",
+                     batch_size: int = 0, seq_len: int = 0, training: bool = True) -> None:
+    """Raise ConfigError (one line) when the model cannot fit in the device's memory."""
+    need = estimate_model_bytes(model_config, vocab_size, batch_size, seq_len, training)
+    have = machine_memory(device)
+    if have is None or need <= have:
+        return
+    kind = getattr(device, "type", str(device).split(":")[0])
+    where = "this GPU has" if kind == "cuda" else "this machine has"
+    params = parameter_count(model_config, vocab_size)
+    what = "weights, gradients and Adam moments" if training else "weights"
+    raise ConfigError(f"the model would need about {human_bytes(need)} ({what} for {params:,} "
+                      f"parameters); {where} {human_bytes(have)}: reduce --hidden-size, "
+                      f"--embedding-size, --layers or the vocabulary")
