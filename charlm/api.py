@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -41,20 +41,32 @@ class LanguageModel:
 
     def stream(self, prime: str = "", length: int = 500, temperature: float = 0.8,
                top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
-               num_samples: int = 1) -> Iterator[list[str]]:
-        """Yield the new text of each sample as it is generated (a list per step)."""
-        cfg = SampleConfig(prime=prime, length=length, temperature=temperature, top_k=top_k,
-                           top_p=top_p, seed=seed, num_samples=num_samples).validate()
+               num_samples: int = 1, beam: Optional[int] = None,
+               stop: Sequence[str] | str = ()) -> Iterator[list[str]]:
+        """Yield the new text of each sample as it is generated (a list of num_samples per step).
+
+        ``length`` counts characters as displayed; ``temperature=0`` is greedy; ``beam=N`` runs a
+        beam search (the whole text arrives at the end); ``stop`` ends a sample just before a stop
+        string (not included). Sample i has the text a single sample with ``seed + i`` gives.
+        Options are checked here, before any work: a bad one raises ConfigError.
+        """
+        cfg = self._sample_config(prime, length, temperature, top_k, top_p, seed, num_samples, beam, stop)
         return generate(self.model, self.tokenizer, cfg, self.device)
 
     def sample(self, prime: str = "", length: int = 500, temperature: float = 0.8,
                top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
-               num_samples: int = 1) -> str | list[str]:
-        """Generated text (without the prime); a list when num_samples > 1."""
-        cfg = SampleConfig(prime=prime, length=length, temperature=temperature, top_k=top_k,
-                           top_p=top_p, seed=seed, num_samples=num_samples).validate()
+               num_samples: int = 1, beam: Optional[int] = None,
+               stop: Sequence[str] | str = ()) -> str | list[str]:
+        """Generated text (without the prime); a list when num_samples > 1. Options as ``stream``."""
+        cfg = self._sample_config(prime, length, temperature, top_k, top_p, seed, num_samples, beam, stop)
         texts = sample_text(self.model, self.tokenizer, cfg, self.device)
         return texts[0] if num_samples == 1 else texts
+
+    @staticmethod
+    def _sample_config(prime, length, temperature, top_k, top_p, seed, num_samples, beam, stop) -> SampleConfig:
+        stops = () if stop is None else (stop,) if isinstance(stop, str) else stop
+        return SampleConfig(prime=prime, length=length, temperature=temperature, top_k=top_k, top_p=top_p,
+                            seed=seed, num_samples=num_samples, beam=beam, stop=stops).validate()
 
     def evaluate(self, text: str) -> EvalResult:
         """Loss (nats/token), bits per character and perplexity over text, evaluated statefully.

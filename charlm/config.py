@@ -186,27 +186,44 @@ class SampleConfig:
     prime: str = ""
     """Text to condition on before generating (default: a newline)."""
     length: int = 500
-    """Number of tokens to generate."""
+    """Characters to generate, counted as displayed: after sentencepiece decoding and NFD
+    recomposition (a Hangul syllable is one character however many jamo tokens it took)."""
     temperature: float = 0.8
-    """Softmax temperature (> 0); lower is more conservative."""
+    """Softmax temperature (>= 0); lower is more conservative, 0 is greedy (always the most likely
+    token: deterministic, no seed needed)."""
     top_k: Optional[int] = None
     """Sample only among the k most likely tokens."""
     top_p: Optional[float] = None
     """Nucleus sampling: the smallest set of tokens whose probability reaches p, in (0, 1]."""
     seed: Optional[int] = None
-    """Seed for reproducible samples (same seed, same text)."""
+    """Seed for reproducible samples (same seed, same text), a whole number in [0, 2**64)."""
     num_samples: int = 1
-    """Independent samples, generated together as one batch."""
+    """Independent samples; sample i (from 0) is the one a single sample with seed + i gives."""
+    beam: Optional[int] = None
+    """Beam search with this many beams instead of sampling (deterministic; see charlm.sampling)."""
+    stop: tuple[str, ...] = ()
+    """Stop strings: a sample ends just before the first of them it produces (not included)."""
 
     def validate(self) -> "SampleConfig":
-        _check(isinstance(self.length, int) and self.length >= 0,
+        _check(isinstance(self.prime, str), f"the prime must be text, got {type(self.prime).__name__}")
+        _check(isinstance(self.length, int) and not isinstance(self.length, bool) and self.length >= 0,
                f"--length must be >= 0, got {self.length!r}")
-        _check(is_finite_number(self.temperature) and self.temperature > 0,
-               f"--temperature must be > 0, got {self.temperature!r}")
+        _check(is_finite_number(self.temperature) and self.temperature >= 0,
+               f"--temperature must be >= 0 (0 is greedy), got {self.temperature!r}")
         _positive_int("top_k", self.top_k, allow_none=True)
         _check(self.top_p is None or (is_finite_number(self.top_p) and 0 < self.top_p <= 1),
                f"--top-p must be in (0, 1], got {self.top_p!r}")
+        _check(self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)
+                                     and 0 <= self.seed < 2**64),
+               f"--seed must be a whole number from 0 to 2**64 - 1, got {self.seed!r}")
         _positive_int("num_samples", self.num_samples)
+        _positive_int("beam", self.beam, allow_none=True)
+        _check(self.beam is None or self.num_samples == 1,
+               "--beam gives the one best continuation: drop --num-samples (or sample without --beam)")
+        stops = (self.stop,) if isinstance(self.stop, str) else self.stop
+        _check(isinstance(stops, (tuple, list)) and all(isinstance(s, str) and s for s in stops),
+               f"--stop takes non-empty strings, got {self.stop!r}")
+        self.stop = tuple(stops)
         return self
 
 

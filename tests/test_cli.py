@@ -37,7 +37,7 @@ def test_train_sample_evaluate(tmp_path, corpus_file):
     r2 = run_cli("sample", out, "--prime", "the ", "--length", "80", "--seed", "5")
     assert r1.exit_code == 0 and r1.stdout == r2.stdout and r1.stdout.startswith("the ")
     assert len(r1.stdout) == len("the ") + 80 + 1
-    r = run_cli("evaluate", out, corpus_file, "--json")
+    r = run_cli("evaluate", out, corpus_file, "--json", "-")
     figures = json.loads(r.stdout)
     assert figures["tokens"] == len(corpus_file.read_text()) - 1
     assert figures["bits_per_char"] == pytest.approx(figures["loss"] / 0.6931471805599453, rel=1e-6)

@@ -156,5 +156,5 @@ def test_cli_evaluate_refuses_one_char_and_a_vanishing_tail(tmp_path, corpus_fil
         r = runner.invoke(app, args + ["--device", "cpu"])
         assert r.exit_code == 1, r.output
         assert "at least two are needed" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    r = runner.invoke(app, ["evaluate", str(run), str(corpus_file), "--tail", "0.1", "--json", "--device", "cpu"])
+    r = runner.invoke(app, ["evaluate", str(run), str(corpus_file), "--tail", "0.1", "--json", "-", "--device", "cpu"])
     assert r.exit_code == 0 and '"loss"' in r.stdout

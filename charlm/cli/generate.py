@@ -10,59 +10,208 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
+from ..errors import CharLMError, ConfigError
 from .app import CONTEXT, _console, app, handles_errors
 
 
-@app.command(context_settings=CONTEXT)
+SAMPLE_HELP = """Stream generated text to stdout as it is generated.
+
+`--length` counts characters as displayed (after sentencepiece decoding and NFD recomposition: a
+Hangul syllable is one character); an NFD model's sample ends on a whole syllable, never a loose
+jamo. `--temperature 0` is greedy (the most likely token each step, deterministic). `--beam N`
+searches N beams for the continuation with the best log-probability per token (the length
+normalisation, so a beam that ends early on a stop string competes fairly) and prints it when the
+search ends. `--stop STRING` (repeatable) ends a sample just before the first stop string it
+produces; the stop string is not printed.
+
+With `--num-samples N` the samples come one after another, each streamed as it is generated,
+under a header line `--- sample I of N (seed S) ---`: sample I uses seed S, the `--seed` plus
+I - 1, so `--seed S` alone gives that sample again.
+
+`--interactive`: a prompt loop. Each line you type is fed to the model (without its newline) and
+the model's continuation is printed; both carry one state, so the conversation goes on. An empty
+line continues from where the model stopped. Commands: /temp T, /length N, /top N (the N likeliest
+next tokens with their probabilities; type a number to append that one), /reset (back to the
+prime), /help, /quit. When stdin is not a terminal, lines are read plainly and no prompt is shown.
+
+Example: `charlm sample runs/NAME --prime 'ROMEO:' --length 300 --temperature 0.7 --seed 1`.
+"""
+
+
+@app.command(context_settings=CONTEXT, help=SAMPLE_HELP)
 @handles_errors
 def sample(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint file, or run directory (its best.pt).")],
     prime: Annotated[str, typer.Option(help="Text to start from.")] = "",
-    prime_file: Annotated[Optional[Path], typer.Option(help="Read the prime from this UTF-8 file.")] = None,
-    length: Annotated[int, typer.Option(help="Tokens to generate.")] = 500,
-    temperature: Annotated[float, typer.Option(help="Softmax temperature (> 0).")] = 0.8,
+    prime_file: Annotated[Optional[Path], typer.Option(help="Read the prime from this UTF-8 file (any size: it runs through the model in chunks).")] = None,
+    length: Annotated[int, typer.Option(help="Characters to generate, counted as displayed.")] = 500,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature (>= 0; 0 is greedy).")] = 0.8,
     top_k: Annotated[Optional[int], typer.Option(help="Sample among the k most likely tokens.")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass in (0, 1].")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed: the same seed gives the same text.")] = None,
-    num_samples: Annotated[int, typer.Option(help="Samples, generated together as one batch.")] = 1,
+    seed: Annotated[Optional[int], typer.Option(help="Seed in [0, 2**64): the same seed gives the same text.")] = None,
+    num_samples: Annotated[int, typer.Option(help="Samples, streamed one after another (seeds --seed, --seed + 1, ...).")] = 1,
+    beam: Annotated[Optional[int], typer.Option(help="Beam search with N beams instead of sampling.")] = None,
+    stop: Annotated[Optional[list[str]], typer.Option(metavar="STRING", help="End a sample before this string (repeatable; not printed).")] = None,
+    interactive: Annotated[bool, typer.Option("--interactive", help="A prompt loop with carried state (see above).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
 ) -> None:
-    """Stream generated text to stdout, one character at a time.
-
-    Example: `charlm sample runs/NAME --prime 'ROMEO:' --length 300 --temperature 0.7 --seed 1`.
-    """
     from ..config import SampleConfig
-    from ..errors import ConfigError
 
     if prime_file is not None:
-        try:
-            prime = prime_file.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"--prime-file {prime_file} is not UTF-8 text (bad byte at offset {e.start})") from None
-        except OSError as e:
-            raise ConfigError(f"cannot read --prime-file {prime_file}: {e.strerror or e}") from None
-    SampleConfig(prime=prime, length=length, temperature=temperature, top_k=top_k, top_p=top_p,
-                 seed=seed, num_samples=num_samples).validate()
+        prime = _read_prime(prime_file)
+    config = SampleConfig(prime=prime, length=length, temperature=temperature, top_k=top_k, top_p=top_p,
+                          seed=seed, num_samples=num_samples, beam=beam, stop=tuple(stop or ())).validate()
+    if interactive and (beam is not None or num_samples != 1):
+        raise ConfigError("--interactive samples one reply at a time: drop --beam and --num-samples")
     from ..api import load
 
     lm = load(checkpoint, device=device)
-    stream = lm.stream(prime=prime, length=length, temperature=temperature, top_k=top_k,
-                       top_p=top_p, seed=seed, num_samples=num_samples)
+    if interactive:
+        _interactive(lm, config)
+        return
+    _stream_samples(lm, config)
+
+
+def _read_prime(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--prime-file {path} is not UTF-8 text (bad byte at offset {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read --prime-file {path}: {e.strerror or e}") from None
+
+
+def _stream_samples(lm, config) -> None:
+    """Each sample streamed in turn: the prime, then the text as it comes, then a newline."""
+    import dataclasses
+    import random
+
+    from ..sampling import SEED_SPACE
+
     out = sys.stdout
-    if num_samples == 1:
-        out.write(prime)
-        for pieces in stream:
+    first_seed = random.randrange(SEED_SPACE) if config.seed is None else config.seed
+    for i in range(config.num_samples):
+        seed = (first_seed + i) % SEED_SPACE
+        if config.num_samples > 1:
+            out.write(f"--- sample {i + 1} of {config.num_samples} (seed {seed}) ---\n")
+        one = dataclasses.replace(config, num_samples=1, seed=seed)
+        out.write(one.prime)
+        out.flush()
+        for pieces in lm.stream(prime=one.prime, length=one.length, temperature=one.temperature,
+                                top_k=one.top_k, top_p=one.top_p, seed=seed, beam=one.beam, stop=one.stop):
             out.write(pieces[0])
             out.flush()
         out.write("\n")
-        return
-    texts = [[] for _ in range(num_samples)]
-    for pieces in stream:
-        for i, p in enumerate(pieces):
-            texts[i].append(p)
-    for i, t in enumerate(texts):
-        out.write(f"--- sample {i + 1} ---\n{prime}{''.join(t)}\n")
+        out.flush()
 
+
+INTERACTIVE_HELP = """Type text and press Enter: the model continues it. An empty line continues from where it stopped.
+  /temp T     temperature (0 is greedy)        /length N   characters per reply
+  /top N      the N likeliest next tokens; then type a number to append that one
+  /reset      forget everything (back to the prime)
+  /help       this text                        /quit       leave (or Ctrl-D)"""
+
+
+def _interactive(lm, config) -> None:
+    """The prompt loop of `--interactive`: plain lines from stdin when it is not a terminal."""
+    from ..sampling import Session
+
+    session = Session(lm.model, lm.tokenizer, config, lm.device)
+    tty = sys.stdin.isatty()
+    if tty:
+        _console(stderr=True).print(INTERACTIVE_HELP, markup=False, highlight=False)
+    while True:
+        line = _read_line("> " if tty else None)
+        if line is None or line.strip() in ("/quit", "/exit"):
+            return
+        if line.startswith("/"):
+            _command(session, line.strip(), tty)
+            continue
+        try:
+            session.feed(line)
+        except CharLMError as e:
+            _warn(str(e))
+            continue
+        for piece in session.reply():
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+def _read_line(prompt: Optional[str]) -> Optional[str]:
+    """The next line without its newline; None at the end of input (Ctrl-D)."""
+    if prompt is not None:
+        try:
+            return input(prompt)
+        except EOFError:
+            return None
+    line = sys.stdin.readline()
+    return None if line == "" else line.rstrip("\n").rstrip("\r")
+
+
+def _warn(message: str) -> None:
+    from rich.markup import escape
+
+    _console(stderr=True).print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
+
+
+def _command(session, line: str, tty: bool) -> None:
+    """One slash command of the interactive loop; a mistake is one line on stderr, the loop goes on."""
+    import dataclasses
+
+    name, _, arg = line.partition(" ")
+    arg = arg.strip()
+    try:
+        if name == "/help":
+            sys.stdout.write(INTERACTIVE_HELP + "\n")
+        elif name == "/reset":
+            session.reset()
+        elif name in ("/temp", "/length"):
+            key = "temperature" if name == "/temp" else "length"
+            value = float(arg) if key == "temperature" else int(arg)
+            session.config = dataclasses.replace(session.config, **{key: value}).validate()
+        elif name == "/top":
+            _top(session, int(arg or "10"), tty)
+        else:
+            _warn(f"unknown command {name!r}: type /help for the list")
+    except ValueError:
+        _warn(f"{name} needs a number, got {arg!r}")
+    except CharLMError as e:
+        _warn(str(e))
+    sys.stdout.flush()
+
+
+def _top(session, n: int, tty: bool) -> None:
+    """Show the n likeliest next tokens, numbered; a number on the next line appends that token."""
+    if n < 1:
+        raise ValueError
+    choices = session.top(n)
+    for k, (_, text, p) in enumerate(choices, 1):
+        sys.stdout.write(f"{k:>3}  {text!r:<8} {p:.4f}\n")
+    sys.stdout.flush()
+    answer = _read_line("pick (number, or Enter to skip)> " if tty else None)
+    if answer and answer.strip().isdigit() and 1 <= int(answer) <= len(choices):
+        sys.stdout.write(session.pick(choices[int(answer) - 1][0]) + "\n")
+    elif answer and answer.strip():
+        _warn(f"no choice {answer.strip()!r}: pick a number from 1 to {len(choices)}")
+
+
+EVALUATE_SCHEMA = "charlm.evaluate/1"
+
+
+def _write_json(target: str, record: dict) -> None:
+    """One JSON document to a file, or to stdout for '-' (non-finite numbers as null)."""
+    from ..util import json_safe
+
+    text = json.dumps(json_safe(record), indent=1) + "\n"
+    if target == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        Path(target).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise CharLMError(f"cannot write --json {target}: {e.strerror or e}") from None
 
 
 @app.command(context_settings=CONTEXT)
@@ -72,25 +221,26 @@ def evaluate(
     text_file: Annotated[str, typer.Argument(help="UTF-8 text file (or folder) to evaluate on.")],
     tail: Annotated[Optional[float], typer.Option(
         help="Evaluate only this last fraction of the file's characters (0.1: the usual validation split).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: Annotated[Optional[str], typer.Option(
+        "--json", help="Write the figures as one JSON document to this file; '-' for stdout (then nothing else is printed).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
 ) -> None:
     """Loss (nats/token), bits per character and perplexity over a whole file, evaluated statefully.
 
     Example: `charlm evaluate runs/NAME input.txt --tail 0.1`.
     """
-    from ..errors import ConfigError
-
     if tail is not None and not 0 < tail <= 1:
         raise ConfigError(f"--tail must be in (0, 1], got {tail}")
     from ..api import load
 
     lm = load(checkpoint, device=device)
     result = lm.evaluate_file(text_file, tail=tail)
-    record = {"checkpoint": str(lm.path), "file": text_file, "tail": tail, **result.as_dict()}
-    if as_json:
-        typer.echo(json.dumps(record))
-        return
+    record = {"schema": EVALUATE_SCHEMA, "checkpoint": str(lm.path), "file": text_file, "tail": tail,
+              **result.as_dict()}
+    if json_out is not None:
+        _write_json(json_out, record)
+        if json_out == "-":
+            return
     from .display import metrics_table
 
     table = metrics_table(f"evaluate {text_file}" + (f" (last {tail:g})" if tail else ""),

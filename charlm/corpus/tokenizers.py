@@ -290,6 +290,24 @@ class StreamDecoder:
         out, self.held = self.held[:cut], self.held[cut:]
         return unicodedata.normalize("NFC", out)
 
+    def peek(self) -> str:
+        """The display text still held back, as ``flush`` would give it now (nothing changes)."""
+        if self.direct:
+            return ""
+        tail = ""
+        if self.pending:
+            tail = self.tok.decode(self.context + self.pending)[len(self.tok.decode(self.context)):]
+        if self.tok.normalize != "nfd":
+            return tail
+        return unicodedata.normalize("NFC", self.held + tail)
+
+    def copy(self) -> "StreamDecoder":
+        """An independent decoder in the same state (beam search forks hypotheses)."""
+        twin = object.__new__(StreamDecoder)
+        twin.__dict__.update(self.__dict__)
+        twin.pending, twin.context = list(self.pending), list(self.context)
+        return twin
+
     def flush(self) -> str:
         tail = ""
         if self.pending:
