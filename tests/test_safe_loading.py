@@ -81,6 +81,12 @@ def checkpoint_commands(target: Path, corpus: Path) -> dict[str, list[str]]:
     if "inspect-gradients" in names:
         cmds["inspect-gradients"] = ["inspect-gradients", str(target), "--lags", "3", "--samples", "1",
                                      "--warmup", "1", "--corpus", str(corpus)]
+    if "score" in names:
+        cmds["score"] = ["score", str(target), "the cat sat"]
+    if "export" in names:
+        cmds["export"] = ["export", str(target), "--format", "torchscript", "-o", str(corpus.parent / "m.pt")]
+    if "inspect-context" in names:
+        cmds["inspect-context"] = ["inspect-context", str(target), str(corpus)]
     # Any other command with a `checkpoint` argument added later is tried with it alone.
     for c in app.registered_commands:
         name = c.name or c.callback.__name__.replace("_", "-")

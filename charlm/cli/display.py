@@ -478,6 +478,9 @@ def score_view(result, rows: int = 20) -> Group:
             table.add_row(str(i), Text(_shown(result.text[i]), style=_surprisal_style(result.bits[i])),
                           f"{result.bits[i]:.2f}", Text(_guesses(result.top[i])))
         parts += [Text(""), table]
+    return Group(*parts)
+
+
 # inspect-context: a headline, the figures, the curves by n, and a bar chart of the excess loss.
 # They take a charlm.context.ContextStudy (duck-typed, so display never imports torch).
 
