@@ -98,7 +98,7 @@ def test_training_from_a_config_file(tmp_path, corpus_file):
     assert result.exit_code == 0, result.output
     saved = load_toml(out / "config.toml")
     assert (saved["model"], saved["hidden_size"], saved["layers"], saved["max_steps"]) == ("gru", 12, 2, 3)
-    info = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)
+    info = json.loads(runner.invoke(app, ["info", str(out), "--json", "-"]).stdout)
     assert (info["model"], info["hidden_size"], info["layers"], info["step"]) == ("gru", 12, 2, 3)
 
 

@@ -97,12 +97,20 @@ def _sane_environment() -> None:
             setattr(sys, name, _ClosedStream() if name == "stdout" else open(os.devnull, "w"))
 
 
+def JSON_OPTION(what: str) -> Any:  # noqa: N802  (reads as a constant in signatures)
+    """The `--json FILE` option every command shares."""
+    return typer.Option("--json", metavar="FILE", show_default=False,
+                        help=f"Write {what} as one JSON document to FILE ('-': stdout, and nothing else there).")
+
+
 def write_document(doc: Any, dest: str, what: str = "--json") -> None:
     """The one JSON convention: ``--json FILE`` writes one document to FILE, ``--json -`` to
     stdout (and the command then prints nothing else there). ``doc`` is JSON text or a value."""
     import json
 
-    text = doc if isinstance(doc, str) else json.dumps(doc, ensure_ascii=False, indent=1) + "\n"
+    from ..util import json_safe
+
+    text = doc if isinstance(doc, str) else json.dumps(json_safe(doc), ensure_ascii=False, indent=1) + "\n"
     if dest == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
