@@ -88,7 +88,7 @@ def runs(
         p = Path(run)
         return str(p.relative_to(folder)) if p != folder and p.is_relative_to(folder) else p.name
 
-    rows = [[short(s["run"]), s["model"] or "-", Path(s["corpus"]).name if s["corpus"] else "-",
+    rows = [[short(s["run"]), s["model"] or "-", Path(str(s["corpus"])).name if s["corpus"] else "-",
              _fmt(s["step"]), _fmt(s["best_val_loss"]), _fmt(s["best_val_bpc"]),
              f"{s['elapsed_s']:.0f}s" if s["elapsed_s"] is not None else "-",
              "done" if s["status"] in ("max_steps", "max_time", "epochs") else s["status"]]
