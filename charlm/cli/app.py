@@ -97,7 +97,7 @@ def _sane_environment() -> None:
             setattr(sys, name, _ClosedStream() if name == "stdout" else open(os.devnull, "w"))
 
 
-def JSON_OPTION(what: str) -> Any:  # noqa: N802  (reads as a constant in signatures)
+def json_option(what: str) -> Any:
     """The `--json FILE` option every command shares."""
     return typer.Option("--json", metavar="FILE", show_default=False,
                         help=f"Write {what} as one JSON document to FILE ('-': stdout, and nothing else there).")
@@ -188,7 +188,11 @@ def main() -> None:
     _sane_environment()
     # The same test as distributed.launched_by_torchrun, without importing torch for --help.
     if not ("RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1):
-        app()
+        try:
+            app()
+        except OSError as e:   # outside any command (--help, --version) into a closed stdout
+            print(f"error: {e.strerror or e}", file=sys.stderr)
+            sys.exit(1)
         return
     # Under torchrun, leave without running C++ static destructors. The run is over and saved
     # (the process group is torn down, checkpoints are fsynced, metrics.jsonl is closed), but a

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from .app import (CONTEXT, JSON_OPTION, _console, _state, app, handles_errors, stdout_taken,
+from .app import (CONTEXT, json_option, _console, _state, app, handles_errors, stdout_taken,
                   write_document)
 
 
@@ -23,7 +23,7 @@ app.add_typer(corpus_app, name="corpus")
 @corpus_app.command("list", context_settings=CONTEXT)
 @handles_errors
 def corpus_list(
-    json_out: Annotated[Optional[str], JSON_OPTION("the catalog")] = None,
+    json_out: Annotated[Optional[str], json_option("the catalog")] = None,
 ) -> None:
     """The built-in corpus and the named corpora, with source, sha256, licence and cache state.
 
@@ -103,7 +103,7 @@ def corpus_get(
 @handles_errors
 def corpus_info(
     file: Annotated[str, typer.Argument(help="UTF-8 text file, folder, or catalog name.")],
-    json_out: Annotated[Optional[str], JSON_OPTION("every figure")] = None,
+    json_out: Annotated[Optional[str], json_option("every figure")] = None,
     top: Annotated[int, typer.Option(help="How many most and least frequent characters to show.")] = 10,
 ) -> None:
     """Size, characters, distinct characters, the most and least frequent, and which tokenizer to use.

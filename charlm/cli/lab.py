@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from .app import (CONTEXT, JSON_OPTION, _console, _state, app, handles_errors, stdout_taken,
+from .app import (CONTEXT, json_option, _console, _state, app, handles_errors, stdout_taken,
                   write_document)
 
 
@@ -28,7 +28,7 @@ def inspect_gradients(
     samples: Annotated[int, typer.Option(help="Windows to aggregate over (geometric mean).")] = 32,
     warmup: Annotated[int, typer.Option(help="Tokens run before each window to give a realistic state.")] = 50,
     seed: Annotated[int, typer.Option(help="Seed for weights and windows.")] = 0,
-    json_out: Annotated[Optional[str], JSON_OPTION("every number")] = None,
+    json_out: Annotated[Optional[str], json_option("every number")] = None,
     csv_out: Annotated[Optional[str], typer.Option(
         "--csv", metavar="FILE", help="Write one row per lag as CSV to FILE ('-': stdout, and nothing else there).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Draw the curves to FILE.png or FILE.svg (needs matplotlib).")] = None,
@@ -114,7 +114,7 @@ def truncation_table(
     keys: Annotated[int, typer.Option(help="Distinct key symbols (chance = 1/keys).")] = 8,
     seed: Annotated[int, typer.Option(help="Seed for corpora and weights.")] = 0,
     workdir: Annotated[Optional[Path], typer.Option(help="Keep the corpora and run directories here.")] = None,
-    json_out: Annotated[Optional[str], JSON_OPTION("every cell")] = None,
+    json_out: Annotated[Optional[str], json_option("every cell")] = None,
 ) -> None:
     """Echo accuracy of tiny models trained with BPTT(k), for every model x distance D x chunk k.
 

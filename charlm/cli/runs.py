@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 from typing_extensions import Annotated
 
-from .app import CONTEXT, JSON_OPTION, _console, app, handles_errors, stdout_taken, write_document
+from .app import CONTEXT, json_option, _console, app, handles_errors, stdout_taken, write_document
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -25,7 +25,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 @handles_errors
 def info(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint file, or run directory (its best.pt).")],
-    json_out: Annotated[Optional[str], JSON_OPTION("every figure")] = None,
+    json_out: Annotated[Optional[str], json_option("every figure")] = None,
 ) -> None:
     """What is inside a checkpoint: model, tokenizer, progress, corpus, device, versions.
 
@@ -66,7 +66,7 @@ def info(
 @handles_errors
 def runs(
     folder: Annotated[Path, typer.Argument(help="Folder of run directories (or one run).")] = Path("runs"),
-    json_out: Annotated[Optional[str], JSON_OPTION("the list of runs")] = None,
+    json_out: Annotated[Optional[str], json_option("the list of runs")] = None,
 ) -> None:
     """List run directories with their best validation figures (reads metrics.jsonl, not weights).
 
