@@ -199,7 +199,8 @@ records = st.one_of(
     st.dictionaries(st.sampled_from(RECORD_KEYS), json_values, max_size=6).map(json.dumps),
     st.fixed_dictionaries({"type": st.sampled_from(["start", "eval", "chunk", "finish"])},
                           optional={k: json_values for k in RECORD_KEYS[1:]}).map(json.dumps),
-    words)
+    words.map(lambda w: "x" + w),              # not JSON at all
+    words.map(lambda w: '{"type": "eval", ' + w))   # torn
 # Not generated here: a metrics line that is JSON but not an object (`[1]`, `3`, `null`); see
 # test_runs_survive_a_non_object_metrics_line.
 
