@@ -22,6 +22,11 @@ NORMALIZATIONS = ("none", "nfc", "nfd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
+# A bound on the model's size that no machine reaches (2**36 weights: 256 GiB in fp32), checked
+# before anything is built, so an absurd --hidden-size is one line rather than an allocator's
+# traceback. Whether a model fits *this* machine is the run set-up's question.
+MAX_PARAMETERS = 2**36
+
 # When a run names no stopping rule at all, it trains for this many seconds: long enough for a
 # readable sample on a 2-core CPU, short enough that `charlm train` "just works".
 DEFAULT_MAX_TIME = 180.0
@@ -30,6 +35,19 @@ DEFAULT_MAX_TIME = 180.0
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+# Seeds go to torch.manual_seed (which takes up to 2**64 - 1, plus the rank under torchrun) and
+# numpy's default_rng (non-negative only): one range that suits both, checked before any use.
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(value: Any, option: str = "--seed", allow_none: bool = False) -> None:
+    """Refuse a seed that some generator would reject later with a traceback."""
+    if value is None and allow_none:
+        return
+    _check(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED,
+           f"{option} must be a whole number from 0 to 2**63 - 1, got {value!r}")
 
 
 def _positive_int(name: str, value: Optional[int], allow_none: bool = False) -> None:
@@ -43,11 +61,11 @@ def _positive_int(name: str, value: Optional[int], allow_none: bool = False) -> 
 class ModelConfig:
     """Shape of the recurrent language model: Embedding -> RNN/LSTM/GRU stack -> Linear."""
 
+    # GRU is the default: on tiny shakespeare it reached a lower validation loss than LSTM for
+    # the same tokens and time (BENCHMARKS.md).
     cell: str = "gru"
-    """Recurrent cell: 'lstm', 'gru', 'rnn' (tanh), or 'mingru' / 'minlstm' (Feng et al. 2024: gates
-    from the input only, trained with a parallel scan over time; charlm/mincells.py). GRU is the
-    default: on tiny shakespeare it reached a lower validation loss than LSTM for the same tokens
-    and time (BENCHMARKS.md)."""
+    """Recurrent cell: 'lstm', 'gru', 'rnn' (tanh), or 'mingru' / 'minlstm' (gates from the input
+    only, trained with a parallel scan over time)."""
     vocab_size: int = 0
     """Number of token ids; set from the tokenizer, never by hand."""
     embedding_size: int = 64
@@ -67,7 +85,18 @@ class ModelConfig:
                f"vocab_size must be >= 0, got {self.vocab_size!r}")
         _check(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
                f"--dropout must be in [0, 1), got {self.dropout!r}")
+        weights = self.recurrent_parameters()
+        _check(weights <= MAX_PARAMETERS,
+               f"a {self.cell} of {self.layers:,} x {self.hidden_size:,} units with a {self.embedding_size:,}-wide "
+               f"embedding has {weights:.3g} recurrent weights, more than any machine holds (at most "
+               f"{MAX_PARAMETERS:.3g}): lower --hidden-size, --layers or --embedding-size")
         return self
+
+    def recurrent_parameters(self) -> int:
+        """Weights of the recurrent stack alone (the embedding and output layer add V x (E + H))."""
+        gates = {"lstm": 4, "gru": 3}.get(self.cell, 1)
+        h, e = self.hidden_size, self.embedding_size
+        return gates * (h * (e + h) + 2 * h) + (self.layers - 1) * gates * (h * 2 * h + 2 * h)
 
 
 @dataclass
@@ -75,7 +104,8 @@ class TrainConfig:
     """Everything about one training run besides the model's shape."""
 
     corpus: Optional[str] = None
-    """Text file, folder of text files, catalog name, or None for the built-in corpus."""
+    """UTF-8 text file, folder of text files, or catalog name; none: the built-in corpus (Python's
+    standard library source)."""
     tokenizer: str = "char"
     """'char' (Unicode code points), or a sentencepiece model: 'spm-char', 'bpe', 'unigram'."""
     vocab_size: Optional[int] = None
@@ -103,7 +133,8 @@ class TrainConfig:
     max_steps: Optional[int] = None
     """Stop after this many optimizer steps (the whole run, across resumes)."""
     max_time: Optional[float] = None
-    """Stop after this many seconds of training (the whole run, across resumes)."""
+    """Stop after this many seconds of training (the whole run, across resumes). A run that names
+    no stopping rule at all trains for 180 s."""
     val_fraction: float = 0.1
     """Fraction of the corpus (its tail, in characters) held out for validation."""
     eval_every: int = 500
@@ -171,6 +202,7 @@ class TrainConfig:
         if self.tokenizer == "char" and self.vocab_size is not None:
             raise ConfigError("--vocab-size applies to sentencepiece tokenizers only "
                               "(the char tokenizer's vocabulary is the corpus's characters)")
+        check_seed(self.seed)
         _check(not (self.resume and self.force),
                "--resume and --force contradict each other: choose one")
         return self
@@ -254,9 +286,27 @@ def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
     return value
 
 
+def _unknown(name: str, known, what: str = "option") -> ConfigError:
+    """"unknown option 'hiden_size' (did you mean 'hidden_size'?)": the one wording for a name
+    that is not an option, whichever way it came (a dict, a flag table, a TOML file)."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown {what} '{name}'{hint}")
+
+
+class _Keys(dict):
+    """The table of option names; looking up a name that is not there is a ConfigError with a
+    suggestion, never a bare KeyError, whoever looks it up."""
+
+    def __missing__(self, name):
+        raise _unknown(name, self)
+
+
 def config_keys() -> dict[str, tuple[type, str]]:
     """Every settable key -> (dataclass, field name). vocab_size means the tokenizer's."""
-    keys: dict[str, tuple[type, str]] = {}
+    keys: dict[str, tuple[type, str]] = _Keys()
     for cls in (ModelConfig, TrainConfig):
         for f in fields(cls):
             if cls is ModelConfig and f.name == "vocab_size":
@@ -266,6 +316,67 @@ def config_keys() -> dict[str, tuple[type, str]]:
         keys[alias] = (ModelConfig, target)
         keys.pop(target, None)
     return keys
+
+
+@dataclass(frozen=True)
+class Option:
+    """One training option as the command line and TOML files name it: the flag `--hidden-size`,
+    the key `hidden_size`. Everything here is read from the dataclass field it sets."""
+
+    name: str       # 'hidden_size'; 'model' sets ModelConfig.cell (ALIASES)
+    owner: type     # ModelConfig or TrainConfig
+    field: str      # the field's name in owner
+    type: type      # int, float, str or bool (Optional[...] unwrapped)
+    default: Any    # the dataclass default; None means "unset" (the run decides)
+    help: str       # the field's docstring, folded to one paragraph
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """{field name: its attribute docstring, whitespace folded}; {} where no source is present.
+
+    The docstrings under each field above are the options' documentation; reading them from the
+    source (rather than restating them for the CLI) keeps one copy.
+    """
+    import ast
+    import inspect
+    import textwrap
+
+    if cls not in _HELP:
+        try:
+            body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+        except (OSError, TypeError, SyntaxError, IndexError):
+            body = []
+        _HELP[cls] = {
+            node.target.id: " ".join(doc.value.value.split())
+            for node, doc in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+            and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
+            and isinstance(doc.value.value, str)}
+    return _HELP[cls]
+
+
+_HELP: dict[type, dict[str, str]] = {}
+
+
+def _base_type(typ: Any) -> type:
+    """Optional[int] -> int."""
+    args = [a for a in get_args(typ) if a is not type(None)] if get_origin(typ) is not None else [typ]
+    return args[0]
+
+
+def train_options() -> list[Option]:
+    """Every option of `charlm train` (model fields first), in the dataclasses' field order."""
+    inverse = {field_name: alias for alias, field_name in ALIASES.items()}
+    options = []
+    for cls in (ModelConfig, TrainConfig):
+        types, docs, defaults = _field_types(cls), field_help(cls), cls()
+        for f in fields(cls):
+            if cls is ModelConfig and f.name == "vocab_size":   # set from the tokenizer
+                continue
+            name = inverse.get(f.name, f.name) if cls is ModelConfig else f.name
+            options.append(Option(name, cls, f.name, _base_type(types[f.name]),
+                                  getattr(defaults, f.name), docs.get(f.name, "")))
+    return options
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -283,6 +394,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {source} does not exist") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {source}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:  # a binary file, or text in another encoding
+        raise ConfigError(f"{source} is not a UTF-8 TOML file (bad byte at offset {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source} is not valid TOML: {e}") from None
     flat: dict[str, Any] = {}
@@ -314,9 +427,7 @@ def split_options(options: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
     model_kw: dict[str, Any] = {}
     train_kw: dict[str, Any] = {}
     for name, value in options.items():
-        if name not in keys:
-            raise ConfigError(f"unknown option '{name}'")
-        cls, field_name = keys[name]
+        cls, field_name = keys[name]    # an unknown name: ConfigError "did you mean ..."
         (model_kw if cls is ModelConfig else train_kw)[field_name] = value
     return ModelConfig(**model_kw).validate(), TrainConfig(**train_kw).validate()
 

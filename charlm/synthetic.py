@@ -20,6 +20,9 @@ held-out echo text, against chance (1 / number of keys).
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,6 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from .config import check_seed
 from .errors import ConfigError, RunDirError
 from .util import torch_threads
 
@@ -36,14 +40,34 @@ FILLER = "abcdefghij"
 CUE = ">"
 
 
+# The largest echo corpus made in memory: 64 Mi characters (generating it holds about 9 bytes
+# per character for a moment). The truncation experiment needs well under a megabyte.
+MAX_ECHO_CHARS = 2**26
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_echo(distance: int, records: int, keys: int, seed: int) -> None:
+    """Refuse echo settings that are wrong, or too big to make, before anything is allocated."""
+    if not _whole(distance) or distance < 1:
+        raise ConfigError(f"--distance must be a whole number >= 1, got {distance!r}")
+    if not _whole(keys) or not 2 <= keys <= len(KEYS):
+        raise ConfigError(f"--keys must be between 2 and {len(KEYS)}, got {keys!r}")
+    if not _whole(records) or records < 1:
+        raise ConfigError(f"--records must be a whole number >= 1, got {records!r}")
+    check_seed(seed)
+    size = records * (distance + 3)   # key, D - 1 fillers, cue, key, newline
+    if size > MAX_ECHO_CHARS:
+        raise ConfigError(f"an echo corpus of {records:,} records x {distance + 3:,} characters is too "
+                          f"big ({size:,} characters; at most {MAX_ECHO_CHARS:,}): lower --records "
+                          f"or --distance")
+
+
 def echo_text(distance: int, records: int = 5000, keys: int = 8, seed: int = 0) -> str:
     """The echo corpus as a string: ``records`` records with the echo ``distance`` steps after its key."""
-    if not isinstance(distance, int) or distance < 1:
-        raise ConfigError(f"--distance must be a whole number >= 1, got {distance!r}")
-    if not 2 <= keys <= len(KEYS):
-        raise ConfigError(f"--keys must be between 2 and {len(KEYS)}, got {keys}")
-    if records < 1:
-        raise ConfigError(f"--records must be >= 1, got {records}")
+    check_echo(distance, records, keys, seed)
     rng = np.random.default_rng(seed)
     key_ids = rng.integers(0, keys, size=records)
     fill_ids = rng.integers(0, len(FILLER), size=(records, distance - 1))
@@ -59,13 +83,19 @@ def write_echo(path: str | Path, distance: int, records: int = 5000, keys: int =
                force: bool = False) -> Path:
     """Write the echo corpus to path (refusing to overwrite a file unless force)."""
     path = Path(path)
-    if path.exists() and not force:
-        raise RunDirError(f"{path} already exists; pass --force to replace it")
-    if path.is_dir():
-        raise RunDirError(f"{path} is a folder; give a file name")
+    check_echo(distance, records, keys, seed)
+    tmp = path.with_name(f".echo-{os.getpid()}.tmp")
     try:
-        path.write_text(echo_text(distance, records, keys, seed), encoding="utf-8")
+        if path.is_dir():
+            raise RunDirError(f"{path} is a folder; give a file name")
+        if path.exists() and not force:
+            raise RunDirError(f"{path} already exists; pass --force to replace it")
+        # Whole or not at all: a full disk or a kill leaves the old file (or none), never half.
+        tmp.write_text(echo_text(distance, records, keys, seed), encoding="utf-8")
+        os.replace(tmp, path)
     except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise RunDirError(f"cannot write {path}: {e.strerror or e}") from None
     return path
 
@@ -150,9 +180,8 @@ def run_cell(cell: str, distance: int, chunk: int, workdir: Path, hidden_size: i
     t0 = time.perf_counter()
     corpus = workdir / f"echo-d{distance}.txt"
     if not corpus.exists():
-        # Enough records for a few epochs of the budget; the held-out text uses another seed.
-        records = max(2000, 200_000 // (distance + 3))
-        write_echo(corpus, distance, records, keys, seed=seed)
+        # The held-out text (below) uses another seed.
+        write_echo(corpus, distance, _records(distance), keys, seed=seed)
     config = TrainConfig(corpus=str(corpus), seq_len=chunk, batch_size=batch_size, lr=lr,
                          warmup_steps=min(50, steps // 10), max_steps=steps, eval_every=steps,
                          val_fraction=0.02, out=str(workdir / f"{cell}-d{distance}-k{chunk}"),
@@ -160,10 +189,30 @@ def run_cell(cell: str, distance: int, chunk: int, workdir: Path, hidden_size: i
     model_config = ModelConfig(cell=cell, hidden_size=hidden_size, embedding_size=16)
     run_dir = train(config, model_config)
     model, tokenizer, _ = load_model(run_dir / "last.pt")
-    held_out = echo_text(distance, records=max(400, 40_000 // (distance + 3)), keys=keys, seed=seed + 10_000)
+    held_out = echo_text(distance, records=_held_out_records(distance), keys=keys, seed=seed + 10_000)
     acc, loss, _ = echo_accuracy(model, tokenizer, held_out)
     return GridCell(cell=cell, distance=distance, chunk=chunk, accuracy=acc, echo_loss=loss, steps=steps,
                     seconds=time.perf_counter() - t0)
+
+
+def _records(distance: int) -> int:
+    """Training records for distance D: enough for a few epochs of the budget."""
+    return max(2000, 200_000 // (distance + 3))
+
+
+def _held_out_records(distance: int) -> int:
+    return max(400, 40_000 // (distance + 3))
+
+
+def _writable_folder(folder: Path) -> Path:
+    """--workdir, created if need be, after checking it can take files: one line if not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise RunDirError(f"--workdir {folder} cannot take files: {e.strerror or e}") from None
+    return folder
 
 
 def truncation_grid(models: Sequence[str] = ("rnn", "lstm", "gru"), distances: Sequence[int] = (5, 10, 20, 40),
@@ -181,10 +230,16 @@ def truncation_grid(models: Sequence[str] = ("rnn", "lstm", "gru"), distances: S
         if m not in CELLS:
             raise ConfigError(f"--models: unknown cell {m!r} (choose from {', '.join(CELLS)})")
     for name, values in (("--distances", distances), ("--chunks", chunks)):
-        if not values or any(not isinstance(v, int) or v < 1 for v in values):
+        if not values or any(not _whole(v) or v < 1 for v in values):
             raise ConfigError(f"{name} must be positive whole numbers, got {list(values)}")
-    if steps < 1:
-        raise ConfigError(f"--steps must be >= 1, got {steps}")
+    for name, value in (("--steps", steps), ("--hidden-size", hidden_size), ("--batch-size", batch_size)):
+        if not _whole(value) or value < 1:
+            raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"--lr must be > 0, got {lr!r}")
+    for d in distances:   # every corpus the grid will write, checked before the first is
+        check_echo(d, _records(d), keys, seed)
+        check_echo(d, _held_out_records(d), keys, seed + 10_000)
     result = GridResult(models=list(models), distances=list(distances), chunks=list(chunks), keys=keys,
                         hidden_size=hidden_size, batch_size=batch_size, steps=steps, lr=lr, seed=seed)
     t0 = time.perf_counter()
@@ -194,8 +249,7 @@ def truncation_grid(models: Sequence[str] = ("rnn", "lstm", "gru"), distances: S
     # core to the rest of the machine).
     with torch_threads(1):
         with tempfile.TemporaryDirectory(prefix="charlm-echo-") as tmp:
-            folder = Path(workdir) if workdir is not None else Path(tmp)
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = _writable_folder(Path(workdir)) if workdir is not None else Path(tmp)
             for cell in models:
                 for d in distances:
                     for k in chunks:

@@ -122,7 +122,7 @@ def test_quiet_prints_only_results(tmp_path, corpus_file):
     assert "corpus" in loud.stdout and "corpus" not in quiet.stdout
     assert len(quiet.stdout) < len(loud.stdout)
     # results are still printed when quiet
-    info = runner.invoke(app, ["-q", "info", str(tmp_path / "b"), "--json"])
+    info = runner.invoke(app, ["-q", "info", str(tmp_path / "b"), "--json", "-"])
     assert info.exit_code == 0 and '"step": 1' in info.stdout
 
 

@@ -15,6 +15,7 @@ import builtins
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,10 @@ import torch
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
+import charlm  # noqa: E402
 from charlm.cli import app  # noqa: E402
+from charlm.config import split_options  # noqa: E402
+from charlm.errors import ConfigError  # noqa: E402
 from conftest import make_text  # noqa: E402
 
 runner = CliRunner()
@@ -45,6 +49,9 @@ class Row:
     fragment: str             # the message must contain this
     unreadable: Optional[str] = None   # a workspace file to make unreadable for this row
     needs_no_cuda: bool = False
+    read_only: Optional[str] = None    # a workspace folder to make read-only for this row
+    env: Optional[dict] = None         # environment variables for this row
+    stdout: Optional[str] = None       # "closed" (`>&-`) or "head" (`| head -3`): a real process
 
 
 def T(*extra: str) -> list[str]:
@@ -164,6 +171,72 @@ ROWS = [
         ["evaluate", "{ws}/run", "{ws}/nope.txt"], 1, "does not exist"),
     Row("evaluate-tail-out-of-range", "evaluate --tail 2", ["evaluate", "{ws}/run", "{ws}/good.txt", "--tail", "2"],
         1, "--tail must be in (0, 1]"),
+    # --- seeds and sizes (issue 14) ----------------------------------------------------------------
+    Row("seed-too-big", "train --seed 2**64", T("--seed", str(2**64)), 1,
+        "--seed must be a whole number from 0 to 2**63 - 1"),
+    Row("seed-negative", "train --seed -1", T("--seed", "-1"), 1, "--seed must be a whole number from 0"),
+    Row("hidden-size-absurd", "--hidden-size 2**64 (no machine holds it)", T("--hidden-size", str(2**64)), 1,
+        "more than any machine holds"),
+    Row("make-seed-negative", "corpus make echo --seed -1",
+        ["corpus", "make", "echo", "--seed", "-1", "-o", "{out}"], 1, "--seed must be a whole number from 0"),
+    Row("make-distance-huge", "corpus make echo --distance 10**9 (5 TB of text)",
+        ["corpus", "make", "echo", "--distance", "1000000000", "-o", "{out}"], 1, "is too big"),
+    Row("gradients-seed-too-big", "inspect-gradients --seed 2**64",
+        ["inspect-gradients", "--seed", str(2**64)], 1, "--seed must be a whole number from 0"),
+    Row("truncation-seed-negative", "truncation-table --seed -1", ["truncation-table", "--seed", "-1"], 1,
+        "--seed must be a whole number from 0"),
+    Row("truncation-distance-huge", "truncation-table --distances 10**8",
+        ["truncation-table", "--distances", "100000000"], 1, "is too big"),
+    Row("truncation-workdir-read-only", "truncation-table --workdir on a read-only folder",
+        ["truncation-table", "--models", "gru", "--distances", "2", "--chunks", "4", "--steps", "1",
+         "--workdir", "{ws}/readonly"], 1, "cannot take files", read_only="readonly"),
+    Row("truncation-workdir-under-file", "truncation-table --workdir inside a file",
+        ["truncation-table", "--workdir", "{ws}/good.txt/work"], 1, "cannot take files"),
+    # --- the environment: names, permissions, stdout, the terminal (issue 14) ----------------------
+    Row("info-name-too-long", "info: a path component over 255 characters", ["info", "{ws}/" + "n" * 300],
+        1, "File name too long"),
+    Row("runs-name-too-long", "runs: a path component over 255 characters", ["runs", "{ws}/" + "n" * 300],
+        1, "File name too long"),
+    Row("out-name-too-long", "train --out with a component over 255 characters",
+        ["train", "{ws}/good.txt", "--out", "{ws}/" + "n" * 300 + "/run", *TINY], 1, "File name too long"),
+    Row("corpus-info-name-too-long", "corpus info: a path component over 255 characters",
+        ["corpus", "info", "{ws}/" + "n" * 300], 1, "too long"),
+    Row("json-name-too-long", "info --json FILE with a name over 255 characters",
+        ["info", "{ws}/run", "--json", "{ws}/" + "n" * 300], 1, "cannot write --json"),
+    Row("json-into-missing-folder", "info --json into a folder that does not exist",
+        ["info", "{ws}/run", "--json", "{ws}/nope/info.json"], 1, "cannot write --json"),
+    Row("info-unreadable", "info on a checkpoint without read permission", ["info", "{ws}/locked_run/best.pt"],
+        1, "Permission denied", unreadable="locked_run/best.pt"),
+    Row("runs-metrics-unreadable", "runs on a run whose metrics.jsonl cannot be read", ["runs", "{ws}/run"],
+        1, "Permission denied", unreadable="run/metrics.jsonl"),
+    Row("two-documents-on-stdout", "inspect-gradients --json - --csv -",
+        ["inspect-gradients", "--json", "-", "--csv", "-"], 2, "only one of --json -"),
+    Row("columns-zero", "COLUMNS=0 (errors used to vanish)", ["train", "{ws}/nope.txt", "--out", "{out}"], 1,
+        "does not exist", env={"COLUMNS": "0"}),
+    Row("stdout-closed-info", "info with stdout closed (`>&-`)", ["info", "{ws}/run"], 1,
+        "standard output is closed", stdout="closed"),
+    Row("stdout-closed-sample", "sample with stdout closed (`>&-`)", ["sample", "{ws}/run", "--length", "5"], 1,
+        "standard output is closed", stdout="closed"),
+    Row("stdout-closed-train", "train with stdout closed (`>&-`): trains on", T(), 0,
+        "display off, training goes on", stdout="closed"),
+    Row("stdout-head", "`charlm train … \\| head -3`: trains on", T("--max-steps", "30", "--eval-every", "5"),
+        0, "display off, training goes on", stdout="head"),
+    # --- config files (issue 14) ---------------------------------------------------------------------
+    Row("toml-not-utf8", "a config file in Latin-1", T("--config", "{ws}/latin1.toml"), 1,
+        "is not a UTF-8 TOML file"),
+    Row("toml-binary", "a binary file as config", T("--config", "{ws}/binary.toml"), 1,
+        "is not a UTF-8 TOML file"),
+]
+
+# The same mistakes made through the Python API: (what, the call as the docs show it, the call).
+API_ROWS = [
+    ("an option name misspelt in a dict", 'charlm.train({"hiden_size": 16})',
+     lambda ws: charlm.train({"hiden_size": 16, "out": str(ws / "api-run")}),
+     "unknown option 'hiden_size' (did you mean 'hidden_size'?)"),
+    ("the same, building configs from a dict", 'config.split_options({"hiden_size": 16})',
+     lambda ws: split_options({"hiden_size": 16}), "unknown option 'hiden_size' (did you mean 'hidden_size'?)"),
+    ("a seed out of range", 'charlm.TrainConfig(seed=-1).validate()',
+     lambda ws: charlm.TrainConfig(seed=-1).validate(), "--seed must be a whole number from 0"),
 ]
 
 
@@ -184,6 +257,9 @@ def build_workspace(ws: Path) -> None:
     (ws / "unknown_key.toml").write_text("hiden_size = 8\n")
     (ws / "wrong_type.toml").write_text('hidden_size = "big"\n')
     (ws / "locked.toml").write_text("hidden_size = 8\n")
+    (ws / "latin1.toml").write_bytes('corpus = "café.txt"\n'.encode("latin-1"))
+    (ws / "binary.toml").write_bytes(bytes(range(256)) * 4)
+    (ws / "readonly").mkdir()
     (ws / "my_stuff").mkdir()
     (ws / "exp").mkdir()
     (ws / "exp" / "config.toml").write_text("# my experiment\nhidden_size = 8\n")
@@ -219,15 +295,63 @@ def make_unreadable(path: Path, monkeypatch) -> None:
         monkeypatch.setattr(builtins, "open", refusing_open)
 
 
+def make_read_only(folder: Path, monkeypatch) -> None:
+    """chmod 555; as root, creating a file in the folder is made to fail with EACCES."""
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        real_open = os.open
+
+        def refusing_open(path, flags, *args, **kwargs):
+            p = Path(os.fsdecode(path))
+            if (flags & (os.O_WRONLY | os.O_RDWR)) and (p == folder or p.parent == folder):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, flags, *args, **kwargs)
+        monkeypatch.setattr(os, "open", refusing_open)
+
+
+@dataclass
+class Ran:
+    """What a real process did, shaped like CliRunner's result."""
+    exit_code: int
+    stdout: str
+    stderr: str
+    exception: None = None
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_process(args: list[str], stdout: str) -> Ran:
+    """`python -m charlm ARGS >&-` ("closed"), or `... | head -3` ("head")."""
+    cmd = [sys.executable, "-m", "charlm", *args]
+    env = {**os.environ, "NO_COLOR": "1"}
+    if stdout == "closed":
+        p = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *cmd], stderr=subprocess.PIPE, text=True,
+                           env=env, timeout=300)
+        return Ran(p.returncode, "", p.stderr)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    head = "".join(p.stdout.readline() for _ in range(3))
+    p.stdout.close()                     # head has what it wanted and goes away
+    err = p.stderr.read()
+    return Ran(p.wait(timeout=300), head, err)
+
+
 def run_row(row: Row, ws: Path, out: Path, monkeypatch=None):
     args = [a.replace("{ws}", str(ws)).replace("{out}", str(out)) for a in row.args]
+    if row.stdout:
+        return run_process(args, row.stdout)
     if row.unreadable:
         make_unreadable(ws / row.unreadable, monkeypatch)
+    if row.read_only:
+        make_read_only(ws / row.read_only, monkeypatch)
     try:
-        return runner.invoke(app, args)
+        return runner.invoke(app, args, env=row.env)
     finally:
         if row.unreadable:
             (ws / row.unreadable).chmod(0o644)
+        if row.read_only:
+            (ws / row.read_only).chmod(0o755)
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
@@ -247,7 +371,28 @@ def test_bad_input(row: Row, workspace: Path, tmp_path: Path, monkeypatch):
     assert row.fragment in " ".join(err.split()), err
     assert snapshot(workspace) == before, "a user file changed"
     out = tmp_path / "out"
-    assert not (out / "last.pt").exists(), "a failed command must not leave a checkpoint"
+    if row.code != 0:
+        assert not (out / "last.pt").exists(), "a failed command must not leave a checkpoint"
+    else:   # the display went off, the run did not: it trained to the end
+        from charlm.checkpoint import load_checkpoint
+
+        steps = int(r_arg(row.args, "--max-steps", default="3"))
+        assert load_checkpoint(out / "last.pt")["progress"]["step"] == steps
+        assert len(err.splitlines()) == 1, err
+
+
+def r_arg(args: list[str], name: str, default: str) -> str:
+    """The last value given to option ``name`` in args."""
+    values = [args[i + 1] for i, a in enumerate(args[:-1]) if a == name]
+    return values[-1] if values else default
+
+
+@pytest.mark.parametrize("what, call, fn, message", API_ROWS, ids=[r[1] for r in API_ROWS])
+def test_bad_api_input(what, call, fn, message, tmp_path):
+    with pytest.raises(ConfigError) as e:
+        fn(tmp_path)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []     # nothing was created
 
 
 def test_a_fixed_mistake_reruns_without_force(workspace, tmp_path):
@@ -288,7 +433,18 @@ def markdown_table() -> str:
                     args[j:j + len(TINY)] = ["…"]
                     break
             cmd = " ".join(a.replace("{ws}/", "").replace("{out}", "OUT") for a in args).replace("|", "\\|")
-            lines.append(f"| {i} | {row.what} | `charlm {cmd}` | {r.exit_code} | {err[:220]} |")
+            cmd = cmd.replace("n" * 300, "n×300")
+            env = "".join(f"{k}={v} " for k, v in (row.env or {}).items())
+            pipe = {"closed": " >&-", "head": " \\| head -3"}.get(row.stdout or "", "")
+            err = err.replace("n" * 300, "n×300")
+            lines.append(f"| {i} | {row.what} | `{env}charlm {cmd}{pipe}` | {r.exit_code} | {err[:220]} |")
+        for j, (what, call, fn, _) in enumerate(API_ROWS, len(ROWS) + 1):
+            try:
+                fn(Path(tmp))
+                message = "(no error)"
+            except ConfigError as e:
+                message = f"ConfigError: {e}"
+            lines.append(f"| {j} | {what} (Python API) | `{call}` | - | {message[:220]} |")
     return "\n".join(lines)
 
 

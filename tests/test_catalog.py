@@ -180,9 +180,9 @@ def test_catalog_recipes_are_complete():
 
 
 def test_corpus_list(cache):
-    result = runner.invoke(app, ["corpus", "list", "--json"])
+    result = runner.invoke(app, ["corpus", "list", "--json", "-"])
     assert result.exit_code == 0, result.output
-    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    rows = {r["name"]: r for r in json.loads(result.stdout)["corpora"]}
     assert {"builtin:python-stdlib", "tinyshakespeare", "enwik8", "text8"} <= set(rows)
     assert rows["tinyshakespeare"]["sha256"].startswith("86c4e6aa") and rows["tinyshakespeare"]["cached"] is False
     table = runner.invoke(app, ["corpus", "list"], env={"COLUMNS": "200"})
@@ -217,7 +217,7 @@ def test_train_accepts_a_catalog_name(server, cache, monkeypatch, tmp_path):
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", "tinytest", *TINY, "--max-steps", "3", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    info = runner.invoke(app, ["info", str(out), "--json"])
+    info = runner.invoke(app, ["info", str(out), "--json", "-"])
     d = json.loads(info.stdout)
     assert d["corpus"] == "tinytest" and d["corpus_sha256"] == hashlib.sha256(body).hexdigest()
 
@@ -225,14 +225,14 @@ def test_train_accepts_a_catalog_name(server, cache, monkeypatch, tmp_path):
 def test_corpus_info_recommends_a_tokenizer(tmp_path):
     english = tmp_path / "en.txt"
     english.write_text(make_text(4000), encoding="utf-8")
-    d = json.loads(runner.invoke(app, ["corpus", "info", str(english), "--json"]).stdout)
+    d = json.loads(runner.invoke(app, ["corpus", "info", str(english), "--json", "-"]).stdout)
     assert d["characters"] == 4000 and d["bytes"] == 4000
     assert d["tokenizer"] == "char" and d["vocab_size"] == d["distinct"]
     assert d["most_frequent"][0][0] == " " and d["least_frequent"][0][1] <= d["most_frequent"][-1][1]
 
     hangul = tmp_path / "ko.txt"
     hangul.write_text("안녕하세요 반갑습니다 오늘 날씨가 좋네요\n" * 50, encoding="utf-8")
-    d = json.loads(runner.invoke(app, ["corpus", "info", str(hangul), "--json"]).stdout)
+    d = json.loads(runner.invoke(app, ["corpus", "info", str(hangul), "--json", "-"]).stdout)
     assert d["normalize"] == "nfd" and d["vocab_size"] < d["distinct"] + 20
 
     # A very large alphabet (thousands of CJK characters): subword pieces.
@@ -241,7 +241,7 @@ def test_corpus_info_recommends_a_tokenizer(tmp_path):
     rng = random.Random(0)
     cjk = tmp_path / "zh.txt"
     cjk.write_text("".join(chr(0x4E00 + rng.randrange(6000)) for _ in range(200_000)), encoding="utf-8")
-    d = json.loads(runner.invoke(app, ["corpus", "info", str(cjk), "--json"]).stdout)
+    d = json.loads(runner.invoke(app, ["corpus", "info", str(cjk), "--json", "-"]).stdout)
     assert d["tokenizer"] == "unigram" and d["vocab_size"] >= 2000
     assert f"--vocab-size {d['vocab_size']}" in d["options"]
 

@@ -81,3 +81,46 @@ def test_prime_with_unknown_characters_and_existing_run_dir(tmp_path, corpus_fil
                        "already exists", "--resume", "--force")
     r = run_cli("train", corpus_file, "--out", out, "--max-steps", "5", "--force", *TINY)
     assert r.exit_code == 0
+
+
+def test_json_convention_file_or_stdout(tmp_path, corpus_file):
+    """`--json FILE` writes one document to FILE; `--json -` to stdout, and nothing else goes there."""
+    tiny = ["inspect-gradients", "--models", "rnn", "--hidden-size", "8", "--embedding-size", "4",
+            "--lags", "4", "--samples", "2", "--warmup", "2"]
+    r = run_cli(*tiny, "--json", "-")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)                       # the whole of stdout is the document
+    assert doc["schema"] == "charlm.inspect-gradients/1" and doc["settings"]["lags"] == 4
+    r = run_cli(*tiny, "--csv", "-", "--json", tmp_path / "g.json")
+    assert r.exit_code == 0 and r.stdout.splitlines()[0].startswith("model,cell,layer,state,lag")
+    assert json.loads((tmp_path / "g.json").read_text()) == doc
+    r = runner.invoke(app, [*tiny, "--csv", "-", "--json", "-"])
+    assert r.exit_code == 2 and "only one of" in r.output
+
+    r = run_cli("corpus", "info", corpus_file, "--json", tmp_path / "c.json")
+    assert r.exit_code == 0 and "distinct characters" in r.stdout          # the report still prints
+    assert json.loads((tmp_path / "c.json").read_text())["schema"] == "charlm.corpus-info/1"
+    r = run_cli("corpus", "list", "--json", "-")
+    assert json.loads(r.stdout)["schema"] == "charlm.corpus-list/1"
+    assert json.loads(run_cli("runs", tmp_path, "--json", "-").stdout) == {
+        "schema": "charlm.runs/1", "folder": str(tmp_path), "runs": []}
+
+
+def test_columns_zero_still_prints(tmp_path):
+    """COLUMNS=0 made Rich render everything, errors included, into nothing."""
+    env = {**os.environ, "COLUMNS": "0", "NO_COLOR": "1"}
+    p = subprocess.run([sys.executable, "-m", "charlm", "--help"], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert p.returncode == 0 and "train" in p.stdout
+    r = runner.invoke(app, ["runs", str(tmp_path / "nope")], env={"COLUMNS": "0"})
+    assert r.exit_code == 1 and "does not exist" in r.stderr
+
+
+def test_oserror_is_one_line(tmp_path, monkeypatch):
+    """The last line of defence: an OSError no closer check caught names the path and the reason."""
+    import charlm.runinfo
+
+    def refuse(folder):
+        raise PermissionError(13, "Permission denied", str(folder))
+    monkeypatch.setattr(charlm.runinfo, "find_runs", refuse)
+    assert_clean_error(run_cli("runs", tmp_path), f"{tmp_path}: Permission denied")

@@ -98,7 +98,7 @@ def test_training_from_a_config_file(tmp_path, corpus_file):
     assert result.exit_code == 0, result.output
     saved = load_toml(out / "config.toml")
     assert (saved["model"], saved["hidden_size"], saved["layers"], saved["max_steps"]) == ("gru", 12, 2, 3)
-    info = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)
+    info = json.loads(runner.invoke(app, ["info", str(out), "--json", "-"]).stdout)
     assert (info["model"], info["hidden_size"], info["layers"], info["step"]) == ("gru", 12, 2, 3)
 
 
@@ -121,3 +121,69 @@ def test_every_train_option_is_settable_in_a_file():
     train_cmd = typer.main.get_command(app).commands["train"]
     names = {p.name for p in train_cmd.params} - {"config", "print_config", "help"}
     assert names and names <= set(config_keys()), names - set(config_keys())
+
+
+def test_train_options_come_from_the_dataclasses():
+    """Every field is a flag whose help is the field's docstring and whose default is the field's."""
+    import typer
+    from rich.markup import escape
+
+    from charlm.config import field_help, train_options
+
+    train_cmd = typer.main.get_command(app).commands["train"]
+    params = {p.name: p for p in train_cmd.params}
+    options = train_options()
+    assert {o.name for o in options} == set(params) - {"config", "print_config", "help"}
+    for o in options:
+        p = params[o.name]
+        assert p.default is None                     # "not given": the file and the checkpoint may say
+        doc = field_help(o.owner)[o.field]
+        assert doc and " ".join(p.help.split()).startswith(" ".join(escape(doc).split()))
+        if o.default is not None and not isinstance(o.default, bool):
+            shown = format(o.default, "g") if isinstance(o.default, float) else str(o.default)
+            assert p.help.endswith(f"\\[default: {shown}]"), p.help
+    names = {o.name for o in options}
+    assert "model" in names and "cell" not in names and "vocab_size" in names   # ModelConfig.vocab_size is not
+    assert [o.name for o in options][:2] == ["model", "embedding_size"]
+    help_text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).stdout
+    assert "Units per recurrent layer (H). [default: 512]" in help_text
+    assert "--max-bad-steps" in help_text and "[default: 0.1]" in help_text
+
+
+def test_a_new_field_is_a_flag_with_no_other_edit(monkeypatch):
+    """Add a field to TrainConfig: the train command grows the flag, its help and its default."""
+    import dataclasses
+
+    import charlm.config as config
+    from charlm.cli.train import _parameter
+
+    fields = [(f.name, f.type, dataclasses.field(default=f.default, default_factory=f.default_factory))
+              for f in dataclasses.fields(config.TrainConfig)]
+    Bigger = dataclasses.make_dataclass("TrainConfig", fields + [("label_smoothing", float, 0.25)])
+    Bigger.__module__ = config.__name__     # its annotations are names in charlm.config
+    monkeypatch.setattr(config, "_HELP", {Bigger: {"label_smoothing": "Smooth the targets."}})
+    monkeypatch.setattr(config, "TrainConfig", Bigger)
+    option = next(o for o in config.train_options() if o.name == "label_smoothing")
+    assert (option.type, option.default, option.help) == (float, 0.25, "Smooth the targets.")
+    info = _parameter(option).annotation.__metadata__[0]
+    assert info.help == "Smooth the targets. \\[default: 0.25]"
+
+
+def test_unknown_option_names_in_a_dict_suggest_the_right_one(tmp_path):
+    import charlm
+
+    for call in (lambda: split_options({"hiden_size": 16}),
+                 lambda: charlm.train({"hiden_size": 16, "out": str(tmp_path / "r")})):
+        with pytest.raises(ConfigError, match=r"^unknown option 'hiden_size' \(did you mean 'hidden_size'\?\)$"):
+            call()
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(ConfigError, match="unknown option 'zzz'$"):
+        split_options({"zzz": 1})
+
+
+def test_non_utf8_and_binary_config_files(tmp_path):
+    for name, data in (("latin1.toml", 'corpus = "café"\n'.encode("latin-1")), ("bin.toml", bytes(range(256)))):
+        (tmp_path / name).write_bytes(data)
+        result = runner.invoke(app, ["train", "--config", str(tmp_path / name), "--print-config"])
+        assert result.exit_code == 1 and "is not a UTF-8 TOML file" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1

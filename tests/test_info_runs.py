@@ -39,9 +39,10 @@ def runs_root(tmp_path_factory):
 
 
 def test_info_json_has_everything(runs_root):
-    result = runner.invoke(app, ["info", str(runs_root / "lstm"), "--json"])
+    result = runner.invoke(app, ["info", str(runs_root / "lstm"), "--json", "-"])
     assert result.exit_code == 0, result.output
     d = json.loads(result.stdout)
+    assert d["schema"] == "charlm.info/1"
     ckpt = load_checkpoint(runs_root / "lstm" / "best.pt")
     assert d["checkpoint"].endswith("best.pt")
     assert (d["model"], d["layers"], d["hidden_size"], d["embedding_size"]) == ("lstm", 1, 16, 8)
@@ -54,7 +55,7 @@ def test_info_json_has_everything(runs_root):
     assert d["corpus"].endswith("info-corpus.txt") and len(d["corpus_sha256"]) == 64
     assert (d["device"], d["precision"]) == ("cpu", resolve_precision(torch.device("cpu"), "auto"))
     assert d["charlm_version"] == charlm.__version__ and d["torch_version"] == str(torch.__version__)
-    last = json.loads(runner.invoke(app, ["info", str(runs_root / "lstm" / "last.pt"), "--json"]).stdout)
+    last = json.loads(runner.invoke(app, ["info", str(runs_root / "lstm" / "last.pt"), "--json", "-"]).stdout)
     assert last["step"] == 12 and last["checkpoint"].endswith("last.pt")
 
 
@@ -77,9 +78,9 @@ def test_info_refuses_what_is_not_a_checkpoint(tmp_path):
 
 
 def test_runs_lists_best_figures(runs_root):
-    result = runner.invoke(app, ["runs", str(runs_root), "--json"])
+    result = runner.invoke(app, ["runs", str(runs_root), "--json", "-"])
     assert result.exit_code == 0, result.output
-    rows = {r["run"].replace("\\", "/").split("runs")[-1].lstrip("0123456789/"): r for r in json.loads(result.stdout)}
+    rows = {r["run"].replace("\\", "/").split("runs")[-1].lstrip("0123456789/"): r for r in json.loads(result.stdout)["runs"]}
     assert set(rows) == {"lstm", "group/gru"}
     lstm, gru = rows["lstm"], rows["group/gru"]
     ckpt = load_checkpoint(runs_root / "lstm" / "last.pt")

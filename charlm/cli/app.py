@@ -7,7 +7,9 @@ commands that need it, so `charlm --help` starts fast.
 
 from __future__ import annotations
 
+import errno
 import functools
+import io
 import os
 import sys
 from typing import Any, Callable, Optional
@@ -32,9 +34,100 @@ app = typer.Typer(
 _state: dict[str, Any] = {"quiet": False}
 
 
+def _width() -> Optional[int]:
+    """COLUMNS when it is a usable width; else None (Rich then asks the terminal, or uses 80).
+
+    Rich takes COLUMNS=0 at its word and renders everything, errors included, into no columns.
+    """
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return None if "COLUMNS" not in os.environ else 80
+
+
+class _Console(Console):
+    """Rich's console, except that a broken pipe is an exception the command handles: Rich's own
+    answer is SystemExit(1), which would end a training run that can go on without a display."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+
 def _console(stderr: bool = False) -> Console:
     no_color = bool(os.environ.get("NO_COLOR"))
-    return Console(stderr=stderr, no_color=no_color, highlight=False)
+    return _Console(stderr=stderr, no_color=no_color, highlight=False, width=_width())
+
+
+def silence_stdout() -> None:
+    """Point descriptor 1 at /dev/null once stdout is a broken pipe, so what is still buffered for
+    it (and the flush at exit) goes nowhere instead of failing again ("Exception ignored ...")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass   # not a real file: a test runner's capture, or the closed-stdout stand-in
+
+
+class _ClosedStream(io.TextIOBase):
+    """sys.stdout when the process started with it closed (`charlm info RUN >&-`). Python leaves
+    None there, and a write to None is a traceback; this write fails as a write to a closed file
+    does, so a command that has something to say reports it in one line."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "standard output is closed")
+
+
+def _sane_environment() -> None:
+    """Repair what a hostile environment hands us before any command runs."""
+    for name in ("COLUMNS", "LINES"):   # COLUMNS=0 would make every line, errors too, vanish
+        if name in os.environ and not (os.environ[name].isdigit() and int(os.environ[name]) > 0):
+            del os.environ[name]
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            # Started with the descriptor closed: hold it with /dev/null, so that no file the run
+            # opens later (a checkpoint, metrics.jsonl) becomes descriptor 1 or 2 by accident.
+            os.open(os.devnull, os.O_WRONLY)
+            setattr(sys, name, _ClosedStream() if name == "stdout" else open(os.devnull, "w"))
+
+
+def json_option(what: str) -> Any:
+    """The `--json FILE` option every command shares."""
+    return typer.Option("--json", metavar="FILE", show_default=False,
+                        help=f"Write {what} as one JSON document to FILE ('-': stdout, and nothing else there).")
+
+
+def write_document(doc: Any, dest: str, what: str = "--json") -> None:
+    """The one JSON convention: ``--json FILE`` writes one document to FILE, ``--json -`` to
+    stdout (and the command then prints nothing else there). ``doc`` is JSON text or a value."""
+    import json
+
+    from ..util import json_safe
+
+    text = doc if isinstance(doc, str) else json.dumps(json_safe(doc), ensure_ascii=False, indent=1) + "\n"
+    if dest == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        with open(dest, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    except OSError as e:
+        raise CharLMError(f"cannot write {what} {dest}: {e.strerror or e}") from None
+
+
+def stdout_taken(*dests: Optional[str]) -> bool:
+    """True when a document goes to stdout, so the human report must not (usage error for two)."""
+    wanting = [d for d in dests if d is not None and str(d) == "-"]
+    if len(wanting) > 1:
+        raise typer.BadParameter("only one of --json - and --csv - can write to stdout")
+    return bool(wanting)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -62,9 +155,16 @@ def handles_errors(func: Callable) -> Callable:
         except KeyboardInterrupt:
             _console(stderr=True).print("[red]interrupted[/]")
             raise typer.Exit(130)
-        except BrokenPipeError:  # `charlm sample ... | head`
-            sys.stderr.close()
+        except BrokenPipeError:  # `charlm sample ... | head`: the reader has all it wanted
+            silence_stdout()
             raise typer.Exit(0)
+        except OSError as e:
+            # The last line of defence, for what the environment does (a name too long, no
+            # permission, a full disk, a closed stdout) where no closer check caught it first.
+            from rich.markup import escape
+
+            where = f"{os.fsdecode(e.filename)}: " if e.filename is not None else ""
+            fail(escape(f"{where}{e.strerror or e}"), 1)
 
     return wrapper
 
@@ -85,9 +185,14 @@ def root(
 
 
 def main() -> None:
+    _sane_environment()
     # The same test as distributed.launched_by_torchrun, without importing torch for --help.
     if not ("RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1):
-        app()
+        try:
+            app()
+        except OSError as e:   # outside any command (--help, --version) into a closed stdout
+            print(f"error: {e.strerror or e}", file=sys.stderr)
+            sys.exit(1)
         return
     # Under torchrun, leave without running C++ static destructors. The run is over and saved
     # (the process group is torn down, checkpoints are fsynced, metrics.jsonl is closed), but a

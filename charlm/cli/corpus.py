@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -10,7 +9,8 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from .app import CONTEXT, _console, _state, app, handles_errors
+from .app import (CONTEXT, json_option, _console, _state, app, handles_errors, stdout_taken,
+                  write_document)
 
 
 corpus_app = typer.Typer(
@@ -23,21 +23,24 @@ app.add_typer(corpus_app, name="corpus")
 @corpus_app.command("list", context_settings=CONTEXT)
 @handles_errors
 def corpus_list(
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    json_out: Annotated[Optional[str], json_option("the catalog")] = None,
 ) -> None:
     """The built-in corpus and the named corpora, with source, sha256, licence and cache state.
 
-    Example: `charlm corpus list`.
+    Examples: `charlm corpus list`, `charlm corpus list --json -`.
     """
     from ..corpus import catalog
     from ..corpus.text import BUILTIN_NAME
 
     rows = catalog.listing()
-    if as_json:
-        typer.echo(json.dumps([{"name": BUILTIN_NAME, "url": None, "sha256": None, "size": None,
-                                "licence": "Python Software Foundation License", "cached": True,
-                                "description": "Python's standard library source, offline"}] + rows))
-        return
+    if json_out is not None:
+        builtin = {"name": BUILTIN_NAME, "url": None, "sha256": None, "size": None,
+                   "licence": "Python Software Foundation License", "cached": True,
+                   "description": "Python's standard library source, offline"}
+        write_document({"schema": "charlm.corpus-list/1", "cache": str(catalog.cache_dir()),
+                        "corpora": [builtin] + rows}, json_out)
+        if stdout_taken(json_out):
+            return
     from rich.markup import escape
 
     from .display import kv_table
@@ -100,19 +103,20 @@ def corpus_get(
 @handles_errors
 def corpus_info(
     file: Annotated[str, typer.Argument(help="UTF-8 text file, folder, or catalog name.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: Annotated[Optional[str], json_option("every figure")] = None,
     top: Annotated[int, typer.Option(help="How many most and least frequent characters to show.")] = 10,
 ) -> None:
     """Size, characters, distinct characters, the most and least frequent, and which tokenizer to use.
 
-    Example: `charlm corpus info input.txt`.
+    Examples: `charlm corpus info input.txt`, `charlm corpus info input.txt --json -`.
     """
     from ..corpus.describe import describe_corpus
 
     d = describe_corpus(file, top=top)
-    if as_json:
-        typer.echo(json.dumps(d, ensure_ascii=False))
-        return
+    if json_out is not None:
+        write_document({"schema": "charlm.corpus-info/1", **d}, json_out)
+        if stdout_taken(json_out):
+            return
     from rich.markup import escape
 
     from .display import kv_table

@@ -7,6 +7,7 @@ the output is not a terminal it prints plain periodic lines instead of redrawing
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections import deque
 from typing import Any, Optional, Sequence
@@ -18,6 +19,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 from rich.table import Table
 from rich.text import Text
 
+from .app import silence_stdout
 from ..events import (ChunkTrained, Evaluated, Event, Finished, GradientReport,
                      Notice, RunStarted)
 
@@ -63,21 +65,40 @@ class TrainingView:
         self.progress: Optional[Progress] = None
         self.task = None
         self._last_plain = 0.0
+        self.stdout_closed = False
         if self.plain:
             self.console.soft_wrap = True  # a log line stays one line, whatever the width
 
     # -- event dispatch -------------------------------------------------------------------------
     def __call__(self, event: Event) -> None:
-        if self.quiet and not isinstance(event, (Notice, Finished)):
+        if self.stdout_closed or (self.quiet and not isinstance(event, (Notice, Finished))):
             return
         handler = getattr(self, f"_on_{event.kind}", None)
         if handler is not None:
-            handler(event)
+            try:
+                handler(event)
+            except OSError as e:   # `charlm train | head -3`, a closed terminal: train on
+                self._display_off(e)
+
+    def _display_off(self, error: OSError) -> None:
+        """The display cannot write: say so once on stderr and stay silent; the run goes on
+        (metrics.jsonl records everything the display would have shown)."""
+        self.stdout_closed = True
+        self.live = None
+        silence_stdout()
+        try:
+            print(f"warning: cannot write to standard output ({error.strerror or error}): display off, "
+                  f"training goes on; metrics.jsonl records the run", file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
 
     def close(self) -> None:
         if self.live is not None:
-            self._refresh()
-            self.live.stop()
+            try:
+                self._refresh()
+                self.live.stop()
+            except OSError as e:
+                self._display_off(e)
             self.live = None
 
     # -- handlers ---------------------------------------------------------------------------------

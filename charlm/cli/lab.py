@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 from typing_extensions import Annotated
 
-from .app import CONTEXT, _console, _state, app, handles_errors
+from .app import (CONTEXT, json_option, _console, _state, app, handles_errors, stdout_taken,
+                  write_document)
 
 
 @app.command("inspect-gradients", context_settings=CONTEXT)
@@ -28,8 +28,9 @@ def inspect_gradients(
     samples: Annotated[int, typer.Option(help="Windows to aggregate over (geometric mean).")] = 32,
     warmup: Annotated[int, typer.Option(help="Tokens run before each window to give a realistic state.")] = 50,
     seed: Annotated[int, typer.Option(help="Seed for weights and windows.")] = 0,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every number to this JSON file.")] = None,
-    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Write one row per lag to this CSV file.")] = None,
+    json_out: Annotated[Optional[str], json_option("every number")] = None,
+    csv_out: Annotated[Optional[str], typer.Option(
+        "--csv", metavar="FILE", help="Write one row per lag as CSV to FILE ('-': stdout, and nothing else there).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Draw the curves to FILE.png or FILE.svg (needs matplotlib).")] = None,
 ) -> None:
     """Measure ||dL/dh|| against lag: why a tanh RNN forgets and an LSTM remembers longer.
@@ -40,8 +41,11 @@ def inspect_gradients(
 
     Example: `charlm inspect-gradients runs/NAME --lags 200 --plot grads.png`
     """
+    from ..config import check_seed
     from ..gradients import inspect_gradients as measure
 
+    report = not stdout_taken(json_out, csv_out)   # the tables, unless a document takes stdout
+    check_seed(seed)
     study = measure(checkpoint=checkpoint, corpus=corpus, models=models.split(","),
                     hidden_size=hidden_size, layers=layers, embedding_size=embedding_size, lags=lags,
                     samples=samples, seed=seed, warmup=warmup)
@@ -50,9 +54,11 @@ def inspect_gradients(
 
         plot_study(study, plot)
     if json_out is not None:
-        study.write_json(json_out)
+        write_document(study.to_json(), json_out)
     if csv_out is not None:
-        study.write_csv(csv_out)
+        write_document(_csv_text(study.csv_rows()), csv_out, "--csv")
+    if not report:
+        return
     from .display import gradient_lag_table, gradient_summary_table, log_chart
 
     console = _console()
@@ -72,6 +78,18 @@ def inspect_gradients(
     for label, path in (("json", json_out), ("csv", csv_out), ("plot", plot)):
         if path is not None and not _state["quiet"]:
             console.print(f"wrote {label} {path}", highlight=False)
+
+
+def _csv_text(rows) -> str:
+    """Rows as CSV text, floats to 6 significant digits."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    for row in rows:
+        writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+    return buf.getvalue()
 
 
 def _int_list(option: str, value: str) -> list[int]:
@@ -96,7 +114,7 @@ def truncation_table(
     keys: Annotated[int, typer.Option(help="Distinct key symbols (chance = 1/keys).")] = 8,
     seed: Annotated[int, typer.Option(help="Seed for corpora and weights.")] = 0,
     workdir: Annotated[Optional[Path], typer.Option(help="Keep the corpora and run directories here.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every cell to this JSON file.")] = None,
+    json_out: Annotated[Optional[str], json_option("every cell")] = None,
 ) -> None:
     """Echo accuracy of tiny models trained with BPTT(k), for every model x distance D x chunk k.
 
@@ -107,7 +125,8 @@ def truncation_table(
     from .display import truncation_table as render
     from ..synthetic import truncation_grid
 
-    console = _console()
+    report = not stdout_taken(json_out)
+    console = _console(stderr=not report)   # progress lines on stderr when stdout is the JSON's
 
     def progress(c, done: int, total: int) -> None:
         if not _state["quiet"]:
@@ -121,10 +140,6 @@ def truncation_table(
                              batch_size=batch_size, steps=steps, keys=keys, seed=seed, lr=lr,
                              workdir=workdir, on_cell=progress)
     if json_out is not None:
-        try:
-            json_out.write_text(json.dumps(result.to_json(), indent=1) + "\n")
-        except OSError as e:
-            from ..errors import CharLMError
-
-            raise CharLMError(f"cannot write {json_out}: {e.strerror or e}") from None
-    console.print(render(result))
+        write_document(result.to_json(), json_out)
+    if report:
+        console.print(render(result))

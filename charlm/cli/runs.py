@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from typing_extensions import Annotated
 
-from .app import CONTEXT, _console, app, handles_errors
+from .app import CONTEXT, json_option, _console, app, handles_errors, stdout_taken, write_document
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -26,18 +25,19 @@ def _fmt(value: Any, digits: int = 4) -> str:
 @handles_errors
 def info(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint file, or run directory (its best.pt).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: Annotated[Optional[str], json_option("every figure")] = None,
 ) -> None:
     """What is inside a checkpoint: model, tokenizer, progress, corpus, device, versions.
 
-    Examples: `charlm info runs/NAME`, `charlm info runs/NAME/last.pt --json`.
+    Examples: `charlm info runs/NAME`, `charlm info runs/NAME/last.pt --json -`.
     """
     from ..runinfo import checkpoint_info, info_rows
 
     d = checkpoint_info(checkpoint)
-    if as_json:
-        typer.echo(json.dumps(d))
-        return
+    if json_out is not None:
+        write_document({"schema": "charlm.info/1", **d}, json_out)
+        if stdout_taken(json_out):
+            return
     from rich.markup import escape
 
     from .display import kv_table
@@ -50,18 +50,19 @@ def info(
 @handles_errors
 def runs(
     folder: Annotated[Path, typer.Argument(help="Folder of run directories (or one run).")] = Path("runs"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    json_out: Annotated[Optional[str], json_option("the list of runs")] = None,
 ) -> None:
     """List run directories with their best validation figures (reads metrics.jsonl, not weights).
 
-    Examples: `charlm runs`, `charlm runs experiments/ --json`.
+    Examples: `charlm runs`, `charlm runs experiments/ --json -`.
     """
     from ..runinfo import find_runs, run_summary
 
     summaries = [run_summary(d) for d in find_runs(folder)]
-    if as_json:
-        typer.echo(json.dumps(summaries))
-        return
+    if json_out is not None:
+        write_document({"schema": "charlm.runs/1", "folder": str(folder), "runs": summaries}, json_out)
+        if stdout_taken(json_out):
+            return
     if not summaries:
         _console().print(f"no run directories in {folder}", markup=False)
         return
@@ -73,7 +74,7 @@ def runs(
 
     from rich.markup import escape
 
-    rows = [[escape(short(s["run"])), escape(s["model"] or "-"), escape(Path(s["corpus"]).name) if s["corpus"] else "-",
+    rows = [[escape(short(s["run"])), escape(s["model"] or "-"), escape(Path(str(s["corpus"])).name) if s["corpus"] else "-",
              _fmt(s["step"]), _fmt(s["best_val_loss"]), _fmt(s["best_val_bpc"]),
              f"{s['elapsed_s']:.0f}s" if s["elapsed_s"] is not None else "-",
              "done" if s["status"] in ("max_steps", "max_time", "epochs") else escape(s["status"])]
