@@ -21,6 +21,7 @@ TOKENIZERS = ("char", "spm-char", "bpe", "unigram")
 NORMALIZATIONS = ("none", "nfc", "nfd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+STATE_RESETS = ("epoch", "chunk")
 
 # A bound on the model's size that no machine reaches (2**36 weights: 256 GiB in fp32), checked
 # before anything is built, so an absurd --hidden-size is one line rather than an allocator's
@@ -118,6 +119,10 @@ class TrainConfig:
     """BPTT chunk length k: the gradient reaches back at most k steps."""
     batch_size: int = 32
     """Number of parallel contiguous streams B (per process under torchrun)."""
+    state_reset: str = "epoch"
+    """When the carried hidden state starts again from zero: 'epoch' (at each epoch start, so the
+    forward pass remembers the whole stream) or 'chunk' (every chunk, as random-window training does:
+    nothing beyond k tokens is ever seen)."""
     lr: float = 3e-3
     """Peak learning rate (Adam)."""
     min_lr_ratio: float = 0.1
@@ -172,6 +177,8 @@ class TrainConfig:
                f"--normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
         _check(self.device in DEVICES,
                f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        _check(self.state_reset in STATE_RESETS,
+               f"--state-reset must be one of {', '.join(STATE_RESETS)}, got {self.state_reset!r}")
         _check(self.precision in PRECISIONS,
                f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("seq_len", "batch_size", "eval_every", "min_char_count", "max_bad_steps"):
@@ -228,7 +235,7 @@ class SampleConfig:
     top_p: Optional[float] = None
     """Nucleus sampling: the smallest set of tokens whose probability reaches p, in (0, 1]."""
     seed: Optional[int] = None
-    """Seed for reproducible samples (same seed, same text), a whole number in [0, 2**64)."""
+    """Seed for reproducible samples (same seed, same text), a whole number in [0, 2**63)."""
     num_samples: int = 1
     """Independent samples; sample i (from 0) is the one a single sample with seed + i gives."""
     beam: Optional[int] = None
@@ -245,9 +252,7 @@ class SampleConfig:
         _positive_int("top_k", self.top_k, allow_none=True)
         _check(self.top_p is None or (is_finite_number(self.top_p) and 0 < self.top_p <= 1),
                f"--top-p must be in (0, 1], got {self.top_p!r}")
-        _check(self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)
-                                     and 0 <= self.seed < 2**64),
-               f"--seed must be a whole number from 0 to 2**64 - 1, got {self.seed!r}")
+        check_seed(self.seed, allow_none=True)
         _positive_int("num_samples", self.num_samples)
         _positive_int("beam", self.beam, allow_none=True)
         _check(self.beam is None or self.num_samples == 1,

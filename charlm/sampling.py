@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .config import SampleConfig
+from .config import MAX_SEED, SampleConfig
 from .errors import NumericError, TokenizerError
 from .util import torch_threads
 from .model import CharRNN, State
@@ -39,7 +39,7 @@ PRIME_CHUNK = 4096
 # made every op wait for it (64 samples at 512 units: 885 characters/s on two threads, 8,489 on one,
 # at load 6-9; benchmarks/sampling_speed.py).
 SINGLE_THREAD_WORK = 64 * 512
-SEED_SPACE = 2**64
+SEED_SPACE = MAX_SEED + 1   # seeds are whole numbers in [0, 2**63), as config.check_seed says
 # Temperatures below this take the careful path in filter_logits: logits of a few hundred divided
 # by it stay far inside float32's range (3.4e38).
 TINY_TEMPERATURE = 1e-30

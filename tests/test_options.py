@@ -65,11 +65,8 @@ def test_explicit_options_are_the_fields_that_differ_from_their_defaults():
 
 # --- --state-reset (issue 12 §3): a TrainConfig field recorded in the checkpoint -------------
 
-needs_state_reset = pytest.mark.skipif("state_reset" not in TrainConfig.__dataclass_fields__,
-                                       reason="TrainConfig.state_reset is added to config.py at merge")
 
 
-@needs_state_reset
 @pytest.mark.parametrize("mode", ["epoch", "chunk"])
 def test_state_reset_chunk_starts_every_chunk_from_zero(tmp_path, mode, monkeypatch):
     import charlm.training.loop as loop_mod
@@ -91,7 +88,6 @@ def test_state_reset_chunk_starts_every_chunk_from_zero(tmp_path, mode, monkeypa
     assert load_checkpoint(run / "last.pt")["train_config"]["state_reset"] == mode
 
 
-@needs_state_reset
 def test_a_resume_must_agree_on_state_reset(tmp_path):
     from dataclasses import replace
     from charlm.training import train

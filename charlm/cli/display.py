@@ -187,8 +187,10 @@ class TrainingView:
         self.close()
         best = (f"best val {e.best_val_loss:.4f} nats/token, {e.best_val_bpc:.4f} bits/char"
                 if e.best_val_loss is not None else "no evaluation yet")
+        # A run stopped before its first evaluation has no best.pt: name only what exists.
+        saved = f"{e.run_dir}/last.pt" + (f", {e.run_dir}/best.pt" if e.best_val_loss is not None else "")
         self.console.print(f"[bold green]done[/] ({e.reason}) at step {e.step} after {e.elapsed:.0f}s; {best}\n"
-                           f"checkpoints: {e.run_dir}/last.pt, {e.run_dir}/best.pt", highlight=False)
+                           f"checkpoints: {saved}", highlight=False)
 
     # -- rendering --------------------------------------------------------------------------------
     def _chunk_line(self, e: ChunkTrained) -> str:

@@ -48,7 +48,7 @@ def sample(
     temperature: Annotated[float, typer.Option(help="Softmax temperature (>= 0; 0 is greedy).")] = 0.8,
     top_k: Annotated[Optional[int], typer.Option(help="Sample among the k most likely tokens.")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass in (0, 1].")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed in [0, 2**64): the same seed gives the same text.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed in [0, 2**63): the same seed gives the same text.")] = None,
     num_samples: Annotated[int, typer.Option(help="Samples, streamed one after another (seeds --seed, --seed + 1, ...).")] = 1,
     beam: Annotated[Optional[int], typer.Option(help="Beam search with N beams instead of sampling.")] = None,
     stop: Annotated[Optional[list[str]], typer.Option(metavar="STRING", help="End a sample before this string (repeatable; not printed).")] = None,

@@ -78,7 +78,7 @@ def loop(run: Setup, sinks: "Sinks", stop: StopRequest, should_stop: Optional[Ca
     reports = Reports(last_tokens=p.tokens_seen)
     clock = Clock(before=p.elapsed)
     chunks = DeviceBatches(run.batches, run.device)          # ids reach the device without a host copy per step
-    reset_every_chunk = getattr(config, "state_reset", "epoch") == "chunk"   # (TrainConfig field, issue 12)
+    reset_every_chunk = config.state_reset == "chunk"
     state.model.train()
     while True:
         reason, signum, asked = agreed_stop(run, clock, stop, should_stop, report_every)
