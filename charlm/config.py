@@ -23,11 +23,6 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 STATE_RESETS = ("epoch", "chunk")
 
-# A bound on the model's size that no machine reaches (2**36 weights: 256 GiB in fp32), checked
-# before anything is built, so an absurd --hidden-size is one line rather than an allocator's
-# traceback. Whether a model fits *this* machine is the run set-up's question.
-MAX_PARAMETERS = 2**36
-
 # When a run names no stopping rule at all, it trains for this many seconds: long enough for a
 # readable sample on a 2-core CPU, short enough that `charlm train` "just works".
 DEFAULT_MAX_TIME = 180.0
@@ -86,18 +81,7 @@ class ModelConfig:
                f"vocab_size must be >= 0, got {self.vocab_size!r}")
         _check(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
                f"--dropout must be in [0, 1), got {self.dropout!r}")
-        weights = self.recurrent_parameters()
-        _check(weights <= MAX_PARAMETERS,
-               f"a {self.cell} of {self.layers:,} x {self.hidden_size:,} units with a {self.embedding_size:,}-wide "
-               f"embedding has {weights:.3g} recurrent weights, more than any machine holds (at most "
-               f"{MAX_PARAMETERS:.3g}): lower --hidden-size, --layers or --embedding-size")
         return self
-
-    def recurrent_parameters(self) -> int:
-        """Weights of the recurrent stack alone (the embedding and output layer add V x (E + H))."""
-        gates = {"lstm": 4, "gru": 3}.get(self.cell, 1)
-        h, e = self.hidden_size, self.embedding_size
-        return gates * (h * (e + h) + 2 * h) + (self.layers - 1) * gates * (h * 2 * h + 2 * h)
 
 
 @dataclass

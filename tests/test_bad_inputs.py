@@ -176,7 +176,7 @@ ROWS = [
         "--seed must be a whole number from 0 to 2**63 - 1"),
     Row("seed-negative", "train --seed -1", T("--seed", "-1"), 1, "--seed must be a whole number from 0"),
     Row("hidden-size-absurd", "--hidden-size 2**64 (no machine holds it)", T("--hidden-size", str(2**64)), 1,
-        "more than any machine holds"),
+        "the model would need about"),
     Row("make-seed-negative", "corpus make echo --seed -1",
         ["corpus", "make", "echo", "--seed", "-1", "-o", "{out}"], 1, "--seed must be a whole number from 0"),
     Row("make-distance-huge", "corpus make echo --distance 10**9 (5 TB of text)",

@@ -175,7 +175,7 @@ def run_checkpoint_commands(base: dict, ckpt: dict, monkeypatch, extra: tuple = 
         path = tmp / "hostile.pt"
         torch.save(ckpt, path)
         before = path.read_bytes()
-        for args in (["info", str(path)], ["info", str(path), "--json"],
+        for args in (["info", str(path)], ["info", str(path), "--json", "-"],
                      ["sample", str(path), "--length", "5", "--seed", "1"],
                      ["evaluate", str(path), str(base["corpus"]), "--device", "cpu"], *extra):
             assert_clean(runner.invoke(app, args), " ".join(args[:1]))
@@ -242,7 +242,7 @@ def test_info_on_a_minimal_checkpoint_shows_dashes(base, tmp_path):
     r = runner.invoke(app, ["info", str(tmp_path / "minimal.pt")])
     assert r.exit_code == 0, r.output
     assert "step" in r.stdout and "-" in r.stdout
-    d = json.loads(runner.invoke(app, ["info", str(tmp_path / "minimal.pt"), "--json"]).stdout)
+    d = json.loads(runner.invoke(app, ["info", str(tmp_path / "minimal.pt"), "--json", "-"]).stdout)
     assert d["step"] is None and d["best_val_loss"] is None and d["model"] == "lstm"
 
 
@@ -286,7 +286,7 @@ def run_folder_commands(base: dict, metrics: bytes, config, monkeypatch, plot: b
         if config is not None:
             (run / "config.toml").write_bytes(config)
         before = tree_hashes(tmp)
-        for args in (["runs", str(tmp / "runs")], ["runs", str(tmp / "runs"), "--json"]):
+        for args in (["runs", str(tmp / "runs")], ["runs", str(tmp / "runs"), "--json", "-"]):
             r = runner.invoke(app, args)
             assert_clean(r, "runs")
             assert r.exit_code == 0, r.output       # a damaged run is listed, never fatal
@@ -334,7 +334,7 @@ def test_runs_says_what_it_skipped(base, tmp_path):
     assert r.exit_code == 0, r.output
     text = " ".join(r.stdout.split())       # however the terminal wraps it
     assert "note: r: config.toml is not valid TOML, ignored; 2 damaged lines of metrics.jsonl skipped" in text
-    [summary] = json.loads(runner.invoke(app, ["runs", str(tmp_path / "runs"), "--json"]).stdout)
+    [summary] = json.loads(runner.invoke(app, ["runs", str(tmp_path / "runs"), "--json", "-"]).stdout)["runs"]
     assert summary["best_val_loss"] is not None and summary["notes"]
 
 

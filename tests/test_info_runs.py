@@ -130,8 +130,8 @@ def test_permission_errors_are_one_line(runs_root, tmp_path, monkeypatch):
     r = runner.invoke(app, ["runs", str(runs_root)])          # group/ unreadable: the rest is listed
     assert r.exit_code == 0 and "lstm" in r.stdout and "group" not in r.stdout
     monkeypatch.setattr(charlm.metrics, "open", no_reading, raising=False)
-    r = runner.invoke(app, ["runs", str(runs_root), "--json"])
-    [lstm] = [s for s in json.loads(r.stdout) if s["run"].endswith("lstm")]
+    r = runner.invoke(app, ["runs", str(runs_root), "--json", "-"])
+    [lstm] = [s for s in json.loads(r.stdout)["runs"] if s["run"].endswith("lstm")]
     assert "metrics.jsonl unreadable (Permission denied)" in lstm["notes"]
     pytest.importorskip("matplotlib")
     r = runner.invoke(app, ["plot", str(runs_root / "lstm"), "-o", str(tmp_path / "c.png")])
