@@ -100,6 +100,11 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, title: str | None
             if ax.lines:
                 ax.legend(fontsize="small")
     fig.suptitle(_literal(title or "charlm: " + ", ".join(r["name"] for r in runs)))
+    return _save(fig, out)
+
+
+def _save(fig, out: str | Path) -> Path:
+    """Write the figure to out (png, svg or pdf, by its suffix): one line for any failure."""
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -111,3 +116,35 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, title: str | None
     except ValueError as e:  # an image format matplotlib does not know
         raise CharLMError(f"cannot write {out}: {str(e).splitlines()[0] if str(e) else 'unknown format'}") from None
     return out
+
+
+def plot_sweep(result, out: str | Path) -> Path:
+    """The best validation loss against each grid axis: one panel per axis, one line per
+    combination of the other axes' values (charlm.sweep.SweepResult)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise MissingExtra("`charlm sweep --plot` needs matplotlib: pip install 'charlm[plot]'") from None
+    axes_names = list(result.axes)
+    fig = Figure(figsize=(5.5 * len(axes_names), 4.2), layout="constrained")
+    panels = fig.subplots(1, len(axes_names), squeeze=False)[0]
+    for ax, name in zip(panels, axes_names):
+        values = result.axes[name]
+        others = [a for a in axes_names if a != name]
+        series: dict[tuple, list[tuple[int, float]]] = {}
+        for p in result.points:
+            if is_finite_number(p.best_val_loss):
+                key = tuple(p.values[a] for a in others)
+                series.setdefault(key, []).append((values.index(p.values[name]), p.best_val_loss))
+        for key, pts in sorted(series.items(), key=lambda kv: str(kv[0])):
+            pts.sort()
+            label = ", ".join(f"{a}={v}" for a, v in zip(others, key)) or "best val"
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=_literal(label))
+        ax.set_xticks(range(len(values)), [_literal(str(v)) for v in values])
+        ax.set_xlabel(_literal(name))
+        ax.set_ylabel("best validation loss (nats/token)")
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize="small")
+    fig.suptitle(_literal(f"charlm sweep {result.folder}"))
+    return _save(fig, out)

@@ -222,23 +222,22 @@ def _train_point(options: dict[str, Any], resume: bool, on_event: Callable[[Even
     train(train_config, model_config, on_event=on_event)
 
 
-def _inspect_point(point: PointResult, lags: int) -> None:
-    """Gradient horizon (hidden state of the last layer) and effective context of the best model."""
+def _inspect_point(point: PointResult, emit: Callable[[Event], None]) -> None:
+    """Effective context and gradient horizon of the point's best model, as inspect-context
+    measures them (the horizon as inspect-gradients does, the longest over layers and states)."""
     from .api import load
-    from .gradients import study_of_trained
+    from .errors import CharLMError
 
-    lm = load(point.run_dir, device="cpu")
-    study = study_of_trained(lm.model, lm.tokenizer, lm.checkpoint, point.run_dir, lags=lags, samples=8)
-    curves = study.models[0].curves
-    h_curves = [c for c in curves if c.label.startswith("h")] or curves
-    point.gradient_horizon = h_curves[-1].horizon
-    if hasattr(lm, "inspect_context"):
-        point.effective_context = lm.inspect_context().effective_context
+    try:
+        study = load(point.run_dir, device="cpu").inspect_context(threads=1)
+    except CharLMError as e:   # e.g. a validation text too short for 2,048 tokens of history
+        emit(Notice(f"{point.name}: not inspected: {e}", level="warning"))
+        return
+    point.gradient_horizon, point.effective_context = study.gradient_horizon, study.effective_context
 
 
 def run_sweep(axes: dict[str, list[Any]], base: dict[str, Any], folder: str | Path,
-              on_event: Optional[Callable[[Event], None]] = None, inspect: bool = False,
-              inspect_lags: int = 200) -> SweepResult:
+              on_event: Optional[Callable[[Event], None]] = None, inspect: bool = False) -> SweepResult:
     """Train every grid point not finished yet (in order), then gather the figures of all."""
     folder = Path(folder)
     emit = on_event or (lambda e: None)
@@ -258,7 +257,7 @@ def run_sweep(axes: dict[str, list[Any]], base: dict[str, Any], folder: str | Pa
             _read_figures(point)
             point.status = "trained"
         if inspect:
-            _inspect_point(point, inspect_lags)
+            _inspect_point(point, emit)
         result.points.append(point)
     return result
 

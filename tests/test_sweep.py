@@ -74,3 +74,32 @@ def test_a_sweep_trains_every_point_once_and_a_rerun_resumes_what_was_cut_short(
     # The same folder with other shared options is another sweep: refused, nothing touched.
     with pytest.raises(RunDirError, match="differ in: lr"):
         run_sweep(axes, {**base, "lr": 1e-2}, folder)
+
+
+def test_the_command_trains_the_grid_prints_one_table_and_writes_json(corpus_file, tmp_path):
+    from typer.testing import CliRunner
+
+    from charlm.cli import app
+
+    folder = tmp_path / "sw"
+    args = ["sweep", str(corpus_file), "--grid", "seq_len=8,16", "--grid", "model=rnn", "--out", str(folder),
+            "--hidden-size", "16", "--embedding-size", "8", "--batch-size", "4", "--eval-every", "5",
+            "--max-steps", "5", "--warmup-steps", "0", "--sample-length", "0", "--device", "cpu"]
+    r = CliRunner().invoke(app, [*args, "--json", str(tmp_path / "s.json"), "--inspect"])
+    assert r.exit_code == 0, r.output
+    assert "[1/2] training seq_len=8,model=rnn" in r.stdout and "[2/2]" in r.stdout
+    table = r.stdout[r.stdout.index("sweep "):]
+    assert "best" in table and "context" in table and "gradient horizon" in table
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert doc["schema"] == "charlm.sweep/1" and [p["values"]["seq_len"] for p in doc["points"]] == [8, 16]
+    assert all(p["steps"] == 5 for p in doc["points"])
+    # A 600-token validation text is too short for inspect-context's 2,048 tokens of history:
+    # said once per point, the columns stay empty, the sweep goes on.
+    assert r.stdout.count("not inspected: the text has 600 tokens") == 2
+    # The same command again trains nothing and prints the same figures as a JSON document.
+    again = CliRunner().invoke(app, [*args, "--json", "-"])
+    assert again.exit_code == 0, again.output
+    assert [p["best_val_loss"] for p in json.loads(again.stdout)["points"]] == \
+        [p["best_val_loss"] for p in doc["points"]]
+    bad = CliRunner().invoke(app, ["sweep", str(corpus_file), "--grid", "seq_len=8", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "budget" in bad.stderr and not (tmp_path / "x").exists()

@@ -3,7 +3,7 @@ display (display.py). Only this package imports typer or rich; the core raises C
 emits events, and these modules turn them into one line of text or a live view."""
 
 # Each module registers its commands on app when imported; this order is the order of --help.
-from . import train, generate, score, runs, lab, context, corpus, export  # noqa: F401,I001
+from . import train, generate, score, runs, lab, context, sweep, corpus, export  # noqa: F401,I001
 from .app import app, main
 
 __all__ = ["app", "main"]

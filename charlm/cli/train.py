@@ -1,7 +1,7 @@
 """`charlm train`: its options are the config dataclasses' fields, the run, the closing sample.
 
 The options are not restated here. `charlm.config.train_options()` lists every field of
-ModelConfig and TrainConfig with its type, default and docstring; `_train_signature` turns each
+ModelConfig and TrainConfig with its type, default and docstring; `options_signature` turns each
 into a Typer option, so a field added to TrainConfig is a flag with its help and its default, and a
 TOML key, with no other edit. Every flag defaults to None ("not given"): option resolution merges
 defaults < checkpoint (on --resume) < TOML file < the flags actually given.
@@ -50,19 +50,22 @@ def _parameter(option) -> inspect.Parameter:
                              annotation=Annotated[Optional[option.type], info])
 
 
-def _train_signature(func) -> Any:
-    """Give ``func(config, print_config, **options)`` a signature Typer reads as the options."""
-    fixed = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)          # config, print_config
-             for p in list(inspect.signature(func, eval_str=True).parameters.values())[:2]]
-    options = [_parameter(o) for o in train_options()]
-    positional = [p for p in options if p.name == POSITIONAL]
-    func.__signature__ = inspect.Signature(positional + fixed + [p for p in options if p not in positional])
-    return func
+def options_signature(fixed: int, leave_out: tuple[str, ...] = ()):
+    """Decorator: give ``func(<fixed params>, **options)`` a signature Typer reads as its own
+    ``fixed`` first parameters followed by every train option (but ``leave_out``)."""
+    def decorate(func) -> Any:
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+               for p in list(inspect.signature(func, eval_str=True).parameters.values())[:fixed]]
+        options = [_parameter(o) for o in train_options() if o.name not in leave_out]
+        positional = [p for p in options if p.name == POSITIONAL]
+        func.__signature__ = inspect.Signature(positional + own + [p for p in options if p not in positional])
+        return func
+    return decorate
 
 
 @app.command(context_settings=CONTEXT)
 @handles_errors
-@_train_signature
+@options_signature(fixed=2)      # config, print_config
 def train(
     config: Annotated[Optional[Path], typer.Option(help="TOML file of options (flags override it).")] = None,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved TOML and exit.")] = False,
