@@ -236,6 +236,10 @@ class SampleConfig:
     """Beam search with this many beams instead of sampling (deterministic; see charlm.sampling)."""
     stop: tuple[str, ...] = ()
     """Stop strings: a sample ends just before the first of them it produces (not included)."""
+    record_sep: Optional[str] = None
+    """For a model trained with --records (set from its checkpoint): each sample is one record,
+    generated from a fresh state that has read this separator (a prime continues the record),
+    and ending at the next separator (not included)."""
 
     def validate(self) -> "SampleConfig":
         _check(isinstance(self.prime, str), f"the prime must be text, got {type(self.prime).__name__}")
@@ -255,6 +259,8 @@ class SampleConfig:
         _check(isinstance(stops, (tuple, list)) and all(isinstance(s, str) and s for s in stops),
                f"--stop takes non-empty strings, got {self.stop!r}")
         self.stop = tuple(stops)
+        _check(self.record_sep is None or (isinstance(self.record_sep, str) and len(self.record_sep) == 1),
+               f"the record separator must be one character, got {self.record_sep!r}")
         return self
 
 
