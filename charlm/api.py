@@ -20,6 +20,7 @@ from .corpus.text import Corpus
 from .errors import ConfigError, CorpusError, NumericError
 from .devices import resolve_device
 from .evaluation import EvalResult, evaluate_ids
+from .records import separator_id
 from .checkpoint import load_model
 from .sampling import generate, sample_text
 from .util import is_finite_number
@@ -42,37 +43,52 @@ class LanguageModel:
     def stream(self, prime: str = "", length: int = 500, temperature: float = 0.8,
                top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
                num_samples: int = 1, beam: Optional[int] = None,
-               stop: Sequence[str] | str = ()) -> Iterator[list[str]]:
+               stop: Sequence[str] | str = (), records: Optional[bool] = None) -> Iterator[list[str]]:
         """Yield the new text of each sample as it is generated (a list of num_samples per step).
 
         ``length`` counts characters as displayed; ``temperature=0`` is greedy; ``beam=N`` runs a
         beam search (the whole text arrives at the end); ``stop`` ends a sample just before a stop
         string (not included). Sample i has the text a single sample with ``seed + i`` gives.
+        ``records`` (default: as the model was trained) makes each sample one record: from a fresh
+        state, ending at the record separator (charlm.records).
         Options are checked here, before any work: a bad one raises ConfigError.
         """
-        cfg = self._sample_config(prime, length, temperature, top_k, top_p, seed, num_samples, beam, stop)
+        cfg = self._sample_config(prime, length, temperature, top_k, top_p, seed, num_samples, beam, stop,
+                                  self.record_sep(records))
         return generate(self.model, self.tokenizer, cfg, self.device)
 
     def sample(self, prime: str = "", length: int = 500, temperature: float = 0.8,
                top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
                num_samples: int = 1, beam: Optional[int] = None,
-               stop: Sequence[str] | str = ()) -> str | list[str]:
+               stop: Sequence[str] | str = (), records: Optional[bool] = None) -> str | list[str]:
         """Generated text (without the prime); a list when num_samples > 1. Options as ``stream``."""
-        cfg = self._sample_config(prime, length, temperature, top_k, top_p, seed, num_samples, beam, stop)
+        cfg = self._sample_config(prime, length, temperature, top_k, top_p, seed, num_samples, beam, stop,
+                                  self.record_sep(records))
         texts = sample_text(self.model, self.tokenizer, cfg, self.device)
         return texts[0] if num_samples == 1 else texts
 
+    def record_sep(self, records: Optional[bool] = None) -> Optional[str]:
+        """The record separator when records are on (``records``, by default as the model was
+        trained with --records); None when they are off."""
+        trained = self.checkpoint.get("train_config") or {}
+        if records is None:
+            records = bool(trained.get("records", False))
+        return str(trained.get("record_sep", "\n")) if records else None
+
     @staticmethod
-    def _sample_config(prime, length, temperature, top_k, top_p, seed, num_samples, beam, stop) -> SampleConfig:
+    def _sample_config(prime, length, temperature, top_k, top_p, seed, num_samples, beam, stop,
+                       record_sep=None) -> SampleConfig:
         stops = () if stop is None else (stop,) if isinstance(stop, str) else stop
         return SampleConfig(prime=prime, length=length, temperature=temperature, top_k=top_k, top_p=top_p,
-                            seed=seed, num_samples=num_samples, beam=beam, stop=stops).validate()
+                            seed=seed, num_samples=num_samples, beam=beam, stop=stops,
+                            record_sep=record_sep).validate()
 
-    def evaluate(self, text: str) -> EvalResult:
+    def evaluate(self, text: str, records: Optional[bool] = None) -> EvalResult:
         """Loss (nats/token), bits per character and perplexity over text, evaluated statefully.
 
         Refuses (CharLMError, one line) what would give a figure that means nothing: fewer than two
-        tokens, text mostly outside the model's vocabulary, a loss that overflows."""
+        tokens, text mostly outside the model's vocabulary, a loss that overflows. ``records``
+        (default: as the model was trained) zeroes the state at every record start."""
         if not isinstance(text, str):
             raise ConfigError(f"evaluate() takes the text as a str, got {type(text).__name__} "
                               f"(use evaluate_file() for a path)")
@@ -82,13 +98,16 @@ class LanguageModel:
             if unknown * 2 > len(ids) - 1:
                 raise CorpusError(f"{unknown:,} of the {len(ids) - 1:,} characters to predict are not in the "
                                   f"model's vocabulary: this is not text of the kind it was trained on")
-        result = evaluate_ids(self.model, ids, len(text), self.device)
+        sep = self.record_sep(records)
+        separator = None if sep is None else separator_id(True, sep, self.tokenizer)
+        result = evaluate_ids(self.model, ids, len(text), self.device, separator=separator)
         if not result.finite:
             raise NumericError("the model's loss over this text is not finite (its outputs overflow): "
                                "the checkpoint is damaged or training diverged")
         return result
 
-    def evaluate_file(self, path: str | Path, tail: Optional[float] = None) -> EvalResult:
+    def evaluate_file(self, path: str | Path, tail: Optional[float] = None,
+                      records: Optional[bool] = None) -> EvalResult:
         """Evaluate a UTF-8 file (or folder); with ``tail``, only that last fraction of its characters."""
         if not isinstance(path, (str, os.PathLike)):
             raise ConfigError(f"evaluate_file() takes a file path, got {type(path).__name__}")
@@ -97,7 +116,7 @@ class LanguageModel:
         text = "".join(Corpus.resolve(str(path)).blocks())
         if tail is not None:
             text = text[len(text) - int(round(len(text) * tail)):]
-        return self.evaluate(text)
+        return self.evaluate(text, records=records)
 
     def inspect_gradients(self, text: Optional[str] = None, corpus: Optional[str] = None, lags: int = 100,
                           samples: int = 32, seed: int = 0, warmup: int = 50):

@@ -107,6 +107,11 @@ class TrainConfig:
     """When the carried hidden state starts again from zero: 'epoch' (at each epoch start, so the
     forward pass remembers the whole stream) or 'chunk' (every chunk, as random-window training does:
     nothing beyond k tokens is ever seen)."""
+    records: bool = False
+    """The corpus is a list of records (names, titles, chat lines) separated by --record-sep: the
+    state is zeroed at every record start, in training, evaluation and sampling (char tokenizer)."""
+    record_sep: str = "\n"
+    """The one character that separates records under --records (a newline by default)."""
     lr: float = 3e-3
     """Peak learning rate (Adam)."""
     min_lr_ratio: float = 0.1
@@ -193,6 +198,11 @@ class TrainConfig:
         if self.tokenizer == "char" and self.vocab_size is not None:
             raise ConfigError("--vocab-size applies to sentencepiece tokenizers only "
                               "(the char tokenizer's vocabulary is the corpus's characters)")
+        _check(isinstance(self.record_sep, str) and len(self.record_sep) == 1,
+               f"--record-sep must be exactly one character, got {self.record_sep!r}")
+        _check(not self.records or self.tokenizer == "char",
+               "--records needs --tokenizer char (a sentencepiece model merges pieces across the "
+               "separator, so a record boundary is not one token)")
         check_seed(self.seed)
         _check(not (self.resume and self.force),
                "--resume and --force contradict each other: choose one")
@@ -226,6 +236,10 @@ class SampleConfig:
     """Beam search with this many beams instead of sampling (deterministic; see charlm.sampling)."""
     stop: tuple[str, ...] = ()
     """Stop strings: a sample ends just before the first of them it produces (not included)."""
+    record_sep: Optional[str] = None
+    """For a model trained with --records (set from its checkpoint): each sample is one record,
+    generated from a fresh state that has read this separator (a prime continues the record),
+    and ending at the next separator (not included)."""
 
     def validate(self) -> "SampleConfig":
         _check(isinstance(self.prime, str), f"the prime must be text, got {type(self.prime).__name__}")
@@ -245,6 +259,8 @@ class SampleConfig:
         _check(isinstance(stops, (tuple, list)) and all(isinstance(s, str) and s for s in stops),
                f"--stop takes non-empty strings, got {self.stop!r}")
         self.stop = tuple(stops)
+        _check(self.record_sep is None or (isinstance(self.record_sep, str) and len(self.record_sep) == 1),
+               f"the record separator must be one character, got {self.record_sep!r}")
         return self
 
 

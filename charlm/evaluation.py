@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .errors import CorpusError
 from .model import CharRNN, detach_state
+from .records import reset_mask
 
 IGNORE = -100
 
@@ -55,7 +56,7 @@ class EvalResult:
 @torch.inference_mode()
 def evaluate_ids(model: CharRNN, ids: np.ndarray, chars: int, device: torch.device,
                  streams: int = 64, chunk: int = 256, context: int = 128,
-                 max_tokens: Optional[int] = None) -> EvalResult:
+                 max_tokens: Optional[int] = None, separator: Optional[int] = None) -> EvalResult:
     """Loss over ids (N,), whose text had ``chars`` original characters.
 
     The N - 1 targets are cut into ``streams`` contiguous pieces run side by side (a wide batch
@@ -65,6 +66,7 @@ def evaluate_ids(model: CharRNN, ids: np.ndarray, chars: int, device: torch.devi
     about 1e-4 nats on tiny shakespeare, where 64 zero-state starts biased it upwards by 4e-3
     (tests/test_evaluation.py checks both ways). ``max_tokens`` scores only that many targets, in
     ``streams`` evenly spread pieces: the same pieces every time, so estimates compare.
+    ``separator`` (--records): the state is zeroed before each separator is read, as in training.
     """
     n = len(ids)
     if n < 2:  # nothing to predict: a loss of 0 here would read as a perfect model
@@ -98,7 +100,7 @@ def evaluate_ids(model: CharRNN, ids: np.ndarray, chars: int, device: torch.devi
         keep = (target > first[:, None]) & (target <= last[:, None])         # lead-in and padding out
         y = np.where(keep, window[:, 1:], IGNORE)
         x = torch.from_numpy(window[:, :-1]).to(device)                       # (S, T)
-        logits, state = model(x, state)                                      # (S, T, V)
+        logits, state = model(x, state, reset_mask(x, separator))            # (S, T, V)
         total += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
                                  torch.from_numpy(y).to(device).reshape(-1),
                                  ignore_index=IGNORE, reduction="sum").double()

@@ -55,8 +55,36 @@ class CharRNN(nn.Module):
         zeros = lambda: torch.zeros(c.layers, batch_size, c.hidden_size, device=device)
         return (zeros(), zeros()) if c.cell == "lstm" else (zeros(),)
 
-    def forward(self, x: torch.Tensor, state: Optional[State] = None) -> tuple[torch.Tensor, State]:
+    def forward(self, x: torch.Tensor, state: Optional[State] = None,
+                reset: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, State]:
+        """Logits (B, T, V) and the new state for ids x (B, T), from ``state`` (zero when None).
+
+        ``reset`` (B, T) bool, for --records: where reset[b, t], stream b's state is zeroed just
+        before it reads x[b, t] (a record start), so nothing before it leaks into what follows.
+        """
         emb = self.drop(self.embed(x))                    # (B, T, E)
+        if reset is None:
+            return self._recur(emb, state)
+        # The fused kernels cannot zero a state mid-sequence, so the chunk runs in segments cut
+        # at the positions where any stream resets: one fused call when none does, and at each
+        # cut only the rows of the streams that reset there are zeroed (exact for every cell).
+        cuts = torch.nonzero(reset.any(dim=0)).flatten().tolist()    # one host sync per chunk
+        if not cuts:
+            return self._recur(emb, state)
+        if state is None:
+            state = self.init_state(x.size(0), x.device)
+        bounds = sorted(set([0] + cuts + [x.size(1)]))
+        outs = []
+        for s, e in zip(bounds[:-1], bounds[1:]):
+            zero = reset[:, s].view(1, -1, 1)                            # (1, B, 1)
+            state = tuple(torch.where(zero, torch.zeros((), dtype=h.dtype, device=h.device), h)
+                          for h in state)
+            out, state = self._recur(emb[:, s:e], state)                  # (B, e - s, V)
+            outs.append(out)
+        return torch.cat(outs, dim=1), state
+
+    def _recur(self, emb: torch.Tensor, state: Optional[State]) -> tuple[torch.Tensor, State]:
+        """The recurrence and the head on embedded input (B, T, E): logits (B, T, V), new state."""
         rnn_state = None
         if state is not None:
             rnn_state = state if self.config.cell == "lstm" else state[0]

@@ -309,6 +309,11 @@ def _guard(tokenizer: Tokenizer) -> Optional[SyllableGuard]:
 # ---------------------------------------------------------------------------------------------
 # Sampling (a batch of samples, each with its own generator)
 
+def stops(config: SampleConfig) -> tuple[str, ...]:
+    """The stop strings: the user's, and for a --records model the separator (a record's end)."""
+    return config.stop + ((config.record_sep,) if config.record_sep is not None else ())
+
+
 @dataclass
 class Carry:
     """What generation carries from one step to the next: the logits for the next token (B, V) and
@@ -319,10 +324,19 @@ class Carry:
 
 
 def start(model: CharRNN, tokenizer: Tokenizer, prime: str, batch: int,
-          device: torch.device | str) -> Carry:
-    """Run the prime once and copy its state to ``batch`` rows."""
+          device: torch.device | str, record_sep: Optional[str] = None) -> Carry:
+    """Run the prime once and copy its state to ``batch`` rows.
+
+    With ``record_sep`` (a --records model) the sample is a new record: from a zero state the model
+    reads the separator (which opens a record, see charlm.records), then the prime, which the
+    sample continues.
+    """
     model.eval()
-    last, state = run_prime(model, prime_ids(tokenizer, prime), device)
+    if record_sep is None:
+        ids = prime_ids(tokenizer, prime)
+    else:
+        ids = np.concatenate([encode_prime(tokenizer, record_sep), encode_prime(tokenizer, prime)])
+    last, state = run_prime(model, ids, device)
     state = tuple(s.expand(-1, batch, -1).contiguous() for s in state)   # (layers, B, H)
     return Carry(last.expand(batch, -1).contiguous(), model.split_state(state))
 
@@ -337,7 +351,7 @@ def continue_samples(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
                      gens: Sequence[torch.Generator], device: torch.device | str) -> Iterator[list[str]]:
     """Yield, per step, the new display text of each row; ``carry`` is updated as it goes."""
     B = carry.last.size(0)
-    endings = [Ending(tokenizer, config.length, config.stop) for _ in range(B)]
+    endings = [Ending(tokenizer, config.length, stops(config)) for _ in range(B)]
     threads = _step_threads(device, B, model.config.hidden_size)
     # Detached weights: the steps below build no graph without a grad context.
     step = model.stepper(column_major=threads == 1 and B <= 2)
@@ -368,7 +382,7 @@ def generate(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
     if config.beam is not None:
         yield [beam_search(model, tokenizer, config, device)]
         return
-    carry = start(model, tokenizer, config.prime, config.num_samples, device)
+    carry = start(model, tokenizer, config.prime, config.num_samples, device, config.record_sep)
     yield from continue_samples(model, tokenizer, config, carry,
                                 generators(config.seed, config.num_samples), device)
 
@@ -378,7 +392,7 @@ def generate_ids(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
     """Yield the next token ids (num_samples,) one step at a time, for ``length`` tokens (no
     display rules: for tests and measurements of the bare token loop)."""
     config.validate()
-    carry = start(model, tokenizer, config.prime, config.num_samples, device)
+    carry = start(model, tokenizer, config.prime, config.num_samples, device, config.record_sep)
     gens = generators(config.seed, config.num_samples)
     step = model.stepper()
     skip = _skip(tokenizer, carry.last.size(-1))
@@ -427,11 +441,11 @@ def beam_search(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
     mean log-probability per token. Temperature, top-k, top-p and seed do not apply.
     """
     width = config.beam or 1
-    carry = start(model, tokenizer, config.prime, 1, device)
+    carry = start(model, tokenizer, config.prime, 1, device, config.record_sep)
     step = model.stepper()
     skip = _skip(tokenizer, carry.last.size(-1))
     guard = _guard(tokenizer)
-    live = [Hypothesis(0.0, 0, Ending(tokenizer, config.length, config.stop), 0)]
+    live = [Hypothesis(0.0, 0, Ending(tokenizer, config.length, stops(config)), 0)]
     done: list[Hypothesis] = [live[0]] if live[0].ending.done else []
     for _ in range(max_tokens(config.length)):
         if len(done) >= width or not live:
@@ -489,7 +503,8 @@ class Session:
         self.reset()
 
     def reset(self) -> None:
-        self.carry = start(self.model, self.tokenizer, self.config.prime, 1, self.device)
+        self.carry = start(self.model, self.tokenizer, self.config.prime, 1, self.device,
+                           self.config.record_sep)
 
     def feed(self, text: str) -> None:
         if not text:

@@ -52,9 +52,11 @@ def sample(
     num_samples: Annotated[int, typer.Option(help="Samples, streamed one after another (seeds --seed, --seed + 1, ...).")] = 1,
     beam: Annotated[Optional[int], typer.Option(help="Beam search with N beams instead of sampling.")] = None,
     stop: Annotated[Optional[list[str]], typer.Option(metavar="STRING", help="End a sample before this string (repeatable; not printed).")] = None,
+    records: Annotated[Optional[bool], typer.Option("--records/--no-records", help="Each sample is one record: from a fresh state, ending at the record separator (default: as the model was trained).")] = None,
     interactive: Annotated[bool, typer.Option("--interactive", help="A prompt loop with carried state (see above).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
 ) -> None:
+    import dataclasses
     from ..config import SampleConfig
 
     if prime_file is not None:
@@ -66,6 +68,7 @@ def sample(
     from ..api import load
 
     lm = load(checkpoint, device=device)
+    config = dataclasses.replace(config, record_sep=lm.record_sep(records)).validate()
     if interactive:
         _interactive(lm, config)
         return
@@ -98,7 +101,8 @@ def _stream_samples(lm, config) -> None:
         out.write(one.prime)
         out.flush()
         for pieces in lm.stream(prime=one.prime, length=one.length, temperature=one.temperature,
-                                top_k=one.top_k, top_p=one.top_p, seed=seed, beam=one.beam, stop=one.stop):
+                                top_k=one.top_k, top_p=one.top_p, seed=seed, beam=one.beam, stop=one.stop,
+                                records=one.record_sep is not None):
             out.write(pieces[0])
             out.flush()
         out.write("\n")
@@ -223,6 +227,7 @@ def evaluate(
         help="Evaluate only this last fraction of the file's characters (0.1: the usual validation split).")] = None,
     json_out: Annotated[Optional[str], typer.Option(
         "--json", help="Write the figures as one JSON document to this file; '-' for stdout (then nothing else is printed).")] = None,
+    records: Annotated[Optional[bool], typer.Option("--records/--no-records", help="Zero the state at every record start (default: as the model was trained).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
 ) -> None:
     """Loss (nats/token), bits per character and perplexity over a whole file, evaluated statefully.
@@ -234,9 +239,9 @@ def evaluate(
     from ..api import load
 
     lm = load(checkpoint, device=device)
-    result = lm.evaluate_file(text_file, tail=tail)
+    result = lm.evaluate_file(text_file, tail=tail, records=records)
     record = {"schema": EVALUATE_SCHEMA, "checkpoint": str(lm.path), "file": text_file, "tail": tail,
-              **result.as_dict()}
+              "records": lm.record_sep(records) is not None, **result.as_dict()}
     if json_out is not None:
         _write_json(json_out, record)
         if json_out == "-":

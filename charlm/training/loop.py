@@ -33,6 +33,7 @@ from ..config import ModelConfig, TrainConfig, to_toml
 from ..devices import DeviceBatches, describe_device
 from ..errors import Interrupted, NumericError
 from ..evaluation import evaluate_ids
+from ..records import reset_mask, separator_id
 from ..events import (CheckpointSaved, ChunkTrained, Evaluated, Event, Finished, GradientReport,
                       Notice, RunStarted)
 from ..gradients import horizon_summary
@@ -79,6 +80,7 @@ def loop(run: Setup, sinks: "Sinks", stop: StopRequest, should_stop: Optional[Ca
     clock = Clock(before=p.elapsed)
     chunks = DeviceBatches(run.batches, run.device)          # ids reach the device without a host copy per step
     reset_every_chunk = config.state_reset == "chunk"
+    sep_id = separator_id(config.records, config.record_sep, run.tokenizer)   # None without --records
     state.model.train()
     while True:
         reason, signum, asked = agreed_stop(run, clock, stop, should_stop, report_every)
@@ -99,7 +101,8 @@ def loop(run: Setup, sinks: "Sinks", stop: StopRequest, should_stop: Optional[Ca
                    run.total_steps, run.max_time, p.lr_scale)
         x, y = chunks.batch(p.step_in_epoch)                  # (B, k) inputs, (B, k) targets one ahead
         hidden_in = state.hidden                               # what this chunk starts from
-        result = train_step(state, run.train_model, x, y, lr, config.grad_clip, run.amp_dtype)
+        result = train_step(state, run.train_model, x, y, lr, config.grad_clip, run.amp_dtype,
+                            reset_mask(x, sep_id))
         p.step += 1
         p.step_in_epoch += 1
         p.tokens_seen += x.numel() * run.ctx.world_size
@@ -338,7 +341,8 @@ def evaluate(run: Setup, sinks: Sinks, train_loss: float, elapsed: float) -> Non
     """Validation loss on the held-out tail; then best.pt (when it improved) and last.pt."""
     p, val = run.state.progress, run.dataset.val
     result = evaluate_ids(run.state.model, val.ids, val.chars, run.device,
-                          max_tokens=run.config.eval_tokens or None)
+                          max_tokens=run.config.eval_tokens or None,
+                          separator=separator_id(run.config.records, run.config.record_sep, run.tokenizer))
     is_best = result.loss < p.best_val_loss
     if is_best:
         p.best_val_loss, p.best_val_bpc = result.loss, result.bits_per_char

@@ -27,6 +27,7 @@ from ..corpus.dataset import Dataset, StreamBatches, prepare_dataset
 from ..corpus.text import Corpus
 from ..limits import check_model_fits
 from ..corpus.tokenizers import tokenizer_from_dict
+from ..records import separator_id
 from ..devices import check_precision, grad_scaler, resolve_device, resolve_precision
 from ..errors import CheckpointError, ConfigError, CorpusError, DeviceError, RunDirError
 from ..model import CharRNN
@@ -165,6 +166,7 @@ def _check_sizes(dataset: Dataset, config: TrainConfig, ctx: distributed.DistCon
         raise CorpusError(f"cannot resume: corpus {corpus.name} changed since the run started "
                           f"(sha256 differs); start a new run")
     StreamBatches(dataset.train.ids, config.batch_size, config.seq_len, 0, ctx.world_size)
+    separator_id(config.records, config.record_sep, dataset.tokenizer)   # --records: a known character
     if dataset.val.tokens < 2:
         raise CorpusError("the validation split is empty; raise --val-fraction or use a longer corpus")
 
@@ -233,7 +235,7 @@ def _model(config: TrainConfig, model_config: ModelConfig, device: torch.device,
 
 
 _MUST_AGREE = ("tokenizer", "vocab_size", "normalize", "min_char_count", "val_fraction", "seq_len",
-               "batch_size", "state_reset")
+               "batch_size", "state_reset", "records", "record_sep")
 
 
 def _resume_inputs(path: Path, config: TrainConfig, model_config: Optional[ModelConfig],

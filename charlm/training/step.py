@@ -43,8 +43,11 @@ class StepResult:
 
 
 def train_step(state: TrainState, train_model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-               lr: float, grad_clip: float, amp_dtype: Optional[torch.dtype]) -> StepResult:
+               lr: float, grad_clip: float, amp_dtype: Optional[torch.dtype],
+               reset: Optional[torch.Tensor] = None) -> StepResult:
     """Train one chunk: x (B, k) inputs, y (B, k) targets; carries state.hidden to the next chunk.
+
+    ``reset`` (B, k) bool (--records): zero a stream's state before it reads that position.
 
     ``train_model`` is the model itself, or its DDP wrapper (which averages the gradients).
     """
@@ -52,7 +55,7 @@ def train_step(state: TrainState, train_model: torch.nn.Module, x: torch.Tensor,
     for group in optimizer.param_groups:
         group["lr"] = lr
     with autocast(state.device, amp_dtype):
-        logits, new_hidden = train_model(x, state.hidden)                       # (B, k, V)
+        logits, new_hidden = train_model(x, state.hidden, reset)                # (B, k, V)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
