@@ -6,7 +6,7 @@ Shapes: LSTM 2 x 1024, seq-len 128, batch 128 (embedding 64, as charlm's default
 measurements of --seconds each (60 s in all by default), in fp32 and fp16:
 
 - raw: nn.LSTM forward + backward on random inputs under autocast, nothing else: the ceiling.
-- charlm: `charlm.train.train` itself (embedding, LSTM, output layer, cross-entropy, clipping,
+- charlm: `charlm.training.train` itself (embedding, LSTM, output layer, cross-entropy, clipping,
   fused AdamW, carried state, metrics), read from its own tokens/s at the report intervals,
   after a warm-up.
 

@@ -1,6 +1,6 @@
 """Training throughput: charlm's whole loop against a plain reference loop, same process, alternating.
 
-charlm's figure is tokens / wall time of `charlm.train.train` (data, per-chunk events, the plain
+charlm's figure is tokens / wall time of `charlm.training.train` (data, per-chunk events, the plain
 display, metrics.jsonl, evaluation and checkpoint cadence at their defaults all included). The
 reference is the PyTorch word_language_model way written here: Embedding + nn.LSTM + Linear,
 Adam, clip, detach, at the same shapes, on the same ids. Both are timed from the end of their

@@ -237,8 +237,12 @@ def _inspect_point(point: PointResult, emit: Callable[[Event], None]) -> None:
 
 
 def run_sweep(axes: dict[str, list[Any]], base: dict[str, Any], folder: str | Path,
-              on_event: Optional[Callable[[Event], None]] = None, inspect: bool = False) -> SweepResult:
-    """Train every grid point not finished yet (in order), then gather the figures of all."""
+              on_event: Optional[Callable[[Event], None]] = None, inspect: bool = False,
+              on_point: Optional[Callable[[PointResult], None]] = None) -> SweepResult:
+    """Train every grid point not finished yet (in order), then gather the figures of all.
+
+    ``on_point(point)`` is called after each point is trained (or found finished): a measurement
+    of one's own (truncation-table scores echo accuracy there)."""
     folder = Path(folder)
     emit = on_event or (lambda e: None)
     planned = plan(axes, base, folder)
@@ -258,6 +262,8 @@ def run_sweep(axes: dict[str, list[Any]], base: dict[str, Any], folder: str | Pa
             point.status = "trained"
         if inspect:
             _inspect_point(point, emit)
+        if on_point is not None:
+            on_point(point)
         result.points.append(point)
     return result
 

@@ -12,7 +12,7 @@ from the loss at the cue back D steps to the key: truncated BPTT with chunk leng
 that path in every chunk, so the forward pass may carry the key but no update ever learns to.
 
 The truncation grid trains tiny models {rnn, lstm, gru} x distances D x chunk lengths k with the
-project's own training loop (charlm.train.train, headless, BPTT(k) exactly as `charlm train` does
+project's own training loop (charlm.training.train, headless, BPTT(k) exactly as `charlm train` does
 it) for the same number of optimizer steps per cell (a longer chunk sees proportionally more text:
 what is compared is how far one update's gradient reaches), then measures accuracy at the echo positions of a fresh
 held-out echo text, against chance (1 / number of keys).
@@ -33,6 +33,7 @@ import numpy as np
 
 from .config import check_seed
 from .errors import ConfigError, RunDirError
+from .sweep import run_sweep
 from .util import torch_threads
 
 KEYS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -169,30 +170,16 @@ class GridResult:
         return d
 
 
-def run_cell(cell: str, distance: int, chunk: int, workdir: Path, hidden_size: int = 64,
-             batch_size: int = 64, steps: int = 800, keys: int = 8, seed: int = 0,
-             lr: float = 1e-2) -> GridCell:
-    """Train one tiny model with charlm.train.train on an echo corpus, and score its echoes."""
+def score_cell(run_dir: str | Path, cell: str, distance: int, chunk: int, keys: int, seed: int,
+               steps: int, seconds: float) -> GridCell:
+    """Echo accuracy of a trained run on held-out echo text (another seed than training's)."""
     from .checkpoint import load_model
-    from .config import ModelConfig, TrainConfig
-    from .training import train
 
-    t0 = time.perf_counter()
-    corpus = workdir / f"echo-d{distance}.txt"
-    if not corpus.exists():
-        # The held-out text (below) uses another seed.
-        write_echo(corpus, distance, _records(distance), keys, seed=seed)
-    config = TrainConfig(corpus=str(corpus), seq_len=chunk, batch_size=batch_size, lr=lr,
-                         warmup_steps=min(50, steps // 10), max_steps=steps, eval_every=steps,
-                         val_fraction=0.02, out=str(workdir / f"{cell}-d{distance}-k{chunk}"),
-                         force=True, seed=seed, device="cpu", sample_length=0)
-    model_config = ModelConfig(cell=cell, hidden_size=hidden_size, embedding_size=16)
-    run_dir = train(config, model_config)
-    model, tokenizer, _ = load_model(run_dir / "last.pt")
+    model, tokenizer, _ = load_model(Path(run_dir) / "last.pt")
     held_out = echo_text(distance, records=_held_out_records(distance), keys=keys, seed=seed + 10_000)
     acc, loss, _ = echo_accuracy(model, tokenizer, held_out)
     return GridCell(cell=cell, distance=distance, chunk=chunk, accuracy=acc, echo_loss=loss, steps=steps,
-                    seconds=time.perf_counter() - t0)
+                    seconds=seconds)
 
 
 def _records(distance: int) -> int:
@@ -245,17 +232,33 @@ def truncation_grid(models: Sequence[str] = ("rnn", "lstm", "gru"), distances: S
     t0 = time.perf_counter()
     total = len(models) * len(distances) * len(chunks)
 
-    # Tiny models: one thread is faster than two that wait on each other (and leaves the other
-    # core to the rest of the machine).
+    # The grid is a sweep over echo corpora (one per D), chunk lengths and cells, with the same
+    # seed and step budget for every point: charlm.sweep trains it (resumable with --workdir).
+    # Tiny models: one thread is faster than two that wait on each other.
     with torch_threads(1):
         with tempfile.TemporaryDirectory(prefix="charlm-echo-") as tmp:
             folder = _writable_folder(Path(workdir)) if workdir is not None else Path(tmp)
-            for cell in models:
-                for d in distances:
-                    for k in chunks:
-                        c = run_cell(cell, d, k, folder, hidden_size, batch_size, steps, keys, seed, lr)
-                        result.cells.append(c)
-                        if on_cell is not None:
-                            on_cell(c, len(result.cells), total)
+            corpora = {}
+            for d in distances:
+                corpora[d] = folder / f"echo-d{d}.txt"
+                if not corpora[d].exists():
+                    write_echo(corpora[d], d, _records(d), keys, seed=seed)
+            by_path = {str(path): d for d, path in corpora.items()}
+            clock = {"last": time.perf_counter()}
+
+            def score(point) -> None:
+                d, k, cell = by_path[point.values["corpus"]], point.values["seq_len"], point.values["model"]
+                now = time.perf_counter()
+                c = score_cell(point.run_dir, cell, d, k, keys, seed, steps, now - clock["last"])
+                clock["last"] = now
+                result.cells.append(c)
+                if on_cell is not None:
+                    on_cell(c, len(result.cells), total)
+
+            axes = {"model": list(models), "corpus": [str(corpora[d]) for d in distances], "seq_len": list(chunks)}
+            base = {"hidden_size": hidden_size, "embedding_size": 16, "batch_size": batch_size, "lr": lr,
+                    "warmup_steps": min(50, steps // 10), "max_steps": steps, "eval_every": steps,
+                    "val_fraction": 0.02, "seed": seed, "device": "cpu", "sample_length": 0}
+            run_sweep(axes, base, folder / "runs", on_point=score)
     result.seconds = time.perf_counter() - t0
     return result

@@ -41,7 +41,7 @@ def make_text(n_chars: int = 6000, seed: int = 0) -> str:
 
 
 def stop_after(n: int):
-    """A should_stop hook for charlm.train.train: stop once n steps have been trained in this launch."""
+    """A should_stop hook for charlm.training.train: stop once n steps have been trained in this launch."""
     calls = {"n": -1}
 
     def hook() -> bool:
