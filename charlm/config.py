@@ -153,6 +153,14 @@ class TrainConfig:
     """Non-finite steps in a row before rolling back to the last good checkpoint."""
     sample_length: int = 300
     """Characters of sample text printed at the end of training (0: none)."""
+    init_from: Optional[str] = None
+    """Fine-tune: start from this run's (or checkpoint file's) weights on the new corpus, with its
+    architecture and tokenizer (a char vocabulary gains the new text's characters)."""
+    sample_every_eval: bool = True
+    """At every evaluation, generate a short sample (fixed seed), show it and append it to
+    RUN/samples.txt."""
+    eval_sample_length: int = 200
+    """Characters of the sample at every evaluation (0: none)."""
 
     def validate(self) -> "TrainConfig":
         _check(self.tokenizer in TOKENIZERS,
@@ -194,6 +202,12 @@ class TrainConfig:
             raise ConfigError("--vocab-size applies to sentencepiece tokenizers only "
                               "(the char tokenizer's vocabulary is the corpus's characters)")
         check_seed(self.seed)
+        _check(isinstance(self.eval_sample_length, int) and not isinstance(self.eval_sample_length, bool)
+               and self.eval_sample_length >= 0,
+               f"--eval-sample-length must be >= 0 (0: no samples), got {self.eval_sample_length!r}")
+        _check(not (self.resume and self.init_from),
+               "--init-from starts a new run from another run's weights; --resume continues a run "
+               "that has its own: choose one")
         _check(not (self.resume and self.force),
                "--resume and --force contradict each other: choose one")
         return self
