@@ -156,11 +156,9 @@ class TrainConfig:
     init_from: Optional[str] = None
     """Fine-tune: start from this run's (or checkpoint file's) weights on the new corpus, with its
     architecture and tokenizer (a char vocabulary gains the new text's characters)."""
-    sample_every_eval: bool = True
-    """At every evaluation, generate a short sample (fixed seed), show it and append it to
-    RUN/samples.txt."""
     eval_sample_length: int = 200
-    """Characters of the sample at every evaluation (0: none)."""
+    """Characters of a sample generated at every evaluation (the same seed each time), shown and
+    appended to RUN/samples.txt (0: none)."""
 
     def validate(self) -> "TrainConfig":
         _check(self.tokenizer in TOKENIZERS,

@@ -142,7 +142,7 @@ class Sinks:
             return
         self.metrics = MetricsLog(run.run_dir / "metrics.jsonl",
                                   truncate_to=run.state.progress.metrics_offset if run.ckpt else 0)
-        if run.config.sample_every_eval and run.config.eval_sample_length:
+        if run.config.eval_sample_length:
             self.samples = SamplesLog(run.run_dir / "samples.txt",
                                       keep_upto=run.state.progress.step if run.ckpt else None)
         (run.run_dir / "config.toml").write_text(to_toml(run.model_config, run.config), encoding="utf-8")
