@@ -127,3 +127,14 @@ def test_info_shows_origin_and_a_resume_keeps_it(source, new_text, tmp_path):
     assert doc["step"] == 20
     r = runner.invoke(app, ["info", str(source), "--json", "-"])
     assert json.loads(r.stdout)["init_from"] is None
+
+
+def test_sentencepiece_tokenizer_is_kept(tmp_path, new_text):
+    """A sentencepiece source keeps its model as it is: 'ø' falls back to bytes."""
+    (tmp_path / "a.txt").write_text(make_text(6000, seed=0), encoding="utf-8")
+    src = train(TrainConfig(**options(tmp_path / "a.txt", tmp_path / "src", max_steps=5, tokenizer="spm-char")), MODEL)
+    tuned = train(TrainConfig(**options(new_text, tmp_path / "tuned", max_steps=5, init_from=str(src))), None)
+    a, b = load_checkpoint(src / "last.pt"), load_checkpoint(tuned / "last.pt")
+    assert b["tokenizer"] == a["tokenizer"]
+    assert b["train_config"]["tokenizer"] == "spm-char"
+    assert b["model_config"]["vocab_size"] == a["model_config"]["vocab_size"]
