@@ -341,7 +341,9 @@ def save(run: Setup, sinks: Sinks, name: str, elapsed: float) -> None:
 
 
 def evaluate(run: Setup, sinks: Sinks, train_loss: float, elapsed: float) -> None:
-    """Validation loss on the held-out tail; then best.pt (when it improved) and last.pt."""
+    """Validation loss on the held-out tail, a short sample (rank 0, --eval-sample-length); then
+    best.pt (when it improved) and last.pt. The sample comes before the saves, so the last.pt of
+    this step already counts it (a resume cuts samples.txt back to the checkpoint's step)."""
     p, val = run.state.progress, run.dataset.val
     result = evaluate_ids(run.state.model, val.ids, val.chars, run.device,
                           max_tokens=run.config.eval_tokens or None)
