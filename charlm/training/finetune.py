@@ -20,7 +20,7 @@ from ..checkpoint import check_model_record, resolve_checkpoint
 from ..config import ModelConfig, TrainConfig
 from ..corpus.dataset import Dataset, encode_corpus
 from ..corpus.text import Corpus, scan
-from ..corpus.tokenizers import MAX_CHAR_VOCAB, CharTokenizer, Tokenizer, tokenizer_from_dict
+from ..corpus.tokenizers import MAX_CHAR_VOCAB, CharTokenizer, Tokenizer
 from ..errors import ConfigError, TokenizerError
 from .options import read_checkpoint
 

@@ -131,10 +131,6 @@ def _resume_options(options: dict) -> tuple[Optional[ModelConfig], TrainConfig]:
     return (model_config if model_named else None), train_config
 
 
-# Model options a fine-tuned model keeps from its source (dropout is training, free to change).
-ARCHITECTURE = ("model", "hidden_size", "layers", "embedding_size")
-
-
 def _init_from_options(options: dict) -> dict:
     """Fine-tuning: the source checkpoint's model options under the given ones (read once here;
     the set-up refuses a named architecture that differs from it)."""
