@@ -158,6 +158,12 @@ class TrainConfig:
     """Non-finite steps in a row before rolling back to the last good checkpoint."""
     sample_length: int = 300
     """Characters of sample text printed at the end of training (0: none)."""
+    init_from: Optional[str] = None
+    """Fine-tune: start from this run's (or checkpoint file's) weights on the new corpus, with its
+    architecture and tokenizer (a char vocabulary gains the new text's characters)."""
+    eval_sample_length: int = 200
+    """Characters of a sample generated at every evaluation (the same seed each time), shown and
+    appended to RUN/samples.txt (0: none)."""
 
     def validate(self) -> "TrainConfig":
         _check(self.tokenizer in TOKENIZERS,
@@ -204,6 +210,12 @@ class TrainConfig:
                "--records needs --tokenizer char (a sentencepiece model merges pieces across the "
                "separator, so a record boundary is not one token)")
         check_seed(self.seed)
+        _check(isinstance(self.eval_sample_length, int) and not isinstance(self.eval_sample_length, bool)
+               and self.eval_sample_length >= 0,
+               f"--eval-sample-length must be >= 0 (0: no samples), got {self.eval_sample_length!r}")
+        _check(not (self.resume and self.init_from),
+               "--init-from starts a new run from another run's weights; --resume continues a run "
+               "that has its own: choose one")
         _check(not (self.resume and self.force),
                "--resume and --force contradict each other: choose one")
         return self

@@ -95,6 +95,15 @@ class GradientReport(Event):
 
 
 @dataclass
+class Sampled(Event):
+    """A short sample from the model at an evaluation (same seed every time: comparable)."""
+
+    kind = "sample"
+    step: int
+    text: str
+
+
+@dataclass
 class Finished(Event):
     kind = "finish"
     run_dir: str

@@ -70,7 +70,15 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
         "charlm_version": _str(versions.get("charlm")),
         "torch_version": _str(versions.get("torch")),
         "python_version": _str(versions.get("python")),
+        "init_from": _origin(ckpt.get("init_from")),
     }
+
+
+def _origin(raw: Any) -> Optional[dict[str, Any]]:
+    """A fine-tuned run's source (path, run_id, step), each well typed or None; None if not fine-tuned."""
+    if not isinstance(raw, dict):
+        return None
+    return {"path": _str(raw.get("path")), "run_id": _str(raw.get("run_id")), "step": _int(raw.get("step"))}
 
 
 def info_rows(d: dict[str, Any]) -> list[list[str]]:
@@ -89,8 +97,13 @@ def info_rows(d: dict[str, Any]) -> list[list[str]]:
     bptt = "-" if d["batch_size"] is None and d["seq_len"] is None else (
         f"{f(d['batch_size'])} streams x {f(d['seq_len'])} tokens"
         + (f" x {d['world_size']} processes" if (d["world_size"] or 1) > 1 else ""))
+    origin = d.get("init_from")
+    fine_tuned = [] if origin is None else [[
+        "fine-tuned from", f"{f(origin['path'])}, step {f(origin['step'])}"
+        + (f" (run {origin['run_id'][:12]})" if origin["run_id"] else "")]]
     return [
         ["checkpoint", d["checkpoint"]],
+        *fine_tuned,
         ["model", model],
         ["parameters", f(d["parameters"])],
         ["tokenizer", f"{tokenizer}, vocabulary {f(d['vocab_size'])}"],

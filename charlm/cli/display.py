@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.panel import Panel
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 from rich.table import Table
@@ -21,7 +22,7 @@ from rich.text import Text
 
 from .app import silence_stdout
 from ..events import (ChunkTrained, Evaluated, Event, Finished, GradientReport,
-                     Notice, RunStarted)
+                     Notice, RunStarted, Sampled)
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -57,6 +58,7 @@ class TrainingView:
         self.clips = 0
         self.skipped = 0
         self.last_chunk: Optional[ChunkTrained] = None
+        self.last_sample: Optional[Sampled] = None
         self.start: Optional[RunStarted] = None
         self.evals = Table(title="evaluations", expand=False, header_style="bold")
         for col in ("step", "train loss", "val loss", "val bits/char", "elapsed"):
@@ -164,6 +166,19 @@ class TrainingView:
         else:
             self._refresh()
 
+    def _on_sample(self, e: Sampled) -> None:
+        self.last_sample = e
+        if self.plain:
+            self.console.print(self._sample_line(e), highlight=False, markup=False)
+        else:
+            self._refresh()
+
+    @staticmethod
+    def _sample_line(e: Sampled, width: int = 160) -> str:
+        """'sample at step 500: the cat sat⏎on a ...' (one line: newlines shown as ⏎)."""
+        text = e.text.replace("\r", "").replace("\n", "⏎")
+        return f"sample at step {e.step}: {text[:width]}" + ("…" if len(text) > width else "")
+
     def _on_notice(self, e: Notice) -> None:
         style = "yellow" if e.level == "warning" else "cyan"
         self.console.print(f"[{style}]{e.message}[/]", highlight=False)
@@ -221,6 +236,9 @@ class TrainingView:
             parts.append(Text(self._grad_line(self.last_grad), style="cyan"))
         if self.evals.row_count:
             parts.append(self.evals)
+        if self.last_sample is not None:
+            parts.append(Panel(Text(self.last_sample.text.strip("\n")), title=f"sample at step {self.last_sample.step}",
+                               title_align="left", expand=False))
         return Group(*parts)
 
     def _refresh(self) -> None:

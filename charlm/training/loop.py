@@ -35,9 +35,10 @@ from ..errors import Interrupted, NumericError
 from ..evaluation import evaluate_ids
 from ..records import reset_mask, separator_id
 from ..events import (CheckpointSaved, ChunkTrained, Evaluated, Event, Finished, GradientReport,
-                      Notice, RunStarted)
+                      Notice, RunStarted, Sampled)
 from ..gradients import horizon_summary
 from ..metrics import MetricsLog
+from .samples import SamplesLog, eval_sample
 from .setup import Setup, build, prepare_device
 from .signals import StopRequest, graceful_signals
 from .step import StepResult, lr_at, train_step
@@ -135,6 +136,7 @@ class Sinks:
     def __init__(self, display: Optional[EventCallback]):
         self.display = display
         self.metrics: Optional[MetricsLog] = None
+        self.samples: Optional[SamplesLog] = None
         self.tboard = None
 
     def open(self, run: Setup) -> None:
@@ -143,6 +145,9 @@ class Sinks:
             return
         self.metrics = MetricsLog(run.run_dir / "metrics.jsonl",
                                   truncate_to=run.state.progress.metrics_offset if run.ckpt else 0)
+        if run.config.eval_sample_length:
+            self.samples = SamplesLog(run.run_dir / "samples.txt",
+                                      keep_upto=run.state.progress.step if run.ckpt else None)
         (run.run_dir / "config.toml").write_text(to_toml(run.model_config, run.config), encoding="utf-8")
         if run.config.tensorboard:
             from ..tb import TensorBoardSink
@@ -327,6 +332,7 @@ def save(run: Setup, sinks: Sinks, name: str, elapsed: float) -> None:
                    "sha256": data.sha256, "chars": data.chars,
                    "train_tokens": data.train.tokens, "val_tokens": data.val.tokens},
         "world_size": ctx.world_size,
+        "init_from": run.origin,
         "replica_digests": digests,
         "device": str(run.device),
         "precision": run.precision,
@@ -338,7 +344,9 @@ def save(run: Setup, sinks: Sinks, name: str, elapsed: float) -> None:
 
 
 def evaluate(run: Setup, sinks: Sinks, train_loss: float, elapsed: float) -> None:
-    """Validation loss on the held-out tail; then best.pt (when it improved) and last.pt."""
+    """Validation loss on the held-out tail, a short sample (rank 0, --eval-sample-length); then
+    best.pt (when it improved) and last.pt. The sample comes before the saves, so the last.pt of
+    this step already counts it (a resume cuts samples.txt back to the checkpoint's step)."""
     p, val = run.state.progress, run.dataset.val
     result = evaluate_ids(run.state.model, val.ids, val.chars, run.device,
                           max_tokens=run.config.eval_tokens or None,
@@ -347,6 +355,11 @@ def evaluate(run: Setup, sinks: Sinks, train_loss: float, elapsed: float) -> Non
     if is_best:
         p.best_val_loss, p.best_val_bpc = result.loss, result.bits_per_char
     sinks.emit(Evaluated(p.step, train_loss, result.loss, result.bits_per_char, elapsed, is_best))
+    if sinks.samples is not None:   # rank 0 only (opened there)
+        text = eval_sample(run.state.model, run.tokenizer, run.config.eval_sample_length,
+                           run.config.seed, run.device)
+        sinks.samples.append(p.step, text)
+        sinks.emit(Sampled(p.step, text))
     # best.pt first: a crash between the two saves then resumes from the previous last.pt,
     # which replays this step and writes best.pt again (the other order would lose it).
     if is_best:

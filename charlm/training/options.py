@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional
 
-from ..checkpoint import check_resumable, load_checkpoint
+from ..checkpoint import check_resumable, load_checkpoint, resolve_checkpoint
 from ..config import ModelConfig, TrainConfig, config_keys, load_toml, split_options
 from ..errors import CheckpointError, ConfigError, RunDirError
 from ..rundir import is_unstarted_run
@@ -76,6 +76,8 @@ def resolve_options(explicit: dict, config_file: Optional[str] = None) -> tuple[
     options = {**file_options, **{k: v for k, v in explicit.items() if v is not None}}
     if options.get("resume", False):
         return _resume_options(options)
+    if options.get("init_from"):
+        options = _init_from_options(options)
     try:
         return split_options(options)
     except ConfigError as e:
@@ -115,7 +117,8 @@ def _resume_options(options: dict) -> tuple[Optional[ModelConfig], TrainConfig]:
                   if k != "vocab_size"})
     # The device is the machine's, not the run's: a resume picks the best one present
     # (a GPU run continues on a CPU-only machine and the reverse) unless --device is given.
-    for k in ("resume", "force", "out", "device"):
+    # init_from is how the run began; the resumed run has its weights already.
+    for k in ("resume", "force", "out", "device", "init_from"):
         saved.pop(k, None)
     # The stopping rule is the new launch's own business when it names one.
     if any(k in options for k in ("max_steps", "max_time", "epochs")):
@@ -126,3 +129,17 @@ def _resume_options(options: dict) -> tuple[Optional[ModelConfig], TrainConfig]:
     except TypeError as e:
         raise CheckpointError(f"cannot resume from {ckpt_path}: its options are damaged ({e})") from None
     return (model_config if model_named else None), train_config
+
+
+def _init_from_options(options: dict) -> dict:
+    """Fine-tuning: the source checkpoint's model options under the given ones (read once here;
+    the set-up refuses a named architecture that differs from it)."""
+    path = resolve_checkpoint(options["init_from"])
+    ckpt = load_checkpoint(path)
+    _remember(path, ckpt)
+    saved = ckpt.get("model_config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"cannot fine-tune from {path}: it holds no model config")
+    base = {("model" if k == "cell" else k): v for k, v in saved.items()
+            if k != "vocab_size" and ("model" if k == "cell" else k) in config_keys()}
+    return {**base, **options}

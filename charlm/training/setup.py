@@ -32,6 +32,7 @@ from ..devices import check_precision, grad_scaler, resolve_device, resolve_prec
 from ..errors import CheckpointError, ConfigError, CorpusError, DeviceError, RunDirError
 from ..model import CharRNN
 from ..rundir import RunPlan, commit, discard, new_run_id, plan_run_dir, read_marker, stage, write_marker
+from .finetune import Source, load_source, transfer_weights
 from .options import read_checkpoint
 from .state import Progress, TrainState
 
@@ -57,6 +58,7 @@ class Setup:
     state: TrainState
     train_model: torch.nn.Module       # the model, or its DDP wrapper
     ckpt: Optional[dict] = None        # the checkpoint resumed from
+    origin: Optional[dict] = None      # the run fine-tuned from (--init-from): path, run_id, step
     notes: list = field(default_factory=list)   # said once the run has started
 
     @property
@@ -117,6 +119,9 @@ def _build(config: TrainConfig, model_config: Optional[ModelConfig], device: tor
     elif config.resume:
         # Killed or failed before its first checkpoint: nothing to resume, start from step 0.
         notes.append(f"{path} has no checkpoint yet: starting the run from step 0")
+    source: Optional[Source] = None
+    if mode != "resume" and config.init_from:
+        source, config, model_config = load_source(config, model_config, device)
     model_config = (model_config or ModelConfig()).validate()
     corpus = Corpus.resolve(config.corpus)
     if corpus.skipped:
@@ -132,7 +137,8 @@ def _build(config: TrainConfig, model_config: Optional[ModelConfig], device: tor
     # could differ).
     def main_data() -> tuple[Dataset, dict]:
         data_dir = path / "data" if mode == "resume" else stage(plan) / "data"
-        dataset = prepare(data_dir, ckpt["tokenizer"] if ckpt else None)
+        dataset = (source.dataset(corpus, data_dir, config) if source is not None
+                   else prepare(data_dir, ckpt["tokenizer"] if ckpt else None))
         _check_sizes(dataset, config, ctx, ckpt, corpus)
         # Refuse a model this machine cannot hold (--hidden-size 1000000) before building it.
         check_model_fits(model_config, dataset.tokenizer.vocab_size, device, config.batch_size, config.seq_len)
@@ -142,7 +148,11 @@ def _build(config: TrainConfig, model_config: Optional[ModelConfig], device: tor
     tok_dict = distributed.broadcast_object(tok_dict, ctx)
     model_config = replace(model_config, vocab_size=tokenizer_from_dict(tok_dict).vocab_size
                            if dataset is None else dataset.tokenizer.vocab_size)
-    state, train_model, amp_dtype, precision = _model(config, model_config, device, ctx)
+    if source is not None:
+        notes.append(f"fine-tuning from {source.path} (step {source.record['step']}): vocabulary "
+                     f"{source.tokenizer.vocab_size} -> {model_config.vocab_size} tokens; fresh optimizer and schedule")
+    state, train_model, amp_dtype, precision = _model(config, model_config, device, ctx,
+                                                      source.weights if source is not None else None)
     if ckpt is not None:
         state.load_state_dict(ckpt, str(path / "last.pt"))
 
@@ -156,7 +166,8 @@ def _build(config: TrainConfig, model_config: Optional[ModelConfig], device: tor
     return Setup(config=config, model_config=model_config, device=device, ctx=ctx, precision=precision,
                  amp_dtype=amp_dtype, run_dir=path, run_id=run_id, plan=plan, corpus=corpus,
                  dataset=dataset, batches=batches, total_steps=total_steps, max_time=max_time,
-                 state=state, train_model=train_model, ckpt=ckpt, notes=notes)
+                 state=state, train_model=train_model, ckpt=ckpt, notes=notes,
+                 origin=source.record if source is not None else (ckpt or {}).get("init_from"))
 
 
 def _check_sizes(dataset: Dataset, config: TrainConfig, ctx: distributed.DistContext,
@@ -199,10 +210,13 @@ def _budget(config: TrainConfig, batches: StreamBatches) -> tuple[Optional[int],
 
 
 def _model(config: TrainConfig, model_config: ModelConfig, device: torch.device,
-           ctx: distributed.DistContext):
-    """Model (seeded), its DDP wrapper, optimizer and loss scaler, as a fresh TrainState."""
+           ctx: distributed.DistContext, init_weights: Optional[dict] = None):
+    """Model (seeded), its DDP wrapper, optimizer and loss scaler, as a fresh TrainState.
+    ``init_weights``: a fine-tuned run's source weights, over the fresh initialisation."""
     torch.manual_seed(config.seed)
     model = CharRNN(model_config).to(device)
+    if init_weights is not None:
+        transfer_weights(model, init_weights)
     train_model: torch.nn.Module = model
     if ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
