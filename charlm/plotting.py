@@ -136,7 +136,8 @@ def plot_sweep(result, out: str | Path) -> Path:
             if is_finite_number(p.best_val_loss):
                 key = tuple(p.values[a] for a in others)
                 series.setdefault(key, []).append((values.index(p.values[name]), p.best_val_loss))
-        for key, pts in sorted(series.items(), key=lambda kv: str(kv[0])):
+        order = lambda key: [result.axes[a].index(v) for a, v in zip(others, key)]   # the grid's own order
+        for key, pts in sorted(series.items(), key=lambda kv: order(kv[0])):
             pts.sort()
             label = ", ".join(f"{a}={v}" for a, v in zip(others, key)) or "best val"
             ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=_literal(label))
