@@ -8,6 +8,7 @@ only ever sees validated dataclasses. Checkpoints store them as plain dicts (``a
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -472,8 +473,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
-    s = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{s}"'
+    # A TOML basic string takes JSON's escapes, so a newline --record-sep stays on one line.
+    return json.dumps(str(value), ensure_ascii=False)
 
 
 def asdict(obj) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def test_two_ranks_keep_identical_weights_and_learn(full_run):
 def test_only_rank_zero_writes(full_run):
     run, proc = full_run
     assert sorted(p.name for p in run.iterdir()) == [".charlm-lock", ".charlm-run", "best.pt", "config.toml",
-                                                     "data", "last.pt", "metrics.jsonl"]
+                                                     "data", "last.pt", "metrics.jsonl", "samples.txt"]
     assert not list(run.glob(".*.tmp")), "a temporary file was left behind"
     # Two writers would double (or interleave) every record.
     steps = [r["step"] for r in records(run, "chunk")]

@@ -358,8 +358,9 @@ def evaluate(run: Setup, sinks: Sinks, train_loss: float, elapsed: float) -> Non
     if sinks.samples is not None:   # rank 0 only (opened there)
         text = eval_sample(run.state.model, run.tokenizer, run.config.eval_sample_length,
                            run.config.seed, run.device)
-        sinks.samples.append(p.step, text)
-        sinks.emit(Sampled(p.step, text))
+        if text is not None:   # None: the weights are not finite (the save below refuses them too)
+            sinks.samples.append(p.step, text)
+            sinks.emit(Sampled(p.step, text))
     # best.pt first: a crash between the two saves then resumes from the previous last.pt,
     # which replays this step and writes best.pt again (the other order would lose it).
     if is_best:

@@ -10,24 +10,29 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from ..config import SampleConfig
-from ..errors import RunDirError
+from ..errors import NumericError, RunDirError
 from ..sampling import sample_text
 
 HEADER = re.compile(r"^--- step (\d+) ---$")
 TEMPERATURE = 0.8
 
 
-def eval_sample(model: torch.nn.Module, tokenizer, length: int, seed: int, device: torch.device) -> str:
-    """``length`` characters from the model as it is now; its train/eval mode is restored."""
+def eval_sample(model: torch.nn.Module, tokenizer, length: int, seed: int,
+                device: torch.device) -> Optional[str]:
+    """``length`` characters from the model as it is now (None when its scores are not finite: a
+    diverging run is the numeric guard's business, not a reason to stop); its mode is restored."""
     was_training = model.training
     try:
         with torch.no_grad():
             return sample_text(model, tokenizer, SampleConfig(length=length, temperature=TEMPERATURE,
                                                               seed=seed), device)[0]
+    except NumericError:
+        return None
     finally:
         model.train(was_training)
 
