@@ -71,9 +71,14 @@ def test_help_starts_fast_without_torch():
     assert best < 1.0, f"`charlm --help` took {best:.2f} s"
 
 
-def test_shell_completion_is_kept():
+def test_shell_completion_is_kept(monkeypatch):
     result = runner.invoke(app, ["--help"], env={"COLUMNS": "120"})
     assert "--install-completion" in result.stdout and "--show-completion" in result.stdout
+    # Typer finds the shell by walking the process tree (shellingham); a test run detached from
+    # any shell (a background job, some CI runners) has none to find, so name it here.
+    import shellingham
+
+    monkeypatch.setattr(shellingham, "detect_shell", lambda *a, **k: ("bash", "/bin/bash"))
     result = runner.invoke(app, ["--show-completion", "bash"])
     assert result.exit_code == 0 and "complete" in result.stdout and "_CHARLM_COMPLETE" in result.stdout
 
