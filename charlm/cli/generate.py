@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -11,7 +10,7 @@ import typer
 from typing_extensions import Annotated
 
 from ..errors import CharLMError, ConfigError
-from .app import CONTEXT, _console, app, handles_errors
+from .app import CONTEXT, _console, app, handles_errors, json_option, stdout_taken, write_document
 
 
 SAMPLE_HELP = """Stream generated text to stdout as it is generated.
@@ -204,20 +203,6 @@ def _top(session, n: int, tty: bool) -> None:
 EVALUATE_SCHEMA = "charlm.evaluate/1"
 
 
-def _write_json(target: str, record: dict) -> None:
-    """One JSON document to a file, or to stdout for '-' (non-finite numbers as null)."""
-    from ..util import json_safe
-
-    text = json.dumps(json_safe(record), indent=1) + "\n"
-    if target == "-":
-        sys.stdout.write(text)
-        return
-    try:
-        Path(target).write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise CharLMError(f"cannot write --json {target}: {e.strerror or e}") from None
-
-
 @app.command(context_settings=CONTEXT)
 @handles_errors
 def evaluate(
@@ -225,8 +210,7 @@ def evaluate(
     text_file: Annotated[str, typer.Argument(help="UTF-8 text file (or folder) to evaluate on.")],
     tail: Annotated[Optional[float], typer.Option(
         help="Evaluate only this last fraction of the file's characters (0.1: the usual validation split).")] = None,
-    json_out: Annotated[Optional[str], typer.Option(
-        "--json", help="Write the figures as one JSON document to this file; '-' for stdout (then nothing else is printed).")] = None,
+    json_out: Annotated[Optional[str], json_option("the figures")] = None,
     records: Annotated[Optional[bool], typer.Option("--records/--no-records", help="Zero the state at every record start (default: as the model was trained).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
 ) -> None:
@@ -243,8 +227,8 @@ def evaluate(
     record = {"schema": EVALUATE_SCHEMA, "checkpoint": str(lm.path), "file": text_file, "tail": tail,
               "records": lm.record_sep(records) is not None, **result.as_dict()}
     if json_out is not None:
-        _write_json(json_out, record)
-        if json_out == "-":
+        write_document(record, json_out)
+        if stdout_taken(json_out):
             return
     from .display import metrics_table
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -10,7 +9,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from .app import CONTEXT, _console, app, handles_errors
+from .app import CONTEXT, _console, app, handles_errors, json_option, stdout_taken, write_document
 
 
 def _read_text(text: Optional[str], file: Optional[str]) -> str:
@@ -40,8 +39,7 @@ def score(
     top: Annotated[int, typer.Option(help="Guesses listed at each position (the most likely next tokens).")] = 3,
     rows: Annotated[int, typer.Option(help="Positions listed in the table: the most surprising ones, in "
                                            "text order (0: none; every position is in --json).")] = 20,
-    json_out: Annotated[Optional[str], typer.Option("--json", help="Write the charlm.score/1 document to "
-                                                                   "this file ('-': stdout, nothing else).")] = None,
+    json_out: Annotated[Optional[str], json_option("the charlm.score/1 document (every position)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
 ) -> None:
     """Per-character surprisal in bits, the mean bits per character, and the model's top guesses.
@@ -52,7 +50,7 @@ def score(
 
     Examples: `charlm score runs/NAME "To be, or not to be"`, `charlm score runs/NAME --file a.txt --json -`.
     """
-    from ..errors import CharLMError, ConfigError
+    from ..errors import ConfigError
 
     if top < 0:
         raise ConfigError(f"--top must be 0 or more, got {top}")
@@ -62,17 +60,9 @@ def score(
     lm = load(checkpoint, device=device)
     result = lm.score(content, top=top)
     if json_out is not None:
-        from ..util import json_safe
-
-        doc = {**result.to_json(), "checkpoint": str(lm.path)}
-        payload = json.dumps(json_safe(doc), ensure_ascii=False) + "\n"
-        if json_out == "-":
-            sys.stdout.write(payload)
+        write_document({**result.to_json(), "checkpoint": str(lm.path)}, json_out)
+        if stdout_taken(json_out):
             return
-        try:
-            Path(json_out).write_text(payload, encoding="utf-8")
-        except OSError as e:
-            raise CharLMError(f"cannot write {json_out}: {e.strerror or e}") from None
     from .display import score_view
 
     _console().print(score_view(result, rows=rows))
