@@ -71,3 +71,16 @@ def korean() -> Path:
     if not path.exists():
         pytest.skip("../shared/corpora/korean-chatbot.txt is not present")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A tiny trained run on disk (5 steps of a 16-unit GRU), shared by tests that only read it."""
+    import charlm
+
+    tmp = tmp_path_factory.mktemp("tiny-run")
+    corpus = tmp / "corpus.txt"
+    corpus.write_text(make_text(3000), encoding="utf-8")
+    cfg = charlm.TrainConfig(corpus=str(corpus), out=str(tmp / "run"), batch_size=4, seq_len=16, warmup_steps=0,
+                             max_steps=5, eval_every=5, sample_length=0, device="cpu")
+    return charlm.train(cfg, charlm.ModelConfig(embedding_size=8, hidden_size=16))

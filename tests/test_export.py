@@ -59,6 +59,18 @@ def run_steps(step, model: CharRNN, ids: torch.Tensor) -> tuple[np.ndarray, list
     return np.concatenate(out, axis=1), state
 
 
+def assert_steps_match(step, model: CharRNN, vocab_size: int) -> torch.Tensor:
+    """STEPS one-token calls of an exported step, state fed back, equal the model's one pass;
+    returns the ids (B, STEPS) it fed."""
+    ids = torch.randint(0, vocab_size, (3, STEPS), generator=torch.Generator().manual_seed(1))
+    want, want_state = reference(model, ids)
+    got, got_state = run_steps(step, model, ids)
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
+    for g, w in zip(got_state, want_state):
+        np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=0)
+    return ids
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_torchscript_step_matches_the_model_over_100_steps(cell, tmp_path):
     tok = char_tokenizer()
@@ -70,12 +82,7 @@ def test_torchscript_step_matches_the_model_over_100_steps(cell, tmp_path):
         with torch.no_grad():
             return [o.numpy() for o in loaded(torch.from_numpy(ids), *map(torch.from_numpy, state))]
 
-    ids = torch.randint(0, tok.vocab_size, (3, STEPS), generator=torch.Generator().manual_seed(1))
-    want, want_state = reference(model, ids)
-    got, got_state = run_steps(step, model, ids)
-    np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
-    for g, w in zip(got_state, want_state):
-        np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=0)
+    assert_steps_match(step, model, tok.vocab_size)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -93,12 +100,7 @@ def test_onnx_step_matches_the_model_over_100_steps(cell, tmp_path):
     def step(ids, *state):
         return session.run(None, {"ids": ids, **dict(zip(state_in, state))})
 
-    ids = torch.randint(0, tok.vocab_size, (3, STEPS), generator=torch.Generator().manual_seed(1))
-    want, want_state = reference(model, ids)
-    got, got_state = run_steps(step, model, ids)
-    np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
-    for g, w in zip(got_state, want_state):
-        np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=0)
+    ids = assert_steps_match(step, model, tok.vocab_size)
     # Batch and sequence length are free: 2 streams, 7 tokens and then 5, state carried.
     ids = ids[:2, :12]
     first = step(ids[:, :7].numpy(), *[s.numpy() for s in model.init_state(2)])

@@ -12,38 +12,27 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
 import charlm  # noqa: E402
 from charlm.cli import app  # noqa: E402
-from charlm.config import ModelConfig, SampleConfig, TrainConfig  # noqa: E402
+from charlm.config import ModelConfig, SampleConfig  # noqa: E402
 from charlm.sampling import Session  # noqa: E402
 from conftest import make_text  # noqa: E402
 
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("interactive")
-    corpus = tmp / "corpus.txt"
-    corpus.write_text(make_text(3000), encoding="utf-8")
-    cfg = TrainConfig(corpus=str(corpus), out=str(tmp / "run"), batch_size=4, seq_len=16, warmup_steps=0,
-                      max_steps=5, eval_every=5, sample_length=0, device="cpu")
-    return charlm.train(cfg, ModelConfig(embedding_size=8, hidden_size=16))
-
-
 def greedy(lm, context: str, length: int) -> str:
     return lm.sample(prime=context, length=length, temperature=0)
 
 
-def test_subprocess_lines_continue_one_state(run_dir):
-    lm = charlm.load(run_dir, device="cpu")
+def test_subprocess_lines_continue_one_state(tiny_run):
+    lm = charlm.load(tiny_run, device="cpu")
     stdin = "the \n/length 12\nthe \n/reset\nthe \n/quit\nnever read\n"
-    p = subprocess.run([sys.executable, "-m", "charlm", "sample", str(run_dir), "--interactive",
+    p = subprocess.run([sys.executable, "-m", "charlm", "sample", str(tiny_run), "--interactive",
                         "--temperature", "0", "--length", "20"],
                        input=stdin, capture_output=True, text=True, timeout=120,
                        env={**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(Path(__file__).parent.parent)})
@@ -55,14 +44,14 @@ def test_subprocess_lines_continue_one_state(run_dir):
     assert third == greedy(lm, "\nthe ", 12)                      # /reset forgot it
 
 
-def test_clirunner_top_pick_and_mistakes(run_dir):
-    lm = charlm.load(run_dir, device="cpu")
+def test_clirunner_top_pick_and_mistakes(tiny_run):
+    lm = charlm.load(tiny_run, device="cpu")
     session = Session(lm.model, lm.tokenizer, SampleConfig(temperature=0, length=5), lm.device)
     session.feed("the ")
     top = session.top(3)
     assert [p for *_, p in top] == sorted((p for *_, p in top), reverse=True) and sum(p for *_, p in top) <= 1
     lines = "the \n/top 3\n2\n/temp abc\n/bogus\n/temp 0\n\n"
-    r = runner.invoke(app, ["sample", str(run_dir), "--interactive", "--temperature", "0", "--length", "5"],
+    r = runner.invoke(app, ["sample", str(tiny_run), "--interactive", "--temperature", "0", "--length", "5"],
                       input=lines)
     assert r.exit_code == 0, r.output
     out = r.stdout.split("\n")
@@ -79,8 +68,8 @@ def test_clirunner_top_pick_and_mistakes(run_dir):
     assert "Traceback" not in r.output
 
 
-def test_unknown_characters_in_a_line_do_not_end_the_session(run_dir):
-    r = runner.invoke(app, ["sample", str(run_dir), "--interactive", "--temperature", "0", "--length", "4"],
+def test_unknown_characters_in_a_line_do_not_end_the_session(tiny_run):
+    r = runner.invoke(app, ["sample", str(tiny_run), "--interactive", "--temperature", "0", "--length", "4"],
                       input="ZQ§\nthe \n")
     assert r.exit_code == 0
     assert "vocabulary lacks" in r.stderr and len(r.stdout.split("\n")[0]) == 4
@@ -100,8 +89,8 @@ def test_session_api_matches_one_pass():
     assert reply == greedy(lm, "the cat ", 10)
 
 
-def test_interactive_refuses_beam_and_several_samples(run_dir):
+def test_interactive_refuses_beam_and_several_samples(tiny_run):
     for extra in (["--beam", "3"], ["--num-samples", "2"]):
-        r = runner.invoke(app, ["sample", str(run_dir), "--interactive", *extra], input="the \n")
+        r = runner.invoke(app, ["sample", str(tiny_run), "--interactive", *extra], input="the \n")
         assert r.exit_code == 1 and "drop --beam and --num-samples" in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and r.stdout == ""

@@ -40,17 +40,6 @@ def tiny_lm(chars=CHARS, seed=0, cell="gru", normalize="none", tokenizer=None) -
     return LanguageModel(model, tok, {}, torch.device("cpu"), Path("memory"))
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """A tiny trained run on disk, for the command-line tests."""
-    tmp = tmp_path_factory.mktemp("sampling")
-    corpus = tmp / "corpus.txt"
-    corpus.write_text(make_text(3000), encoding="utf-8")
-    cfg = TrainConfig(corpus=str(corpus), out=str(tmp / "run"), batch_size=4, seq_len=16, warmup_steps=0,
-                      max_steps=5, eval_every=5, sample_length=0, device="cpu")
-    return charlm.train(cfg, ModelConfig(embedding_size=8, hidden_size=16))
-
-
 def sequence_logp(lm: LanguageModel, prime: str, text: str) -> float:
     """Total log-probability of text after prime, by one forward pass (ids, <unk> excluded)."""
     ids = torch.tensor(lm.tokenizer.encode(prime + text)).unsqueeze(0)
@@ -118,8 +107,8 @@ def test_bad_sampling_options(kw, fragment):
 
 
 @pytest.mark.parametrize("seed", ["-1", str(2**64)])
-def test_cli_bad_seed_is_one_line(run_dir, seed):
-    r = runner.invoke(app, ["sample", str(run_dir), "--seed", seed])
+def test_cli_bad_seed_is_one_line(tiny_run, seed):
+    r = runner.invoke(app, ["sample", str(tiny_run), "--seed", seed])
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert len(r.stderr.strip().splitlines()) == 1 and "--seed must be a whole number" in r.stderr
 
@@ -279,23 +268,23 @@ def test_sample_i_of_a_batch_is_the_single_sample_with_seed_plus_i():
     assert len(set(batch)) == 3
 
 
-def test_cli_streams_samples_one_after_another(run_dir):
-    r = runner.invoke(app, ["sample", str(run_dir), "--prime", "the ", "--length", "30", "--seed", "4",
+def test_cli_streams_samples_one_after_another(tiny_run):
+    r = runner.invoke(app, ["sample", str(tiny_run), "--prime", "the ", "--length", "30", "--seed", "4",
                             "--num-samples", "3"])
     assert r.exit_code == 0, r.output
-    lm = charlm.load(run_dir, device="cpu")
+    lm = charlm.load(tiny_run, device="cpu")
     want = "".join(f"--- sample {i + 1} of 3 (seed {4 + i}) ---\nthe {lm.sample(prime='the ', length=30, seed=4 + i)}\n"
                    for i in range(3))
     assert r.stdout == want
 
 
-def test_cli_greedy_beam_and_stop(run_dir):
-    lm = charlm.load(run_dir, device="cpu")
-    r = runner.invoke(app, ["sample", str(run_dir), "--prime", "the ", "--length", "40", "--temperature", "0"])
+def test_cli_greedy_beam_and_stop(tiny_run):
+    lm = charlm.load(tiny_run, device="cpu")
+    r = runner.invoke(app, ["sample", str(tiny_run), "--prime", "the ", "--length", "40", "--temperature", "0"])
     assert r.exit_code == 0 and r.stdout == "the " + lm.sample(prime="the ", length=40, temperature=0) + "\n"
-    r = runner.invoke(app, ["sample", str(run_dir), "--prime", "the ", "--length", "40", "--beam", "3"])
+    r = runner.invoke(app, ["sample", str(tiny_run), "--prime", "the ", "--length", "40", "--beam", "3"])
     assert r.exit_code == 0 and r.stdout == "the " + lm.sample(prime="the ", length=40, beam=3) + "\n"
-    r = runner.invoke(app, ["sample", str(run_dir), "--length", "200", "--seed", "2", "--stop", " ", "--stop", "."])
+    r = runner.invoke(app, ["sample", str(tiny_run), "--length", "200", "--seed", "2", "--stop", " ", "--stop", "."])
     assert r.exit_code == 0 and r.stdout == lm.sample(length=200, seed=2, stop=[" ", "."]) + "\n"
     assert " " not in r.stdout and "." not in r.stdout
 
@@ -309,17 +298,17 @@ def test_help_documents_the_options():
 
 # --- evaluate --json FILE / --json - ----------------------------------------------------------
 
-def test_evaluate_json_to_stdout_and_to_a_file(run_dir, tmp_path):
+def test_evaluate_json_to_stdout_and_to_a_file(tiny_run, tmp_path):
     corpus = tmp_path / "text.txt"
     corpus.write_text(make_text(500), encoding="utf-8")
-    r = runner.invoke(app, ["evaluate", str(run_dir), str(corpus), "--json", "-", "--device", "cpu"])
+    r = runner.invoke(app, ["evaluate", str(tiny_run), str(corpus), "--json", "-", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)                                            # nothing else on stdout
     assert doc["schema"] == "charlm.evaluate/1" and doc["tokens"] == 499
     assert doc["bits_per_char"] == pytest.approx(doc["loss"] * 499 / doc["chars"] / math.log(2), rel=1e-6)
     out = tmp_path / "eval.json"
-    r = runner.invoke(app, ["evaluate", str(run_dir), str(corpus), "--json", str(out), "--device", "cpu"])
+    r = runner.invoke(app, ["evaluate", str(tiny_run), str(corpus), "--json", str(out), "--device", "cpu"])
     assert r.exit_code == 0 and "bits per character" in r.stdout
     assert json.loads(out.read_text()) == doc
-    r = runner.invoke(app, ["evaluate", str(run_dir), str(corpus), "--json", str(tmp_path / "no" / "x.json")])
+    r = runner.invoke(app, ["evaluate", str(tiny_run), str(corpus), "--json", str(tmp_path / "no" / "x.json")])
     assert r.exit_code == 1 and "cannot write --json" in r.stderr and "Traceback" not in r.output
