@@ -36,7 +36,7 @@ NANOGPT_CPU_135S = 1.886    # ../shared/corpora/README.md, measured on these mac
 NANOGPT_A100 = 1.4697       # nanoGPT README, shakespeare_char on an A100
 
 
-def run_charlm(corpus: Path, seconds: float, out: Path, extra: list[str]) -> tuple[float, float]:
+def run_charlm(corpus: Path, seconds: float, out: Path, extra: list[str]) -> tuple[float, float, dict]:
     env = {**os.environ, "NO_COLOR": "1"}
     cmd = [sys.executable, "-m", "charlm", "train", str(corpus), "--max-time", str(seconds),
            "--out", str(out), "--force", "--sample-length", "0", *extra]
@@ -46,7 +46,9 @@ def run_charlm(corpus: Path, seconds: float, out: Path, extra: list[str]) -> tup
     ev = subprocess.run([sys.executable, "-m", "charlm", "evaluate", str(out / "last.pt"), str(corpus),
                          "--tail", "0.1", "--json", "--device", "cpu"],
                         check=True, env=env, capture_output=True, text=True)
-    return json.loads(ev.stdout)["loss"], wall
+    from charlm.runinfo import checkpoint_info
+
+    return json.loads(ev.stdout)["loss"], wall, checkpoint_info(out / "last.pt")
 
 
 def run_reference(corpus: Path, seconds: float) -> float:
@@ -96,9 +98,11 @@ def main() -> None:
     print(machine())
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "run"
-        ours, wall = run_charlm(corpus, args.seconds, out, args.extra)
-        print(f"charlm default recipe, --max-time {args.seconds:g}: {ours:.4f} nats/char on the last 10% "
-              f"(wall {wall:.0f} s including start-up and data preparation)")
+        ours, wall, info = run_charlm(corpus, args.seconds, out, args.extra)
+        recipe = "default recipe" if not args.extra else " ".join(args.extra)
+        print(f"charlm {recipe}, --max-time {args.seconds:g}: {ours:.4f} nats/char on the last 10% "
+              f"(wall {wall:.0f} s including start-up and data preparation; {info['step']} steps, "
+              f"{info['tokens_seen'] / 1e6:.2f}M tokens, {info['parameters']:,} parameters)")
         ref = None
         if not args.no_reference:
             ref = run_reference(corpus, args.seconds)
@@ -110,7 +114,8 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "charlm", "plot", str(out), "-o", str(args.plot)], check=False)
         append_result("quality", {"seconds": args.seconds, "charlm_loss": ours, "reference_loss": ref,
                                   "ratio": ours / ref if ref else None, "nanogpt_cpu_135s": NANOGPT_CPU_135S,
-                                  "extra": args.extra})
+                                  "extra": args.extra, "steps": info["step"], "tokens": info["tokens_seen"],
+                                  "parameters": info["parameters"]})
 
 
 if __name__ == "__main__":
