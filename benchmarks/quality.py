@@ -44,7 +44,7 @@ def run_charlm(corpus: Path, seconds: float, out: Path, extra: list[str]) -> tup
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t
     ev = subprocess.run([sys.executable, "-m", "charlm", "evaluate", str(out / "last.pt"), str(corpus),
-                         "--tail", "0.1", "--json", "--device", "cpu"],
+                         "--tail", "0.1", "--json", "-", "--device", "cpu"],
                         check=True, env=env, capture_output=True, text=True)
     from charlm.runinfo import checkpoint_info
 

@@ -73,6 +73,13 @@ class ModelConfig:
     """Number of stacked recurrent layers."""
     dropout: float = 0.0
     """Dropout on the embedding, between layers and before the output layer; in [0, 1)."""
+    weight_drop: float = 0.0
+    """DropConnect on the hidden-to-hidden weights (AWD-LSTM's weight drop): in training, this
+    fraction of them is zeroed, with one mask for every step of a chunk; in [0, 1); rnn, lstm and
+    gru only."""
+    tie_weights: bool = False
+    """Use the embedding matrix as the output layer's weights too (Press & Wolf 2017); needs
+    --embedding-size equal to --hidden-size."""
 
     def validate(self) -> "ModelConfig":
         _check(self.cell in CELLS, f"--model must be one of {', '.join(CELLS)}, got {self.cell!r}")
@@ -82,6 +89,15 @@ class ModelConfig:
                f"vocab_size must be >= 0, got {self.vocab_size!r}")
         _check(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
                f"--dropout must be in [0, 1), got {self.dropout!r}")
+        _check(is_finite_number(self.weight_drop) and 0.0 <= self.weight_drop < 1.0,
+               f"--weight-drop must be in [0, 1), got {self.weight_drop!r}")
+        _check(self.weight_drop == 0 or self.cell in ("rnn", "lstm", "gru"),
+               f"--weight-drop applies to the hidden-to-hidden weights of rnn, lstm and gru; "
+               f"{self.cell} has none")
+        _check(isinstance(self.tie_weights, bool), f"tie_weights must be true or false, got {self.tie_weights!r}")
+        _check(not self.tie_weights or self.embedding_size == self.hidden_size,
+               f"--tie-weights needs --embedding-size equal to --hidden-size (the output layer reads "
+               f"the hidden state), got {self.embedding_size} and {self.hidden_size}")
         return self
 
 

@@ -31,7 +31,8 @@ def parameter_count(model_config: ModelConfig, vocab_size: int) -> int:
     g = GATES.get(c.cell, 4)
     first = g * H * (E + H) + 2 * g * H              # weight_ih (gH, E), weight_hh (gH, H), two biases
     others = (L - 1) * (g * H * (H + H) + 2 * g * H)  # deeper layers read H, not E
-    return V * E + first + others + H * V + V         # embedding, stack, head (weight and bias)
+    head = (0 if c.tie_weights else H * V) + V        # a tied head shares the embedding's matrix
+    return V * E + first + others + head              # embedding, stack, head (weight and bias)
 
 
 def estimate_model_bytes(model_config: ModelConfig, vocab_size: int, batch_size: int = 0,

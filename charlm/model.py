@@ -36,6 +36,8 @@ class CharRNN(nn.Module):
                                  dropout=dropout, batch_first=True, **kwargs)
         self.drop = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.hidden_size, c.vocab_size)
+        if c.tie_weights:   # one (V, H) matrix reads tokens in and scores them out; E == H
+            self.head.weight = self.embed.weight
         if c.cell == "lstm":
             self._init_forget_gate_bias(1.0)
 
@@ -88,7 +90,15 @@ class CharRNN(nn.Module):
         rnn_state = None
         if state is not None:
             rnn_state = state if self.config.cell == "lstm" else state[0]
-        out, new_state = self.rnn(emb, rnn_state)          # out (B, T, H)
+        if self.training and self.config.weight_drop > 0:
+            # DropConnect: fresh masks on the hidden-to-hidden matrices for this chunk, the same at
+            # every step of it (a per-step mask would break the fused kernels and the recurrence's
+            # consistency); F.dropout rescales the kept weights by 1 / (1 - p).
+            dropped = {name: F.dropout(w, self.config.weight_drop)
+                       for name, w in self.rnn.named_parameters() if name.startswith("weight_hh")}
+            out, new_state = torch.func.functional_call(self.rnn, dropped, (emb, rnn_state))
+        else:
+            out, new_state = self.rnn(emb, rnn_state)      # out (B, T, H)
         logits = self.head(self.drop(out))                 # (B, T, V)
         if not isinstance(new_state, tuple):
             new_state = (new_state,)

@@ -49,7 +49,7 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
         "hidden_size": _int(m.get("hidden_size")),
         "embedding_size": _int(m.get("embedding_size")),
         "dropout": finite_or_none(dropout),
-        "parameters": int(sum(v.numel() for v in ckpt["model"].values())),  # tensors: load_checkpoint checked
+        "parameters": _parameter_count(ckpt["model"], m),
         "tokenizer": _str(tok.get("kind")),
         "normalize": _str(tok.get("normalize", "none")),
         "vocab_size": _int(m.get("vocab_size")),
@@ -72,6 +72,14 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
         "python_version": _str(versions.get("python")),
         "init_from": _origin(ckpt.get("init_from")),
     }
+
+
+def _parameter_count(weights: dict, model_config: dict) -> int:
+    """Stored values (tensors: load_checkpoint checked), a tied output matrix counted once."""
+    total = sum(v.numel() for v in weights.values())
+    if model_config.get("tie_weights") is True and "head.weight" in weights:
+        total -= weights["head.weight"].numel()
+    return int(total)
 
 
 def _origin(raw: Any) -> Optional[dict[str, Any]]:

@@ -59,8 +59,9 @@ def load_source(config: TrainConfig, model_config: Optional[ModelConfig],
                 raise ConfigError(f"cannot fine-tune {path}: its model has {option} {getattr(saved, key)}, "
                                   f"but {getattr(model_config, key)} was given (a fine-tuned model keeps "
                                   f"its architecture: drop the option)")
-    dropout = model_config.dropout if model_config is not None else saved.dropout
-    model_config = replace(saved, dropout=dropout)
+    # The regularisers are the new run's choice; the architecture (tied weights included) is the source's.
+    given = model_config if model_config is not None else saved
+    model_config = replace(saved, dropout=given.dropout, weight_drop=given.weight_drop)
     # The run's tokenizer options are the source's (what the saved train_config should say).
     config = replace(config, tokenizer=tokenizer.kind, normalize=tokenizer.normalize,
                      vocab_size=None if tokenizer.kind == "char" else tokenizer.vocab_size)

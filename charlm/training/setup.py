@@ -301,9 +301,11 @@ def _check_run_id(ckpt: dict, path: Path) -> None:
 def _check_compatible(ckpt: dict, model_config: ModelConfig, config: TrainConfig) -> None:
     saved_model = ckpt["model_config"]
     for key, value in asdict(model_config).items():
-        if key != "vocab_size" and saved_model.get(key) != value:
+        # A key an older checkpoint lacks had its default then (e.g. weight_drop 0).
+        saved = saved_model.get(key, getattr(ModelConfig(), key))
+        if key != "vocab_size" and saved != value:
             option = "--model" if key == "cell" else f"--{key.replace('_', '-')}"
-            raise ConfigError(f"cannot resume: the checkpoint's model has {option} {saved_model.get(key)}, "
+            raise ConfigError(f"cannot resume: the checkpoint's model has {option} {saved}, "
                               f"but {value} was given (drop the option, or start a new run)")
     saved_train = ckpt["train_config"]
     for key in (k for k in _MUST_AGREE if hasattr(config, k)):
