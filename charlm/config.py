@@ -67,7 +67,10 @@ class ModelConfig:
     """Number of token ids; set from the tokenizer, never by hand."""
     embedding_size: int = 64
     """Width of the input embedding."""
-    hidden_size: int = 512
+    # 256 units: on a 2-core CPU in fp32 a 135 s run is bound by tokens per second, and GRU 1x256
+    # trains 3x the tokens of 1x512 and reached 1.53 nats/char against 1.59-1.60 (BENCHMARKS.md,
+    # issue 15); give a wider model a longer run or a faster machine.
+    hidden_size: int = 256
     """Units per recurrent layer (H)."""
     layers: int = 1
     """Number of stacked recurrent layers."""
@@ -129,7 +132,8 @@ class TrainConfig:
     state is zeroed at every record start, in training, evaluation and sampling (char tokenizer)."""
     record_sep: str = "\n"
     """The one character that separates records under --records (a newline by default)."""
-    lr: float = 3e-3
+    # 5e-3 with the 256-unit default: 1.507-1.511 against 1.526-1.540 at 3e-3 (BENCHMARKS.md).
+    lr: float = 5e-3
     """Peak learning rate (Adam)."""
     min_lr_ratio: float = 0.1
     """The learning rate decays (cosine) to lr * min_lr_ratio at the end of the budget."""

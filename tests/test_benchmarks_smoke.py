@@ -57,3 +57,18 @@ def test_precision_step_quick(tmp_path):
         assert "speed-up" in out and rec["fp32_ms"] > 0 and rec["bf16_ms"] > 0
     else:
         assert "no native bf16" in out
+
+
+@pytest.mark.skipif(not (CORPORA / "tinyshakespeare.txt").exists(), reason="needs ../shared/corpora")
+def test_quality_runs_end_to_end(tmp_path):
+    """A few seconds of a tiny model: the train -> evaluate -> report path of benchmarks/quality.py
+    (its evaluate call once broke on a CLI change with nothing to notice it)."""
+    results = tmp_path / "results.jsonl"
+    env = {**os.environ, "CHARLM_BENCH_RESULTS": str(results)}
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "quality.py"), "--seconds", "3", "--no-reference",
+                        "--out", str(tmp_path / "run"), "--", "--hidden-size", "32", "--eval-tokens", "2048"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rec = json.loads(results.read_text().splitlines()[-1])
+    assert rec["benchmark"] == "quality" and 0 < rec["charlm_loss"] < 5 and rec["steps"] > 0
+    assert f"{rec['charlm_loss']:.4f} nats/char" in p.stdout and "--hidden-size 32" in p.stdout
