@@ -68,8 +68,8 @@ class ModelConfig:
     embedding_size: int = 64
     """Width of the input embedding."""
     # 256 units: on a 2-core CPU in fp32 a 135 s run is bound by tokens per second, and GRU 1x256
-    # trains 3x the tokens of 1x512 and reached 1.53 nats/char against 1.59-1.60 (BENCHMARKS.md,
-    # issue 15); give a wider model a longer run or a faster machine.
+    # trains 3x the tokens of 1x512 in 135 s: median 1.526 nats/char (1.508 with lr 5e-3) against
+    # 1.593 (BENCHMARKS.md, issue 15). A longer run or a faster machine can afford a wider model.
     hidden_size: int = 256
     """Units per recurrent layer (H)."""
     layers: int = 1
