@@ -19,14 +19,12 @@ import argparse
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_result, machine  # noqa: E402
+from common import append_result, machine, training_stepper  # noqa: E402
 
 from charlm.config import ModelConfig  # noqa: E402
 from charlm.model import CharRNN  # noqa: E402
@@ -48,23 +46,8 @@ def matching_hidden(target: int, layers: int, gates: int) -> int:
 
 
 def stepper(config: ModelConfig, batch: int, seq_len: int):
-    """One training step of a fresh model on fixed random ids, as a function returning seconds."""
-    torch.manual_seed(0)
-    model = CharRNN(config.validate())
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-    x, y = torch.randint(0, VOCAB, (batch, seq_len)), torch.randint(0, VOCAB, (batch, seq_len))
-    box = {"state": model.init_state(batch)}
-
-    def step() -> float:
-        t = time.perf_counter()
-        logits, state = model(x, box["state"])                           # (B, T, V)
-        loss = F.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        box["state"] = tuple(s.detach() for s in state)
-        return time.perf_counter() - t
+    """One training step of a fresh model (benchmarks/common.py), and its parameter count."""
+    step, model = training_stepper(config, batch, seq_len, VOCAB)
     return step, model.num_parameters()
 
 

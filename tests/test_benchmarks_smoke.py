@@ -72,3 +72,10 @@ def test_quality_runs_end_to_end(tmp_path):
     rec = json.loads(results.read_text().splitlines()[-1])
     assert rec["benchmark"] == "quality" and 0 < rec["charlm_loss"] < 5 and rec["steps"] > 0
     assert f"{rec['charlm_loss']:.4f} nats/char" in p.stdout and "--hidden-size 32" in p.stdout
+
+
+def test_gru_speed_quick(tmp_path):
+    out, rec = run_quick("gru_speed.py", tmp_path)
+    assert "torch nn.GRU" in out and "charlm cpugru" in out and "ratio" in out
+    assert rec["benchmark"] == "gru_speed" and rec["tok_s"] > 0 and rec["reference_tok_s"] > 0
+    assert rec["quick"] is True
