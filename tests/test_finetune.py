@@ -117,7 +117,8 @@ def test_info_shows_origin_and_a_resume_keeps_it(source, new_text, tmp_path):
     model_config, config = resolve_options({"out": str(tuned), "resume": True})
     assert config.init_from is None                                  # how it began is not redone
     train(config, model_config)
-    r = runner.invoke(app, ["info", str(tuned)])
+    # Wide enough that the source's path (its length depends on pytest's tmp dir) does not wrap.
+    r = runner.invoke(app, ["info", str(tuned)], env={"COLUMNS": "400"})
     assert r.exit_code == 0, r.output
     assert "fine-tuned from" in r.output and "step 150" in r.output
     r = runner.invoke(app, ["info", str(tuned / "last.pt"), "--json", "-"])
