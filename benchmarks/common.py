@@ -13,6 +13,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results.jsonl"
+# The scripts import charlm in-process as well as running `python -m charlm`: both should be the
+# checkout's, installed or not.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 def corpus_path(name: str) -> Path:

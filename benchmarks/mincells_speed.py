@@ -1,7 +1,8 @@
 """Training tokens/s of minGRU (parallel scan over time) against nn.GRU at equal parameter count.
 
 Issue 15 section 2. Both are charlm's CharRNN (vocabulary 65, embedding 64, fp32): the reference
-is the default cell, nn.GRU 1x512; minGRU is stacked --layers deep (3 by default, as in the paper;
+is the default cell, a GRU, at 1x512 (trained on the CPU through charlm/cpugru.py, as charlm
+trains it); minGRU is stacked --layers deep (3 by default, as in the paper;
 a single minGRU layer is an elementwise leaky average of the input, and would need H ~ 4,700 to
 match), with its width H chosen so that the whole model's parameter count matches the GRU's. One
 measured step is what charlm's loop does per chunk: forward, cross-entropy, backward, gradient

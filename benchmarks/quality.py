@@ -30,14 +30,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_result, corpus_path, machine  # noqa: E402
+from common import REPO, append_result, corpus_path, machine  # noqa: E402
 
 NANOGPT_CPU_135S = 1.886    # ../shared/corpora/README.md, measured on these machines
 NANOGPT_A100 = 1.4697       # nanoGPT README, shakespeare_char on an A100
 
 
 def run_charlm(corpus: Path, seconds: float, out: Path, extra: list[str]) -> tuple[float, float, dict]:
-    env = {**os.environ, "NO_COLOR": "1"}
+    # The subprocesses run this checkout's charlm too, wherever the script is started from.
+    env = {**os.environ, "NO_COLOR": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "charlm", "train", str(corpus), "--max-time", str(seconds),
            "--out", str(out), "--force", "--sample-length", "0", *extra]
     t = time.perf_counter()

@@ -67,10 +67,12 @@ class ModelConfig:
     """Number of token ids; set from the tokenizer, never by hand."""
     embedding_size: int = 64
     """Width of the input embedding."""
-    # 256 units: on a 2-core CPU in fp32 a 135 s run is bound by tokens per second, and GRU 1x256
-    # trains 3x the tokens of 1x512 in 135 s: median 1.526 nats/char (1.508 with lr 5e-3) against
-    # 1.593 (BENCHMARKS.md, issue 15). A longer run or a faster machine can afford a wider model.
-    hidden_size: int = 256
+    # 320 units: on a 2-core CPU in fp32 a 135 s run is bound by tokens per second, so the width
+    # is a trade of capacity against tokens seen. With weight decay 0.1 and lr 5e-3, GRU 1x320
+    # reached a median of 1.483 nats/char on tiny shakespeare in 135 s, against 1.488 at 256, one
+    # run of 1.488 at 384, and 1.593 for the old 1x512 default (BENCHMARKS.md, issue 15).
+    # A longer run or a faster machine can afford a wider model.
+    hidden_size: int = 320
     """Units per recurrent layer (H)."""
     layers: int = 1
     """Number of stacked recurrent layers."""
@@ -132,15 +134,20 @@ class TrainConfig:
     state is zeroed at every record start, in training, evaluation and sampling (char tokenizer)."""
     record_sep: str = "\n"
     """The one character that separates records under --records (a newline by default)."""
-    # 5e-3 with the 256-unit default: 1.507-1.511 against 1.526-1.540 at 3e-3 (BENCHMARKS.md).
-    lr: float = 5e-3
+    # 1e-2, with the 320-unit default and weight decay 0.1: medians of three 135 s runs on tiny
+    # shakespeare 1.475 against 1.481 at 7e-3 and 1.483 at 5e-3; one run at 1.5e-2 gave 1.486
+    # (BENCHMARKS.md, issue 15).
+    lr: float = 1e-2
     """Peak learning rate (Adam)."""
     min_lr_ratio: float = 0.1
     """The learning rate decays (cosine) to lr * min_lr_ratio at the end of the budget."""
     warmup_steps: int = 50
     """Linear warm-up from 0 to lr over this many steps."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
+    # 0.1: medians of three 135 s runs on tiny shakespeare, 1.483 against 1.491 without it at 320
+    # units (1.488 against 1.504 at 256) (BENCHMARKS.md, issue 15). It applies to every
+    # parameter, as torch's AdamW does.
+    weight_decay: float = 0.1
+    """AdamW weight decay (decoupled, on every parameter)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 disables clipping)."""
     epochs: Optional[float] = None
