@@ -27,7 +27,10 @@ from .util import is_finite_number
 
 
 class LanguageModel:
-    """A trained model with its tokenizer, ready to sample, evaluate and inspect."""
+    """A trained model with its tokenizer, ready to sample, evaluate, score and export.
+
+    The instruments that inspect it live in charlm.lab (``charlm.lab.gradients.study(lm)``,
+    ``charlm.lab.context.study(lm)``): the product never imports the lab."""
 
     def __init__(self, model, tokenizer, checkpoint: dict[str, Any], device: torch.device, path: Path):
         self.model = model
@@ -118,19 +121,6 @@ class LanguageModel:
             text = text[len(text) - int(round(len(text) * tail)):]
         return self.evaluate(text, records=records)
 
-    def inspect_gradients(self, text: Optional[str] = None, corpus: Optional[str] = None, lags: int = 100,
-                          samples: int = 32, seed: int = 0, warmup: int = 50):
-        """How far back the gradient of a last-position loss reaches (`charlm inspect-gradients`).
-
-        Windows come from ``text``, else the ``corpus`` file, else the corpus the model was trained
-        on. Returns a charlm.gradients.GradientStudy: ``.models[0].curves`` per layer and state,
-        ``.to_json()`` with every number.
-        """
-        from .gradients import study_of_trained
-
-        return study_of_trained(self.model, self.tokenizer, self.checkpoint, str(self.path), corpus=corpus,
-                                text=text, lags=lags, samples=samples, seed=seed, warmup=warmup)
-
     def score(self, text: str, top: int = 3):
         """Surprisal of each character of text, in bits, and the model's ``top`` guesses at each.
 
@@ -148,24 +138,6 @@ class LanguageModel:
         from .export import export_model
 
         return export_model(self.model, self.tokenizer, path, format=format, force=force)
-    def inspect_context(self, file: Optional[str | Path] = None, text: Optional[str] = None,
-                        tail: Optional[float] = None, targets: int = 96, max_context: int = 2048,
-                        tolerance: float = 0.01, shuffle_max: int = 256, seed: int = 0,
-                        grad_lags: int = 100, grad_samples: int = 32, threads: Optional[int] = None):
-        """How much of the past the model uses (`charlm inspect-context`).
-
-        Targets come from ``text``, else ``file`` (its last ``tail`` when given), else the
-        validation tail of the corpus the model was trained on. Returns a
-        charlm.context.ContextStudy: ``.curve`` (loss per context n), ``.effective_context``,
-        ``.replace``/``.shuffle`` (the perturbation curves), ``.to_json()`` with every number.
-        """
-        from .context import inspect_context
-
-        return inspect_context(self.model, self.tokenizer, self.checkpoint, str(self.path),
-                               file=None if file is None else str(file), text=text, tail=tail,
-                               targets=targets, max_context=max_context, tolerance=tolerance,
-                               shuffle_max=shuffle_max, seed=seed, grad_lags=grad_lags,
-                               grad_samples=grad_samples, threads=threads)
 
 
 def load(path: str | Path, device: str = "auto") -> LanguageModel:
@@ -180,7 +152,8 @@ def load(path: str | Path, device: str = "auto") -> LanguageModel:
 
 
 def train(config: TrainConfig | dict[str, Any] | str | Path, model: Optional[ModelConfig] = None,
-          on_event: Optional[Callable] = None) -> Path:
+          on_event: Optional[Callable] = None, should_stop: Optional[Callable[[], bool]] = None,
+          grad_probe: Optional[Callable] = None) -> Path:
     """Train headless (nothing is printed); return the run directory.
 
     ``config`` is a TrainConfig (with ``model`` a ModelConfig, or None for the default shape), a
@@ -188,6 +161,9 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, model: Optional[Mod
     or the path of a TOML file like ``charlm train --config`` reads. ``TrainConfig(out=RUN,
     resume=True)`` continues RUN with the options it was started with. Progress arrives as events
     through ``on_event`` when given; metrics.jsonl in the run directory records them either way.
+    ``should_stop`` is polled after every step (True: save last.pt and return, as on Ctrl-C).
+    ``grad_probe`` measures the chunk every ``grad_report_every`` steps: pass
+    ``charlm.lab.gradients.horizon_summary`` (the product does not import the lab).
     """
     from .training import resolve_options, train as _train
     from .training.options import explicit_options
@@ -202,4 +178,4 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, model: Optional[Mod
         # As the CLI does: the checkpoint's options, under the ones this config sets (a field
         # left at its default counts as not given).
         model, config = resolve_options(explicit_options(config, model))
-    return _train(config, model, on_event=on_event)
+    return _train(config, model, on_event=on_event, should_stop=should_stop, grad_probe=grad_probe)

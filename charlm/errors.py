@@ -1,6 +1,6 @@
 """Errors a user can act on.
 
-The core raises these; ``cli.py`` prints the message as one red line and exits 1. Every message
+The core raises these; the CLI (charlm/cli/app.py) prints the message as one red line and exits 1. Every message
 says what was wrong and, where it helps, what to do about it. Anything that is *not* a
 CharLMError is a bug in charlm and is allowed to show a traceback.
 """

@@ -49,7 +49,7 @@ def load_curves(run_dir: str | Path) -> dict[str, Any]:
     return curves
 
 
-def _literal(text: str) -> str:
+def literal(text: str) -> str:
     """text as matplotlib draws it literally: a '$' would start mathtext (and a lone one fails)."""
     return text.replace("$", r"\$")
 
@@ -75,7 +75,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, title: str | None
     axes = fig.subplots(2, 2)
     colours = [f"C{i % 10}" for i in range(len(runs))]
     for run, colour in zip(runs, colours):
-        name = _literal(run["name"])
+        name = literal(run["name"])
         if run["chunk"]:
             steps, secs, losses = zip(*run["chunk"])
             smooth = _smooth(losses)
@@ -99,11 +99,11 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, title: str | None
             ax.grid(True, alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize="small")
-    fig.suptitle(_literal(title or "charlm: " + ", ".join(r["name"] for r in runs)))
-    return _save(fig, out)
+    fig.suptitle(literal(title or "charlm: " + ", ".join(r["name"] for r in runs)))
+    return save_figure(fig, out)
 
 
-def _save(fig, out: str | Path) -> Path:
+def save_figure(fig, out: str | Path) -> Path:
     """Write the figure to out (png, svg or pdf, by its suffix): one line for any failure."""
     out = Path(out)
     try:
@@ -116,36 +116,3 @@ def _save(fig, out: str | Path) -> Path:
     except ValueError as e:  # an image format matplotlib does not know
         raise CharLMError(f"cannot write {out}: {str(e).splitlines()[0] if str(e) else 'unknown format'}") from None
     return out
-
-
-def plot_sweep(result, out: str | Path) -> Path:
-    """The best validation loss against each grid axis: one panel per axis, one line per
-    combination of the other axes' values (charlm.sweep.SweepResult)."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise MissingExtra("`charlm sweep --plot` needs matplotlib: pip install 'charlm[plot]'") from None
-    axes_names = list(result.axes)
-    fig = Figure(figsize=(5.5 * len(axes_names), 4.2), layout="constrained")
-    panels = fig.subplots(1, len(axes_names), squeeze=False)[0]
-    for ax, name in zip(panels, axes_names):
-        values = result.axes[name]
-        others = [a for a in axes_names if a != name]
-        series: dict[tuple, list[tuple[int, float]]] = {}
-        for p in result.points:
-            if is_finite_number(p.best_val_loss):
-                key = tuple(p.values[a] for a in others)
-                series.setdefault(key, []).append((values.index(p.values[name]), p.best_val_loss))
-        order = lambda key: [result.axes[a].index(v) for a, v in zip(others, key)]   # the grid's own order
-        for key, pts in sorted(series.items(), key=lambda kv: order(kv[0])):
-            pts.sort()
-            label = ", ".join(f"{a}={v}" for a, v in zip(others, key)) or "best val"
-            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=_literal(label))
-        ax.set_xticks(range(len(values)), [_literal(str(v)) for v in values])
-        ax.set_xlabel(_literal(name))
-        ax.set_ylabel("best validation loss (nats/token)")
-        ax.grid(True, alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize="small")
-    fig.suptitle(_literal(f"charlm sweep {result.folder}"))
-    return _save(fig, out)

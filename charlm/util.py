@@ -1,5 +1,5 @@
-"""Small helpers several modules need, written once: finite numbers, JSON-safe values, torch thread
-pinning, and the name of the file that marks a folder as a charlm run.
+"""Small helpers several modules need, written once: finite numbers, JSON-safe values, CSV text,
+torch thread pinning, and the name of the file that marks a folder as a charlm run.
 
 The bottom layer, beside config.py and errors.py: imports nothing of charlm, and torch only inside
 the function that needs it.
@@ -36,6 +36,18 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def csv_text(rows: list[list[Any]]) -> str:
+    """Rows as CSV text, floats to 6 significant digits: the one CSV writer every --csv uses."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    for row in rows:
+        writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+    return buf.getvalue()
 
 
 @contextmanager

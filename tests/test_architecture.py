@@ -86,3 +86,20 @@ def test_no_long_functions():
             if lines > MAX_BODY_LINES:
                 long.append(f"{name}.{node.name}: {lines} lines")
     assert not long, long
+
+
+def is_product(name: str) -> bool:
+    """The product: everything but the lab's instruments and the command line over both."""
+    return not any(name == p or name.startswith(p + ".") for p in ("charlm.lab", "charlm.cli"))
+
+
+def test_the_product_never_imports_the_lab():
+    """The wall: model, corpus, training, checkpoints, sampling, evaluation, scoring, export and
+    the API never import charlm.lab, at the top or inside a function. The lab uses the product;
+    what the trainer needs from it arrives as an argument (``grad_probe``)."""
+    mods = modules()
+    crossing = [f"{name} -> {target}" for name, path in mods.items() if is_product(name)
+                for target in sorted(imports_of(name, path, set(mods)))
+                if target == "charlm.lab" or target.startswith("charlm.lab.")]
+    assert not crossing, crossing
+    assert {"charlm.lab.gradients", "charlm.lab.context", "charlm.lab.truncation", "charlm.lab.sweep"} <= set(mods)

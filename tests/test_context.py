@@ -1,4 +1,4 @@
-"""How much of the past a model uses (charlm.context, `charlm inspect-context`): the shared runs
+"""How much of the past a model uses (charlm.lab.context, `charlm inspect-context`): the shared runs
 give exactly what one run per (target, context) gives, and trained models show the context their
 data demands: an echo model needs the key D + 1 tokens back, an i.i.d. model needs one token."""
 
@@ -16,11 +16,12 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from charlm.config import ModelConfig, TrainConfig
-from charlm.context import (SCHEMA, context_grid, first_within, full_history, lattice_targets,
+from charlm.lab.context import study as context_study
+from charlm.lab.context import (SCHEMA, context_grid, first_within, full_history, lattice_targets,
                             measure_context, pair_rows, run_rows, shuffled_history)
 from charlm.errors import CharLMError
 from charlm.model import CharRNN
-from charlm.synthetic import CUE, echo_text
+from charlm.lab.truncation import CUE, echo_text
 
 from conftest import REPO
 
@@ -102,7 +103,7 @@ def test_first_within_and_json_shape():
     assert first_within([1, 2, 4], [2.0, 1.5, 1.2], 1.0, 0.01) is None
     study = measure_context(_model("gru", vocab=12), np.random.default_rng(4).integers(0, 12, size=800),
                             targets=8, max_context=64, shuffle_max=16)
-    doc = json.loads(study.json_text())
+    doc = json.loads(json.dumps(study.to_json()))
     assert doc["schema"] == SCHEMA and [p["context"] for p in doc["curve"]] == context_grid(64)
     assert {"context", "loss"} <= set(doc["curve"][0]) and "effective_context" in doc
     assert [p["distance"] for p in doc["perturbation"]["shuffle"]] == [1, 2, 4, 8, 16]
@@ -157,7 +158,7 @@ def _check_echo_model(run: Path, distance: int) -> None:
         else:
             assert acc[n] > 0.9 and rep[n] > 0.9, (n, acc, rep)
     # Over all positions (lattice targets), the effective context reaches back to the key.
-    overall = lm.inspect_context(text=text, targets=64, max_context=64, shuffle_max=16, grad_lags=20,
+    overall = context_study(lm, text=text, targets=64, max_context=64, shuffle_max=16, grad_lags=20,
                                  grad_samples=4)
     assert overall.effective_context is not None and overall.effective_context >= need
     assert overall.chunk_length == 16 and overall.model["gradient_lags"] == 20
@@ -180,7 +181,7 @@ def test_iid_model_uses_one_token(tmp_path):
     import charlm
 
     lm = charlm.load(_train(tmp_path, "iid", text, steps=400), device="cpu")
-    study = lm.inspect_context(text=text[-8000:], targets=64, max_context=256, grad_lags=0)
+    study = context_study(lm, text=text[-8000:], targets=64, max_context=256, grad_lags=0)
     # A zero state is out of the ordinary for a trained model, so n = 1 costs a little (a few
     # hundredths of a nat after 400 steps); from n = 2 on nothing is left to gain.
     assert study.effective_context is not None and study.effective_context <= 2

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from charlm.checkpoint import load_model
 from charlm.cli import app
-from charlm.cli.display import TrainingView
+from charlm.cli.training_view import TrainingView
 from charlm.config import ModelConfig, TrainConfig
 from charlm.events import Sampled
 from charlm.metrics import read_metrics

@@ -1,4 +1,4 @@
-"""Gradient through time (charlm.gradients, `charlm inspect-gradients`): the measured curves agree
+"""Gradient through time (charlm.lab.gradients, `charlm inspect-gradients`): the measured curves agree
 with what analysis and the fused module say they must be."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from charlm.config import ModelConfig
 from charlm.errors import CharLMError
-from charlm.gradients import (SCHEMA, horizon_summary, inspect_gradients, measure_model, plot_study,
+from charlm.lab.gradients import study as gradient_study
+from charlm.lab.gradients import (SCHEMA, horizon_summary, inspect_gradients, measure_model, plot_study,
                               spectral_report, summarize, trace_gradients, unrolled)
 from charlm.model import CharRNN
 
@@ -121,9 +122,7 @@ def test_fresh_tanh_rnn_forgets_sooner_than_lstm():
 def test_json_schema_is_stable(tmp_path):
     study = inspect_gradients(models=["gru", "lstm"], hidden_size=8, embedding_size=4, layers=2, lags=12,
                               samples=3, warmup=0)
-    path = tmp_path / "g.json"
-    study.write_json(path)
-    doc = json.loads(path.read_text())
+    doc = json.loads(json.dumps(study.to_json()))
     json.dumps(doc, allow_nan=False)                                     # strict JSON: no NaN
     assert doc["schema"] == SCHEMA
     assert set(doc) == {"schema", "settings", "models"}
@@ -139,8 +138,7 @@ def test_json_schema_is_stable(tmp_path):
     assert set(m["spectral"][0]) == {"layer", "matrix", "block", "nonlinearity", "sigma_max", "gamma",
                                      "bound", "below_bound", "condition"}
     assert [s["block"] for s in m["spectral"][:4]] == ["input", "forget", "cell", "output"]
-    study.write_csv(tmp_path / "g.csv")
-    lines = (tmp_path / "g.csv").read_text().splitlines()
+    lines = study.csv_text().splitlines()
     assert lines[0].startswith("model,cell,layer,state,lag,gmean,p10,p90,relative")
     assert len(lines) == 1 + 13 * (2 + 4)                                 # gru 2 curves, lstm 4
 
@@ -168,6 +166,18 @@ def test_horizon_summary_on_a_training_chunk():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_training_needs_the_probe_the_lab_provides(tmp_path):
+    """The trainer does not import the lab: a gradient report without a probe is refused before
+    anything is written."""
+    from charlm.config import TrainConfig
+    from charlm.errors import ConfigError
+    from charlm.training import train
+
+    with pytest.raises(ConfigError, match="grad_probe"):
+        train(TrainConfig(corpus="x.txt", max_steps=1, grad_report_every=2, out=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_api_and_training_report(tmp_path):
     import charlm
     from charlm.cli import app
@@ -188,13 +198,13 @@ def test_cli_api_and_training_report(tmp_path):
     corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 60)
     run = train(TrainConfig(corpus=str(corpus), seq_len=12, batch_size=4, max_steps=4, eval_every=4,
                             grad_report_every=2, out=str(tmp_path / "run"), sample_length=0, device="cpu"),
-                ModelConfig(cell="lstm", hidden_size=8, embedding_size=4))
+                ModelConfig(cell="lstm", hidden_size=8, embedding_size=4), grad_probe=horizon_summary)
     reports = [r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "grad_report"]
     assert [r["step"] for r in reports] == [2, 4]
     assert reports[0]["horizons"]["lags"] == 11 and {"h[0]", "c[0]"} <= set(reports[0]["horizons"])
 
     lm = charlm.load(run, device="cpu")
-    study = lm.inspect_gradients(text="to be or not to be " * 20, lags=15, samples=3, warmup=5)
+    study = gradient_study(lm, text="to be or not to be " * 20, lags=15, samples=3, warmup=5)
     (m,) = study.models
     assert m.chunk_length == 12 and [c.state for c in m.curves] == ["h", "c"]
     assert len(m.curves[0].gmean) == 16 and study.inputs == "text given"

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import charlm
 from charlm.checkpoint import load_checkpoint
 from charlm.config import ModelConfig, TrainConfig
-from charlm.gradients import inspect_gradients, measure_model, spectral_report, trace_gradients, unrolled
+from charlm.lab.gradients import inspect_gradients, measure_model, spectral_report, trace_gradients, unrolled
 from charlm.metrics import read_metrics
 from charlm.mincells import MinRNN, g, log_g, scan
 from charlm.model import CharRNN

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from charlm.errors import ConfigError, RunDirError
-from charlm.sweep import SweepPointStarted, grid_points, parse_grid, point_name, run_sweep
+from charlm.lab.sweep import SweepPointStarted, grid_points, parse_grid, point_name, run_sweep
 from charlm.training import train, resolve_options
 from conftest import stop_after
 

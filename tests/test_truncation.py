@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from charlm.cli import app
 from charlm.errors import CharLMError
-from charlm.synthetic import CUE, FILLER, KEYS, echo_text, truncation_grid
+from charlm.lab.truncation import CUE, FILLER, KEYS, echo_text, truncation_grid
 
 
 @pytest.mark.parametrize("distance", [1, 2, 7])

@@ -1,6 +1,6 @@
 """The `charlm` command line: parse options, build configs, call the core, render.
 
-Only this module and display.py import typer or rich. Every command catches CharLMError and prints
+Only charlm/cli imports typer or rich. Every command catches CharLMError and prints
 its message as one red line on stderr (exit 1; 130 after Ctrl-C). torch is imported inside the
 commands that need it, so `charlm --help` starts fast.
 """
@@ -19,10 +19,8 @@ from rich.console import Console
 from typing_extensions import Annotated
 
 from .._version import __version__
-from ..config import ModelConfig, TrainConfig
 from ..errors import CharLMError
 
-_M, _T = ModelConfig(), TrainConfig()  # defaults shown in --help come from the dataclasses
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     name="charlm", context_settings=CONTEXT, no_args_is_help=True, rich_markup_mode="rich",
@@ -31,7 +29,7 @@ app = typer.Typer(
          "  charlm train input.txt --max-time 600\n\n  charlm sample runs/NAME --prime 'ROMEO:'\n\n"
          "  charlm inspect-gradients --models rnn,lstm,gru")
 
-_state: dict[str, Any] = {"quiet": False}
+cli_state: dict[str, Any] = {"quiet": False}   # the root options every command reads (--quiet)
 
 
 def _width() -> Optional[int]:
@@ -54,7 +52,7 @@ class _Console(Console):
         raise BrokenPipeError(errno.EPIPE, "Broken pipe")
 
 
-def _console(stderr: bool = False) -> Console:
+def get_console(stderr: bool = False) -> Console:
     no_color = bool(os.environ.get("NO_COLOR"))
     return _Console(stderr=stderr, no_color=no_color, highlight=False, width=_width())
 
@@ -132,7 +130,7 @@ def stdout_taken(*dests: Optional[str]) -> bool:
 
 def fail(message: str, code: int = 1) -> None:
     """Print one red line on stderr and exit."""
-    _console(stderr=True).print(f"[red]error:[/] {message}", soft_wrap=True, markup=True)
+    get_console(stderr=True).print(f"[red]error:[/] {message}", soft_wrap=True, markup=True)
     raise typer.Exit(code)
 
 
@@ -153,7 +151,7 @@ def handles_errors(func: Callable) -> Callable:
                 raise typer.Exit(e.exit_code)
             fail(escape(str(e) if rank == "0" else f"rank {rank}: {e}"), e.exit_code)
         except KeyboardInterrupt:
-            _console(stderr=True).print("[red]interrupted[/]")
+            get_console(stderr=True).print("[red]interrupted[/]")
             raise typer.Exit(130)
         except BrokenPipeError:  # `charlm sample ... | head`: the reader has all it wanted
             silence_stdout()
@@ -181,7 +179,7 @@ def root(
                                                     help="Print the version and exit.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")] = False,
 ) -> None:
-    _state["quiet"] = quiet
+    cli_state["quiet"] = quiet
 
 
 def main() -> None:

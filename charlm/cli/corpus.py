@@ -9,8 +9,9 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from .app import (CONTEXT, json_option, _console, _state, app, handles_errors, stdout_taken,
+from .app import (CONTEXT, json_option, get_console, cli_state, app, handles_errors, stdout_taken,
                   write_document)
+from .tables import kv_table
 
 
 corpus_app = typer.Typer(
@@ -43,7 +44,6 @@ def corpus_list(
             return
     from rich.markup import escape
 
-    from .display import kv_table
 
     entries = [[BUILTIN_NAME, "Python's standard library source (about 1.2 MB), offline, always here\n"
                               "licence  Python Software Foundation License"]]
@@ -56,9 +56,9 @@ def corpus_list(
     home = os.path.expanduser("~")
     if folder.startswith(home + os.sep):  # ~/.cache/charlm reads better than the full path
         folder = "~" + folder[len(home):]
-    _console().print(kv_table(f"corpora (cache folder: {escape(folder)})", entries,
+    get_console().print(kv_table(f"corpora (cache folder: {escape(folder)})", entries,
                               show_lines=True))
-    _console().print("`charlm train NAME` downloads a named corpus on first use; "
+    get_console().print("`charlm train NAME` downloads a named corpus on first use; "
                      "`charlm corpus get NAME` fetches it now.", highlight=False)
 
 
@@ -78,14 +78,14 @@ def corpus_get(
     from ..corpus import catalog
 
     r = catalog.recipe(name)
-    console = _console(stderr=True)
+    console = get_console(stderr=True)
     if catalog.is_cached(name):
         typer.echo(str(catalog.cached_path(name)))
         return
     if r.sha256 is None and sha256 is None and allow_unverified:
         console.print(f"[yellow]warning:[/] no published sha256 for {name}: checking its size only",
                       highlight=False)
-    show = console.is_terminal and not _state["quiet"]
+    show = console.is_terminal and not cli_state["quiet"]
     if show:
         from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
@@ -119,7 +119,6 @@ def corpus_info(
             return
     from rich.markup import escape
 
-    from .display import kv_table
 
     show = lambda pairs: "  ".join(f"{escape(repr(ch))} {n:,}" for ch, n in pairs)
     rows = [["corpus", escape(d["corpus"]) + (f" ({d['files']} files)" if d["files"] > 1 else "")],
@@ -131,7 +130,7 @@ def corpus_info(
             ["sha256", d["sha256"]],
             ["recommended", f"[bold]{d['options']}[/] (vocabulary {d['vocab_size']:,})"],
             ["why", d["reason"]]]
-    _console().print(kv_table(f"corpus info {escape(file)}", rows))
+    get_console().print(kv_table(f"corpus info {escape(file)}", rows))
 
 
 @corpus_app.command("make", context_settings=CONTEXT)
@@ -152,12 +151,12 @@ def corpus_make(
     Example: `charlm corpus make echo --distance 40`.
     """
     from ..errors import ConfigError
-    from ..synthetic import write_echo
+    from ..lab.truncation import write_echo
 
     if kind != "echo":
         raise ConfigError(f"unknown synthetic corpus {kind!r}: the one there is now is 'echo'")
     path = write_echo(out or Path(f"echo-d{distance}.txt"), distance, records, keys, seed, force)
-    if not _state["quiet"]:
-        _console().print(f"wrote {path}: {records:,} records, the echo {distance} steps after its key "
+    if not cli_state["quiet"]:
+        get_console().print(f"wrote {path}: {records:,} records, the echo {distance} steps after its key "
                          f"(chance {1 / keys:.1%}); train with e.g. `charlm train {path} --seq-len "
                          f"{2 * distance}`", highlight=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from typing_extensions import Annotated
 
-from .app import CONTEXT, _console, _state, app, handles_errors
+from .app import CONTEXT, get_console, cli_state, app, handles_errors
 
 
 @app.command("export", context_settings=CONTEXT)
@@ -35,8 +35,8 @@ def export_command(
 
     lm = load(checkpoint, device="cpu")
     path, vocab = lm.export(output, format=format, force=force)
-    if not _state["quiet"]:
+    if not cli_state["quiet"]:
         c = lm.config
-        _console().print(f"exported {lm.path} ({c.cell}, {c.layers}x{c.hidden_size}, vocabulary "
+        get_console().print(f"exported {lm.path} ({c.cell}, {c.layers}x{c.hidden_size}, vocabulary "
                          f"{c.vocab_size}) to {path} ({path.stat().st_size / 1024:.0f} KiB) and {vocab}",
                          soft_wrap=True, markup=False)

@@ -10,7 +10,8 @@ import typer
 from typing_extensions import Annotated
 
 from ..errors import CharLMError, ConfigError
-from .app import CONTEXT, _console, app, handles_errors, json_option, stdout_taken, write_document
+from .app import CONTEXT, get_console, app, handles_errors, json_option, stdout_taken, write_document
+from .tables import metrics_table
 
 
 SAMPLE_HELP = """Stream generated text to stdout as it is generated.
@@ -122,7 +123,7 @@ def _interactive(lm, config) -> None:
     session = Session(lm.model, lm.tokenizer, config, lm.device)
     tty = sys.stdin.isatty()
     if tty:
-        _console(stderr=True).print(INTERACTIVE_HELP, markup=False, highlight=False)
+        get_console(stderr=True).print(INTERACTIVE_HELP, markup=False, highlight=False)
     while True:
         line = _read_line("> " if tty else None)
         if line is None or line.strip() in ("/quit", "/exit"):
@@ -156,7 +157,7 @@ def _read_line(prompt: Optional[str]) -> Optional[str]:
 def _warn(message: str) -> None:
     from rich.markup import escape
 
-    _console(stderr=True).print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
+    get_console(stderr=True).print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
 
 
 def _command(session, line: str, tty: bool) -> None:
@@ -230,8 +231,6 @@ def evaluate(
         write_document(record, json_out)
         if stdout_taken(json_out):
             return
-    from .display import metrics_table
-
     table = metrics_table(f"evaluate {text_file}" + (f" (last {tail:g})" if tail else ""),
                           ["figure", "value"],
                           [["loss (nats/token)", f"{result.loss:.4f}"],
@@ -239,4 +238,4 @@ def evaluate(
                            ["perplexity (per token)", f"{result.perplexity:.3f}"],
                            ["tokens", f"{result.tokens:,}"],
                            ["characters", f"{result.chars:,.0f}"]])
-    _console().print(table)
+    get_console().print(table)

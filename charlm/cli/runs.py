@@ -8,7 +8,8 @@ from typing import Any, Optional
 import typer
 from typing_extensions import Annotated
 
-from .app import CONTEXT, json_option, _console, app, handles_errors, stdout_taken, write_document
+from .app import CONTEXT, json_option, get_console, app, handles_errors, stdout_taken, write_document
+from .tables import compact_table, kv_table
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -40,10 +41,8 @@ def info(
             return
     from rich.markup import escape
 
-    from .display import kv_table
-
     rows = [[label, escape(text)] for label, text in info_rows(d)]  # a checkpoint's strings are data, not markup
-    _console().print(kv_table(f"charlm info {escape(checkpoint)}", rows))
+    get_console().print(kv_table(f"charlm info {escape(checkpoint)}", rows))
 
 
 @app.command(context_settings=CONTEXT)
@@ -64,10 +63,8 @@ def runs(
         if stdout_taken(json_out):
             return
     if not summaries:
-        _console().print(f"no run directories in {folder}", markup=False)
+        get_console().print(f"no run directories in {folder}", markup=False)
         return
-    from .display import compact_table
-
     def short(run: str) -> str:  # the run's path below the folder: "lstm" rather than "runs/lstm"
         p = Path(run)
         return str(p.relative_to(folder)) if p != folder and p.is_relative_to(folder) else p.name
@@ -79,12 +76,12 @@ def runs(
              f"{s['elapsed_s']:.0f}s" if s["elapsed_s"] is not None else "-",
              "done" if s["status"] in ("max_steps", "max_time", "epochs") else escape(s["status"])]
             for s in summaries]
-    _console().print(compact_table(f"runs in {escape(str(folder))}", ["run", "model", "corpus", "steps", "val loss",
+    get_console().print(compact_table(f"runs in {escape(str(folder))}", ["run", "model", "corpus", "steps", "val loss",
                                                          "bpc", "time", "status"],
                                    rows, text_columns=3, flexible=2))
     for s in summaries:  # what was skipped in a damaged run, one line per run
         if s.get("notes"):
-            _console().print(f"note: {short(s['run'])}: {s['notes']}", markup=False, soft_wrap=True)
+            get_console().print(f"note: {short(s['run'])}: {s['notes']}", markup=False, soft_wrap=True)
 
 
 @app.command(context_settings=CONTEXT)

@@ -19,7 +19,8 @@ from rich.markup import escape
 from typing_extensions import Annotated
 
 from ..config import ModelConfig, train_options
-from .app import CONTEXT, _console, _state, app, handles_errors
+from .app import CONTEXT, get_console, cli_state, app, handles_errors
+from .training_view import TrainingView
 
 POSITIONAL = "corpus"    # the one field given as an argument: `charlm train input.txt`
 
@@ -85,15 +86,18 @@ def train(
         return
 
     from ..training import train as run_training
-    from .display import TrainingView
 
-    console = _console()
-    view = TrainingView(console, quiet=_state["quiet"])
+    probe = None
+    if train_config.grad_report_every:   # the lab's instrument, wired in here: the trainer never imports the lab
+        from ..lab.gradients import horizon_summary as probe
+
+    console = get_console()
+    view = TrainingView(console, quiet=cli_state["quiet"])
     try:
-        run_dir = run_training(train_config, model_config, on_event=view)
+        run_dir = run_training(train_config, model_config, on_event=view, grad_probe=probe)
     finally:
         view.close()
-    if train_config.sample_length and not _state["quiet"] and not view.stdout_closed:
+    if train_config.sample_length and not cli_state["quiet"] and not view.stdout_closed:
         _closing_sample(console, run_dir, train_config)
 
 

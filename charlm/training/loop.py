@@ -31,12 +31,11 @@ from .._version import __version__
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import ModelConfig, TrainConfig, to_toml
 from ..devices import DeviceBatches, describe_device
-from ..errors import Interrupted, NumericError
+from ..errors import ConfigError, Interrupted, NumericError
 from ..evaluation import evaluate_ids
 from ..records import reset_mask, separator_id
 from ..events import (CheckpointSaved, ChunkTrained, Evaluated, Event, Finished, GradientReport,
                       Notice, RunStarted, Sampled)
-from ..gradients import horizon_summary
 from ..metrics import MetricsLog
 from .samples import SamplesLog, eval_sample
 from .setup import Setup, build, prepare_device
@@ -44,18 +43,27 @@ from .signals import StopRequest, graceful_signals
 from .step import StepResult, lr_at, train_step
 
 EventCallback = Callable[[Event], None]
+# A measurement of the model on the chunk just trained: (model, x, y, state at the chunk start)
+# -> {name: figure}. The lab's gradient horizon (charlm.lab.gradients.horizon_summary) is one; the
+# product does not import the lab, so whoever starts the run passes it in.
+ChunkProbe = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, Optional[tuple]], dict]
 MAX_ROLLBACKS = 3
 
 
 def train(config: TrainConfig, model_config: Optional[ModelConfig] = None,
           on_event: Optional[EventCallback] = None,
-          should_stop: Optional[Callable[[], bool]] = None) -> Path:
+          should_stop: Optional[Callable[[], bool]] = None,
+          grad_probe: Optional[ChunkProbe] = None) -> Path:
     """Train a model; return the run directory. Raises CharLMError for user mistakes.
 
     ``model_config`` may be None when resuming (the checkpoint's is used). ``should_stop`` is
     polled after every step; when it returns True the run saves last.pt and returns, exactly as
-    on Ctrl-C (but without raising).
+    on Ctrl-C (but without raising). ``grad_probe`` measures the chunk every
+    ``config.grad_report_every`` steps (a GradientReport event); it is required when that is set.
     """
+    if config.grad_report_every and grad_probe is None:
+        raise ConfigError("grad_report_every needs a probe to measure with: pass "
+                          "grad_probe=charlm.lab.gradients.horizon_summary (the CLI does)")
     device, ctx, config = prepare_device(config)
     stop = StopRequest()
     try:
@@ -63,7 +71,7 @@ def train(config: TrainConfig, model_config: Optional[ModelConfig] = None,
             run = build(config, model_config, device, ctx)
             sinks = Sinks(on_event if (on_event is not None and ctx.is_main) else None)
             try:
-                return loop(run, sinks, stop, should_stop)
+                return loop(run, sinks, stop, should_stop, grad_probe)
             finally:
                 sinks.close()
                 if run.plan is not None:
@@ -72,7 +80,8 @@ def train(config: TrainConfig, model_config: Optional[ModelConfig] = None,
         distributed.teardown(ctx)
 
 
-def loop(run: Setup, sinks: "Sinks", stop: StopRequest, should_stop: Optional[Callable[[], bool]]) -> Path:
+def loop(run: Setup, sinks: "Sinks", stop: StopRequest, should_stop: Optional[Callable[[], bool]],
+         grad_probe: Optional[ChunkProbe] = None) -> Path:
     """Train until the budget, a signal or ``should_stop`` ends the run; return the run directory."""
     config, state, p = run.config, run.state, run.state.progress
     start(run, sinks, stop)
@@ -111,10 +120,10 @@ def loop(run: Setup, sinks: "Sinks", stop: StopRequest, should_stop: Optional[Ca
         if len(reports.pending) >= report_every:
             flush_reports(run, sinks, reports)
 
-        if config.grad_report_every and p.step % config.grad_report_every == 0:
+        if grad_probe is not None and config.grad_report_every and p.step % config.grad_report_every == 0:
             flush_reports(run, sinks, reports)   # on every rank: under DDP the read-back is a collective
             if run.ctx.is_main:
-                sinks.emit(GradientReport(p.step, horizon_summary(state.model, x, y, hidden_in)))
+                sinks.emit(GradientReport(p.step, grad_probe(state.model, x, y, hidden_in)))
 
         if reports.bad_in_a_row >= config.max_bad_steps:
             rollback(run, sinks, reports, clock)

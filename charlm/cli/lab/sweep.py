@@ -10,8 +10,10 @@ import typer
 from rich.markup import escape
 from typing_extensions import Annotated
 
-from .app import CONTEXT, _console, _state, app, handles_errors, json_option, stdout_taken, write_document
-from .train import options_signature
+from ..app import CONTEXT, get_console, cli_state, app, handles_errors, json_option, stdout_taken, write_document
+from ..tables import compact_table
+from ..train import options_signature
+from ..training_view import TrainingView
 
 
 class SweepView:
@@ -21,8 +23,6 @@ class SweepView:
         self.console, self.quiet, self.view = console, quiet, None
 
     def __call__(self, event) -> None:
-        from .display import TrainingView
-
         if event.kind == "sweep_point":
             self.close()
             verb = "resuming" if event.resumed else "training"
@@ -44,8 +44,6 @@ def _fmt(x: Optional[float], digits: int = 4) -> str:
 
 
 def sweep_table(result, inspect: bool):
-    from .display import compact_table
-
     axes = list(result.axes)
     columns = axes + ["val", "best", "bpc", "tok/s", "steps"]
     if inspect:
@@ -87,14 +85,14 @@ def sweep(
 
     Example: `charlm sweep input.txt --grid seq_len=16,64 --grid model=lstm,gru --epochs 1`
     """
-    from ..sweep import parse_grid, run_sweep
+    from ...lab.sweep import parse_grid, run_sweep
 
     axes = parse_grid(grid)
     base = {k: v for k, v in options.items() if v is not None}
     folder = Path(base.pop("out", None) or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
     to_stdout = stdout_taken(json_out)
-    console = _console()
-    view = SweepView(console, quiet=_state["quiet"] or to_stdout)
+    console = get_console()
+    view = SweepView(console, quiet=cli_state["quiet"] or to_stdout)
     try:
         result = run_sweep(axes, base, folder, on_event=view, inspect=inspect)
     finally:
@@ -102,7 +100,7 @@ def sweep(
     if json_out is not None:
         write_document(result.to_json(), json_out)
     if plot is not None:
-        from ..plotting import plot_sweep
+        from ...lab.sweep import plot_sweep
 
         plot_sweep(result, plot)
     if not to_stdout:

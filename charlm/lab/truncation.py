@@ -31,10 +31,10 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from .config import check_seed
-from .errors import ConfigError, RunDirError
+from ..config import check_seed
+from ..errors import ConfigError, RunDirError
 from .sweep import run_sweep
-from .util import torch_threads
+from ..util import torch_threads
 
 KEYS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 FILLER = "abcdefghij"
@@ -173,7 +173,7 @@ class GridResult:
 def score_cell(run_dir: str | Path, cell: str, distance: int, chunk: int, keys: int, seed: int,
                steps: int, seconds: float) -> GridCell:
     """Echo accuracy of a trained run on held-out echo text (another seed than training's)."""
-    from .checkpoint import load_model
+    from ..checkpoint import load_model
 
     model, tokenizer, _ = load_model(Path(run_dir) / "last.pt")
     held_out = echo_text(distance, records=_held_out_records(distance), keys=keys, seed=seed + 10_000)
@@ -211,7 +211,7 @@ def truncation_grid(models: Sequence[str] = ("rnn", "lstm", "gru"), distances: S
 
     Run directories go to ``workdir`` (kept) or a temporary folder (removed afterwards).
     """
-    from .config import CELLS
+    from ..config import CELLS
 
     for m in models:
         if m not in CELLS:
@@ -233,7 +233,7 @@ def truncation_grid(models: Sequence[str] = ("rnn", "lstm", "gru"), distances: S
     total = len(models) * len(distances) * len(chunks)
 
     # The grid is a sweep over echo corpora (one per D), chunk lengths and cells, with the same
-    # seed and step budget for every point: charlm.sweep trains it (resumable with --workdir).
+    # seed and step budget for every point: charlm.lab.sweep trains it (resumable with --workdir).
     # Tiny models: one thread is faster than two that wait on each other.
     with torch_threads(1):
         with tempfile.TemporaryDirectory(prefix="charlm-echo-") as tmp:

@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CharLMError, ConfigError
-from .mincells import MinRNN
-from .util import json_safe, torch_threads
+from ..errors import CharLMError, ConfigError
+from ..mincells import MinRNN
+from ..util import csv_text, json_safe, torch_threads
 
 HORIZON_RATIO = 1e-3
 SCHEMA = "charlm.inspect-gradients/1"
@@ -331,29 +331,8 @@ class GradientStudy:
                                  sig.get(c.layer, ""), "" if m.chunk_length is None else m.chunk_length])
         return rows
 
-    def write_json(self, path: str | Path) -> None:
-        import json
-
-        _write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
-
-    def write_csv(self, path: str | Path) -> None:
-        import csv
-        import io
-
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        for row in self.csv_rows():
-            w.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
-        _write_text(path, buf.getvalue())
-
-
-def _write_text(path: str | Path, text: str) -> None:
-    try:
-        Path(path).write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise CharLMError(f"cannot write {path}: {e.strerror or e}") from None
-
-
+    def csv_text(self) -> str:
+        return csv_text(self.csv_rows())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -403,7 +382,7 @@ def text_windows(ids: np.ndarray, samples: int, length: int, generator: np.rando
 
 def read_text(spec: str, limit: int = 4_000_000) -> str:
     """Up to ``limit`` characters of a corpus (file, folder, catalog name or builtin)."""
-    from .corpus.text import Corpus
+    from ..corpus.text import Corpus
 
     parts, size = [], 0
     for block in Corpus.resolve(spec).blocks():
@@ -462,6 +441,18 @@ def study_of_trained(model, tokenizer, ckpt: dict, source: str, corpus: Optional
     return study
 
 
+def study(lm, text: Optional[str] = None, corpus: Optional[str] = None, lags: int = 100,
+          samples: int = 32, seed: int = 0, warmup: int = 50) -> GradientStudy:
+    """How far back the gradient of a last-position loss reaches in a loaded model
+    (``charlm.load(run)``), as `charlm inspect-gradients RUN` measures it.
+
+    Windows come from ``text``, else the ``corpus`` file, else the corpus the model was trained
+    on. ``.models[0].curves`` per layer and state, ``.to_json()`` with every number.
+    """
+    return study_of_trained(lm.model, lm.tokenizer, lm.checkpoint, str(lm.path), corpus=corpus,
+                            text=text, lags=lags, samples=samples, seed=seed, warmup=warmup)
+
+
 def inspect_gradients(checkpoint: Optional[str] = None, corpus: Optional[str] = None,
                       models: Sequence[str] = ("rnn", "lstm", "gru"), hidden_size: int = 384,
                       layers: int = 1, embedding_size: int = 64, lags: int = 100, samples: int = 32,
@@ -479,8 +470,8 @@ def inspect_gradients(checkpoint: Optional[str] = None, corpus: Optional[str] = 
 
 def _inspect_gradients(checkpoint, corpus, models, hidden_size, layers, embedding_size, lags,
                        samples, seed, warmup, vocab_size) -> GradientStudy:
-    from .config import CELLS, ModelConfig
-    from .model import CharRNN
+    from ..config import CELLS, ModelConfig
+    from ..model import CharRNN
 
     if lags < 1:
         raise ConfigError(f"--lags must be at least 1, got {lags}")
@@ -492,7 +483,7 @@ def _inspect_gradients(checkpoint, corpus, models, hidden_size, layers, embeddin
     length = warmup + lags + 2
 
     if checkpoint is not None:
-        from .checkpoint import load_model
+        from ..checkpoint import load_model
 
         model, tokenizer, ckpt = load_model(checkpoint, "cpu")
         return study_of_trained(model, tokenizer, ckpt, str(checkpoint), corpus=corpus, lags=lags,
@@ -505,7 +496,7 @@ def _inspect_gradients(checkpoint, corpus, models, hidden_size, layers, embeddin
     if not kinds:
         raise ConfigError("--models names no model (e.g. --models rnn,lstm,gru)")
     if corpus is not None:
-        from .corpus.tokenizers import CharTokenizer
+        from ..corpus.tokenizers import CharTokenizer
         from collections import Counter
 
         text = read_text(corpus)

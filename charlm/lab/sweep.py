@@ -15,17 +15,21 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, get_args, get_origin, get_type_hints
 
-from .config import ModelConfig, TrainConfig, config_keys
-from .errors import ConfigError, RunDirError
-from .events import Event, Notice
-from .metrics import read_metrics
-from .util import json_safe
+from ..api import load
+from ..config import ModelConfig, TrainConfig, config_keys
+from ..errors import CharLMError, ConfigError, MissingExtra, RunDirError
+from ..events import Event, Notice
+from ..metrics import read_metrics
+from ..plotting import literal, save_figure
+from ..training import resolve_options, train
+from ..util import is_finite_number, json_safe
+from .context import study as context_study
+from .gradients import horizon_summary
 
 SCHEMA = "charlm.sweep/1"
 MANIFEST = "sweep.json"
@@ -172,7 +176,6 @@ def _check_manifest(folder: Path, axes: dict[str, list[Any]], base: dict[str, An
 
 def plan(axes: dict[str, list[Any]], base: dict[str, Any], folder: Path) -> list[tuple[PointResult, dict]]:
     """Each point with its full option dict, validated (configs built) before any run starts."""
-    from .training import resolve_options
 
     _check_base(base)
     _check_manifest(folder, axes, base)
@@ -216,20 +219,16 @@ def _read_figures(point: PointResult) -> bool:
 
 
 def _train_point(options: dict[str, Any], resume: bool, on_event: Callable[[Event], None]) -> None:
-    from .training import resolve_options, train
-
     model_config, train_config = resolve_options({**options, "resume": resume or None})
-    train(train_config, model_config, on_event=on_event)
+    train(train_config, model_config, on_event=on_event,
+          grad_probe=horizon_summary if train_config.grad_report_every else None)
 
 
 def _inspect_point(point: PointResult, emit: Callable[[Event], None]) -> None:
     """Effective context and gradient horizon of the point's best model, as inspect-context
     measures them (the horizon as inspect-gradients does, the longest over layers and states)."""
-    from .api import load
-    from .errors import CharLMError
-
     try:
-        study = load(point.run_dir, device="cpu").inspect_context(threads=1)
+        study = context_study(load(point.run_dir, device="cpu"), threads=1)
     except CharLMError as e:   # e.g. a validation text too short for 2,048 tokens of history
         emit(Notice(f"{point.name}: not inspected: {e}", level="warning"))
         return
@@ -268,6 +267,34 @@ def run_sweep(axes: dict[str, list[Any]], base: dict[str, Any], folder: str | Pa
     return result
 
 
-def best_point(result: SweepResult) -> Optional[PointResult]:
-    scored = [p for p in result.points if p.best_val_loss is not None and math.isfinite(p.best_val_loss)]
-    return min(scored, key=lambda p: p.best_val_loss) if scored else None
+def plot_sweep(result, out: str | Path) -> Path:
+    """The best validation loss against each grid axis: one panel per axis, one line per
+    combination of the other axes' values (a SweepResult)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise MissingExtra("`charlm sweep --plot` needs matplotlib: pip install 'charlm[plot]'") from None
+    axes_names = list(result.axes)
+    fig = Figure(figsize=(5.5 * len(axes_names), 4.2), layout="constrained")
+    panels = fig.subplots(1, len(axes_names), squeeze=False)[0]
+    for ax, name in zip(panels, axes_names):
+        values = result.axes[name]
+        others = [a for a in axes_names if a != name]
+        series: dict[tuple, list[tuple[int, float]]] = {}
+        for p in result.points:
+            if is_finite_number(p.best_val_loss):
+                key = tuple(p.values[a] for a in others)
+                series.setdefault(key, []).append((values.index(p.values[name]), p.best_val_loss))
+        order = lambda key: [result.axes[a].index(v) for a, v in zip(others, key)]   # the grid's own order
+        for key, pts in sorted(series.items(), key=lambda kv: order(kv[0])):
+            pts.sort()
+            label = ", ".join(f"{a}={v}" for a, v in zip(others, key)) or "best val"
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=literal(label))
+        ax.set_xticks(range(len(values)), [literal(str(v)) for v in values])
+        ax.set_xlabel(literal(name))
+        ax.set_ylabel("best validation loss (nats/token)")
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize="small")
+    fig.suptitle(literal(f"charlm sweep {result.folder}"))
+    return save_figure(fig, out)

@@ -1,6 +1,6 @@
 """How much of the past does a trained model use? (`charlm inspect-context`)
 
-The behavioural counterpart of the gradient measurement (charlm.gradients), after Khandelwal, He,
+The behavioural counterpart of the gradient measurement (charlm.lab.gradients), after Khandelwal, He,
 Qi & Jurafsky, "Sharp Nearby, Fuzzy Far Away: How Neural Language Models Use Context" (ACL 2018).
 For a fixed, evenly spread sample of target positions t in a text, every target is scored
 
@@ -39,8 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import CharLMError, ConfigError, CorpusError
-from .util import finite_or_none, json_safe
+from ..errors import CharLMError, ConfigError, CorpusError
+from ..util import csv_text, finite_or_none, json_safe
 
 SCHEMA = "charlm.inspect-context/1"
 DONORS = 4          # distinct donor passages for the replace curve (each row uses the farthest)
@@ -361,20 +361,8 @@ class ContextStudy:
                              blank(finite_or_none(p["stderr"])), *tail])
         return rows
 
-    def json_text(self) -> str:
-        import json
-
-        return json.dumps(self.to_json(), indent=1) + "\n"
-
     def csv_text(self) -> str:
-        import csv
-        import io
-
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        for row in self.csv_rows():
-            w.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
-        return buf.getvalue()
+        return csv_text(self.csv_rows())
 
 
 def measure_context(model, ids: np.ndarray, positions: Optional[Sequence[int]] = None,
@@ -453,7 +441,7 @@ def evaluation_text(ckpt: dict[str, Any], file: Optional[str] = None,
                     tail: Optional[float] = None) -> tuple[str, str]:
     """(text, description): ``file`` (its last ``tail`` of characters when given), else the tail
     of the corpus the checkpoint was trained on (its validation split, as `evaluate --tail`)."""
-    from .corpus.text import Corpus
+    from ..corpus.text import Corpus
 
     if tail is not None and not (math.isfinite(tail) and 0 < tail <= 1):
         raise ConfigError(f"--tail must be in (0, 1], got {tail}")
@@ -478,7 +466,7 @@ def evaluation_text(ckpt: dict[str, Any], file: Optional[str] = None,
 
 def gradient_horizon(model, tokenizer, ckpt: dict[str, Any], text: str, lags: int = 100,
                      samples: int = 32, seed: int = 0, warmup: int = 50) -> dict[str, Any]:
-    """The gradient horizon of charlm.gradients (the first lag whose ||dL/dh|| falls below 1e-3 of
+    """The gradient horizon of charlm.lab.gradients (the first lag whose ||dL/dh|| falls below 1e-3 of
     lag 0's), on windows of the same text. The headline is the longest over layers and states
     (None: beyond ``lags`` for at least one of them)."""
     from .gradients import study_of_trained
@@ -500,7 +488,7 @@ def inspect_context(model, tokenizer, ckpt: dict[str, Any], source: str, file: O
     """`charlm inspect-context`: the curves on ``text``, else ``file``, else the checkpoint's
     validation text, beside the training chunk length k and the gradient horizon
     (``grad_lags`` 0 skips the latter)."""
-    from .util import torch_threads
+    from ..util import torch_threads
 
     if text is None:
         text, inputs = evaluation_text(ckpt, file, tail)
@@ -523,13 +511,31 @@ def inspect_context(model, tokenizer, ckpt: dict[str, Any], source: str, file: O
     return study
 
 
+def study(lm, file: Optional[str | Path] = None, text: Optional[str] = None,
+          tail: Optional[float] = None, targets: int = 96, max_context: int = 2048,
+          tolerance: float = 0.01, shuffle_max: int = 256, seed: int = 0,
+          grad_lags: int = 100, grad_samples: int = 32, threads: Optional[int] = None) -> ContextStudy:
+    """How much of the past a loaded model (``charlm.load(run)``) uses, as `charlm inspect-context`
+    measures it.
+
+    Targets come from ``text``, else ``file`` (its last ``tail`` when given), else the validation
+    tail of the corpus the model was trained on. ``.curve`` (loss per context n),
+    ``.effective_context``, ``.replace``/``.shuffle`` (the perturbation curves), ``.to_json()``.
+    """
+    return inspect_context(lm.model, lm.tokenizer, lm.checkpoint, str(lm.path),
+                           file=None if file is None else str(file), text=text, tail=tail,
+                           targets=targets, max_context=max_context, tolerance=tolerance,
+                           shuffle_max=shuffle_max, seed=seed, grad_lags=grad_lags,
+                           grad_samples=grad_samples, threads=threads)
+
+
 def plot_context(study: ContextStudy, path: str | Path) -> Path:
     """Loss against context length (left) and loss increase against the intact distance d when
     the past is replaced or shuffled (right); png, svg or pdf by the suffix."""
     try:
         from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
     except ImportError:
-        from .errors import MissingExtra
+        from ..errors import MissingExtra
 
         raise MissingExtra("--plot needs matplotlib: pip install 'charlm[plot]' (or pip install matplotlib)") from None
     path = Path(path)
