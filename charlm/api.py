@@ -15,14 +15,19 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
+from .checkpoint import load_model
 from .config import ModelConfig, SampleConfig, TrainConfig
 from .corpus.text import Corpus
-from .errors import ConfigError, CorpusError, NumericError
 from .devices import resolve_device
+from .errors import ConfigError, CorpusError, NumericError
 from .evaluation import EvalResult, evaluate_ids
+from .export import export_model
 from .records import separator_id
-from .checkpoint import load_model
 from .sampling import generate, sample_text
+from .scoring import score_text
+from .training import resolve_options
+from .training import train as _train
+from .training.options import explicit_options
 from .util import is_finite_number
 
 
@@ -128,15 +133,11 @@ class LanguageModel:
         predicted: the first), ``.top``, ``.next``, ``.total_bits``, ``.bits_per_char`` (the figure
         ``evaluate`` gives for the same text) and ``.to_json()``.
         """
-        from .scoring import score_text
-
         return score_text(self.model, self.tokenizer, text, self.device, top=top)
 
     def export(self, path: str | Path, format: str = "onnx", force: bool = False) -> tuple[Path, Path]:
         """Write the step function (ids, state) -> (logits, state) as ONNX or TorchScript to path,
         and the vocabulary to path + ".vocab.json"; return both paths (charlm.export explains)."""
-        from .export import export_model
-
         return export_model(self.model, self.tokenizer, path, format=format, force=force)
 
 
@@ -165,9 +166,6 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, model: Optional[Mod
     ``grad_probe`` measures the chunk every ``grad_report_every`` steps: pass
     ``charlm.lab.gradients.horizon_summary`` (the product does not import the lab).
     """
-    from .training import resolve_options, train as _train
-    from .training.options import explicit_options
-
     if isinstance(config, (str, Path)):
         model_from_options, config = resolve_options({}, str(config))
         model = model or model_from_options

@@ -7,15 +7,17 @@ only ever sees validated dataclasses. Checkpoints store them as plain dicts (``a
 
 from __future__ import annotations
 
-import dataclasses
+import ast
+import difflib
+import inspect
 import json
-import sys
+import textwrap
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
-from .util import is_finite_number
+from .util import is_finite_number, tomllib
 
 CELLS = ("lstm", "gru", "rnn", "mingru", "minlstm")
 TOKENIZERS = ("char", "spm-char", "bpe", "unigram")
@@ -310,6 +312,12 @@ class SampleConfig:
 
 # Option names that differ from the dataclass field they set.
 ALIASES = {"model": "cell"}
+_OPTION_OF_FIELD = {field: option for option, field in ALIASES.items()}
+
+
+def option_name(field: str) -> str:
+    """The option that sets a config field: 'cell' -> 'model' (ALIASES read backwards)."""
+    return _OPTION_OF_FIELD.get(field, field)
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -334,8 +342,6 @@ def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
 def _unknown(name: str, known, what: str = "option") -> ConfigError:
     """"unknown option 'hiden_size' (did you mean 'hidden_size'?)": the one wording for a name
     that is not an option, whichever way it came (a dict, a flag table, a TOML file)."""
-    import difflib
-
     close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return ConfigError(f"unknown {what} '{name}'{hint}")
@@ -382,10 +388,6 @@ def field_help(cls: type) -> dict[str, str]:
     The docstrings under each field above are the options' documentation; reading them from the
     source (rather than restating them for the CLI) keeps one copy.
     """
-    import ast
-    import inspect
-    import textwrap
-
     if cls not in _HELP:
         try:
             body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
@@ -426,10 +428,6 @@ def train_options() -> list[Option]:
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a config file into {option_name: value}, validating names and types."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - exercised on Python 3.10 only
-        import tomli as tomllib
     path = Path(path)
     source = str(path)
     try:
@@ -456,8 +454,6 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     for key, value in flat.items():
         name = key.replace("-", "_")
         if name not in keys:
-            import difflib
-
             close = difflib.get_close_matches(name, keys, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise ConfigError(f"{source}: unknown key '{key}' ({hint}known keys: {', '.join(sorted(keys))})")
@@ -502,7 +498,3 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     # A TOML basic string takes JSON's escapes, so a newline --record-sep stays on one line.
     return json.dumps(str(value), ensure_ascii=False)
-
-
-def asdict(obj) -> dict[str, Any]:
-    return dataclasses.asdict(obj)

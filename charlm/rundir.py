@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ._version import __version__
 from .errors import RunDirError
 from .util import RUN_MARKER
 
@@ -68,8 +69,6 @@ def new_run_id() -> str:
 
 def write_marker(folder: Path, run_id: str) -> None:
     """Write folder/.charlm-run atomically (a temporary file, then os.replace)."""
-    from ._version import __version__
-
     body = json.dumps({"run_id": run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                        "charlm": __version__}) + "\n"
     tmp = Path(folder) / f"{RUN_MARKER}.tmp"

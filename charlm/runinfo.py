@@ -15,7 +15,7 @@ from .rundir import looks_like_run
 from .errors import CharLMError, RunDirError
 from .metrics import scan_metrics
 from .training.state import Progress
-from .util import finite_or_none
+from .util import finite_or_none, tomllib
 
 
 def _int(x: Any) -> Optional[int]:
@@ -131,10 +131,6 @@ def info_rows(d: dict[str, Any]) -> list[list[str]]:
 
 def _read_config(run_dir: Path) -> tuple[dict[str, Any], Optional[str]]:
     """config.toml as {key: value}, sections flattened, and a note when it exists but is unreadable."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
     path = run_dir / "config.toml"
     try:
         with open(path, "rb") as f:

@@ -196,12 +196,23 @@ def _normalized_owners(text: str, form: str) -> tuple[str, np.ndarray]:
 def _piece_chars(tokenizer, normalized: str) -> np.ndarray:
     """(N, 2) [start, end) of each sentencepiece piece over the characters of ``normalized``.
 
-    Sentencepiece reports byte offsets; the leading pieces of a byte-fallback character are empty
-    there (begin == end), and are given to the character that starts at that byte."""
+    Sentencepiece's offset mapping gives character offsets and needs no protobuf (its proto
+    output does, and protobuf is not a dependency). The leading pieces of a byte-fallback
+    character are empty there (begin == end); they are given to the character at begin."""
     try:
-        proto = tokenizer.sp.encode(normalized, return_type="proto")
-    except (TypeError, ValueError):  # sentencepiece before return_type
-        proto = tokenizer.sp.encode(normalized, out_type="immutable_proto")
+        offsets = tokenizer.sp.encode(normalized, return_type="offset_mapping")["offsets"]
+    except (TypeError, ValueError, KeyError):   # sentencepiece before offset_mapping: byte offsets
+        return _piece_chars_from_bytes(tokenizer, normalized)
+    m = len(normalized)
+    spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    first = spans[:, 0]
+    last = np.maximum(spans[:, 1], first + 1)                             # empty pieces: their character
+    return np.stack([np.clip(first, 0, m - 1), np.clip(last, 1, m)], axis=1)
+
+
+def _piece_chars_from_bytes(tokenizer, normalized: str) -> np.ndarray:
+    """_piece_chars from the byte offsets of sentencepiece's proto output (older sentencepiece)."""
+    proto = tokenizer.sp.encode(normalized, out_type="immutable_proto")
     cps = np.frombuffer(normalized.encode("utf-32-le"), dtype="<u4")
     widths = 1 + (cps >= 0x80) + (cps >= 0x800) + (cps >= 0x10000)      # UTF-8 bytes per character
     byte_start = np.concatenate([[0], np.cumsum(widths)])               # (M+1,)

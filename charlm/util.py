@@ -1,5 +1,5 @@
 """Small helpers several modules need, written once: finite numbers, JSON-safe values, CSV text,
-torch thread pinning, and the name of the file that marks a folder as a charlm run.
+the TOML reader, torch thread pinning, and the name of the file that marks a folder as a charlm run.
 
 The bottom layer, beside config.py and errors.py: imports nothing of charlm, and torch only inside
 the function that needs it.
@@ -7,9 +7,18 @@ the function that needs it.
 
 from __future__ import annotations
 
+import csv
+import io
 import math
+import sys
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
+
+# The one TOML shim: the standard library's reader from Python 3.11, the tomli package before.
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 only
+    import tomli as tomllib
 
 # A folder is a charlm run only when it holds this file (written by charlm, carrying the run id).
 # Corpus folders skip any folder that holds one, so a run directory is never read as text.
@@ -40,9 +49,6 @@ def json_safe(value: Any) -> Any:
 
 def csv_text(rows: list[list[Any]]) -> str:
     """Rows as CSV text, floats to 6 significant digits: the one CSV writer every --csv uses."""
-    import csv
-    import io
-
     buf = io.StringIO()
     writer = csv.writer(buf)
     for row in rows:

@@ -103,3 +103,49 @@ def test_the_product_never_imports_the_lab():
                 if target == "charlm.lab" or target.startswith("charlm.lab.")]
     assert not crossing, crossing
     assert {"charlm.lab.gradients", "charlm.lab.context", "charlm.lab.truncation", "charlm.lab.sweep"} <= set(mods)
+
+
+# A function-local import is allowed only where it keeps something heavy off `charlm --help` and
+# start-up (a light module importing torch, numpy or a module that imports them), or loads an
+# optional extra; everything else is imported at the top, where a reader looks for it.
+HEAVY = ("torch", "numpy", "sentencepiece")
+OPTIONAL_EXTRAS = ("matplotlib", "onnx", "onnxruntime", "tensorboard", "torch.utils.tensorboard",
+                   "charlm.tb", "readline")
+
+
+def _resolved(name: str, path: Path, node: ast.AST, known: set[str]) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    base = package.split(".")
+    target = (".".join(base[:len(base) - (node.level - 1)] + ([node.module] if node.module else []))
+              if node.level else node.module or "")
+    return [f"{target}.{a.name}" if f"{target}.{a.name}" in known else target for a in node.names]
+
+
+def test_function_local_imports_only_keep_heavy_modules_off_start_up():
+    mods = modules()
+    known = set(mods)
+    top: dict[str, set[str]] = {}
+    local: dict[str, list[tuple[int, str]]] = {}
+    for name, path in mods.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top[name] = {t for stmt in tree.body for node in ast.walk(stmt)
+                     if isinstance(node, (ast.Import, ast.ImportFrom)) and not isinstance(stmt, ast.FunctionDef)
+                     and not isinstance(stmt, ast.ClassDef) for t in _resolved(name, path, node, known)}
+        local[name] = [(node.lineno, t) for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+                       for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom))
+                       for t in _resolved(name, path, node, known)]
+
+    def heavy(module: str, seen: frozenset = frozenset()) -> bool:
+        if module.split(".")[0] in HEAVY:
+            return True
+        return module in top and module not in seen and any(heavy(t, seen | {module}) for t in top[module])
+
+    def extra(module: str) -> bool:
+        return any(module == e or module.startswith(e + ".") for e in OPTIONAL_EXTRAS)
+
+    offenders = [f"{name}:{line} imports {target} inside a function" for name in sorted(local)
+                 for line, target in local[name]
+                 if not extra(target) and not (heavy(target) and not heavy(name))]
+    assert not offenders, offenders

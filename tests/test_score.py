@@ -98,6 +98,21 @@ def bpe():
     return SentencePieceTokenizer.train(iter(make_text(6000).splitlines(True)), "bpe", 300)
 
 
+def test_scoring_a_sentencepiece_model_needs_no_protobuf(bpe, monkeypatch):
+    """protobuf is not a dependency of charlm: a base install must score sentencepiece models."""
+    import sys
+
+    import sentencepiece
+
+    for name in [m for m in sys.modules if m == "google" or m.startswith("google.")] + ["sentencepiece.sentencepiece_pb2"]:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setitem(sys.modules, "google", None)                     # `import google...` fails
+    monkeypatch.setattr(sentencepiece, "_protobuf_loaded", False, raising=False)
+    text = "the cat é sat"
+    r = lm_of(random_model(bpe.vocab_size), bpe).score(text)
+    assert len(r.bits) == len(text) and r.bits[text.index("é")] is not None
+
+
 def test_a_piece_splits_its_bits_over_its_characters(bpe):
     """A multi-character piece's bits are shared evenly; the bytes of a character the pieces lack
     (byte fallback) all count for that character."""

@@ -10,16 +10,19 @@ from __future__ import annotations
 import errno
 import functools
 import io
+import json
 import os
 import sys
 from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typing_extensions import Annotated
 
 from .._version import __version__
 from ..errors import CharLMError
+from ..util import json_safe
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
@@ -104,10 +107,6 @@ def json_option(what: str) -> Any:
 def write_document(doc: Any, dest: str, what: str = "--json") -> None:
     """The one JSON convention: ``--json FILE`` writes one document to FILE, ``--json -`` to
     stdout (and the command then prints nothing else there). ``doc`` is JSON text or a value."""
-    import json
-
-    from ..util import json_safe
-
     text = doc if isinstance(doc, str) else json.dumps(json_safe(doc), ensure_ascii=False, indent=1) + "\n"
     if dest == "-":
         sys.stdout.write(text)
@@ -142,8 +141,6 @@ def handles_errors(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except CharLMError as e:
-            from rich.markup import escape
-
             # Under torchrun every rank raises the same error (rank 0 decides and tells the
             # others): rank 0 says it; the first rank of each other node says it once, tagged.
             rank, local_rank = os.environ.get("RANK", "0"), os.environ.get("LOCAL_RANK", "0")
@@ -159,7 +156,6 @@ def handles_errors(func: Callable) -> Callable:
         except OSError as e:
             # The last line of defence, for what the environment does (a name too long, no
             # permission, a full disk, a closed stdout) where no closer check caught it first.
-            from rich.markup import escape
 
             where = f"{os.fsdecode(e.filename)}: " if e.filename is not None else ""
             fail(escape(f"{where}{e.strerror or e}"), 1)

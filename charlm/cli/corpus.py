@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
+from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 from typing_extensions import Annotated
 
-from .app import (CONTEXT, json_option, get_console, cli_state, app, handles_errors, stdout_taken,
+from ..corpus import catalog
+from ..errors import ConfigError
+from .app import (CONTEXT, app, cli_state, get_console, handles_errors, json_option, stdout_taken,
                   write_document)
 from .tables import kv_table
-
 
 corpus_app = typer.Typer(
     context_settings=CONTEXT, no_args_is_help=True, rich_markup_mode="rich",
@@ -30,7 +33,6 @@ def corpus_list(
 
     Examples: `charlm corpus list`, `charlm corpus list --json -`.
     """
-    from ..corpus import catalog
     from ..corpus.text import BUILTIN_NAME
 
     rows = catalog.listing()
@@ -42,7 +44,6 @@ def corpus_list(
                         "corpora": [builtin] + rows}, json_out)
         if stdout_taken(json_out):
             return
-    from rich.markup import escape
 
 
     entries = [[BUILTIN_NAME, "Python's standard library source (about 1.2 MB), offline, always here\n"
@@ -75,8 +76,6 @@ def corpus_get(
     Examples: `charlm corpus get tinyshakespeare`, `charlm corpus get text8 --sha256 HEX`.
     The cache is $CHARLM_CACHE, else $XDG_CACHE_HOME/charlm, else ~/.cache/charlm.
     """
-    from ..corpus import catalog
-
     r = catalog.recipe(name)
     console = get_console(stderr=True)
     if catalog.is_cached(name):
@@ -87,8 +86,6 @@ def corpus_get(
                       highlight=False)
     show = console.is_terminal and not cli_state["quiet"]
     if show:
-        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
-
         with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
                       console=console, transient=True) as progress:
             task = progress.add_task(f"get {name}", total=r.size)
@@ -117,7 +114,6 @@ def corpus_info(
         write_document({"schema": "charlm.corpus-info/1", **d}, json_out)
         if stdout_taken(json_out):
             return
-    from rich.markup import escape
 
 
     show = lambda pairs: "  ".join(f"{escape(repr(ch))} {n:,}" for ch, n in pairs)
@@ -150,7 +146,6 @@ def corpus_make(
 
     Example: `charlm corpus make echo --distance 40`.
     """
-    from ..errors import ConfigError
     from ..lab.truncation import write_echo
 
     if kind != "echo":

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from typing_extensions import Annotated
 
-from .app import CONTEXT, get_console, cli_state, app, handles_errors
+from ..errors import ConfigError
+from .app import CONTEXT, app, cli_state, get_console, handles_errors
 
 
 @app.command("export", context_settings=CONTEXT)
@@ -26,7 +27,6 @@ def export_command(
 
     Example: `charlm export runs/NAME --format onnx -o model.onnx`.
     """
-    from ..errors import ConfigError
     from ..export import FORMATS
 
     if format not in FORMATS:

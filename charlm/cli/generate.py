@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from typing_extensions import Annotated
 
+from ..config import SampleConfig
 from ..errors import CharLMError, ConfigError
-from .app import CONTEXT, get_console, app, handles_errors, json_option, stdout_taken, write_document
+from .app import CONTEXT, app, get_console, handles_errors, json_option, stdout_taken, write_document
 from .tables import metrics_table
-
 
 SAMPLE_HELP = """Stream generated text to stdout as it is generated.
 
@@ -56,9 +59,6 @@ def sample(
     interactive: Annotated[bool, typer.Option("--interactive", help="A prompt loop with carried state (see above).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
 ) -> None:
-    import dataclasses
-    from ..config import SampleConfig
-
     if prime_file is not None:
         prime = _read_prime(prime_file)
     config = SampleConfig(prime=prime, length=length, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -86,9 +86,6 @@ def _read_prime(path: Path) -> str:
 
 def _stream_samples(lm, config) -> None:
     """Each sample streamed in turn: the prime, then the text as it comes, then a newline."""
-    import dataclasses
-    import random
-
     from ..sampling import SEED_SPACE
 
     out = sys.stdout
@@ -155,15 +152,11 @@ def _read_line(prompt: Optional[str]) -> Optional[str]:
 
 
 def _warn(message: str) -> None:
-    from rich.markup import escape
-
     get_console(stderr=True).print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
 
 
 def _command(session, line: str, tty: bool) -> None:
     """One slash command of the interactive loop; a mistake is one line on stderr, the loop goes on."""
-    import dataclasses
-
     name, _, arg = line.partition(" ")
     arg = arg.strip()
     try:

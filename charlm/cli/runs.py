@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 from typing_extensions import Annotated
 
-from .app import CONTEXT, json_option, get_console, app, handles_errors, stdout_taken, write_document
+from ..plotting import plot_runs
+from .app import CONTEXT, app, get_console, handles_errors, json_option, stdout_taken, write_document
 from .tables import compact_table, kv_table
 
 
@@ -39,7 +41,6 @@ def info(
         write_document({"schema": "charlm.info/1", **d}, json_out)
         if stdout_taken(json_out):
             return
-    from rich.markup import escape
 
     rows = [[label, escape(text)] for label, text in info_rows(d)]  # a checkpoint's strings are data, not markup
     get_console().print(kv_table(f"charlm info {escape(checkpoint)}", rows))
@@ -69,8 +70,6 @@ def runs(
         p = Path(run)
         return str(p.relative_to(folder)) if p != folder and p.is_relative_to(folder) else p.name
 
-    from rich.markup import escape
-
     rows = [[escape(short(s["run"])), escape(s["model"] or "-"), escape(Path(str(s["corpus"])).name) if s["corpus"] else "-",
              _fmt(s["step"]), _fmt(s["best_val_loss"]), _fmt(s["best_val_bpc"]),
              f"{s['elapsed_s']:.0f}s" if s["elapsed_s"] is not None else "-",
@@ -95,7 +94,5 @@ def plot(
 
     Example: `charlm plot runs/lstm runs/gru -o curves.png`.
     """
-    from ..plotting import plot_runs
-
     path = plot_runs(run_dirs, output, title=title)
     typer.echo(str(path))

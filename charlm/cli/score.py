@@ -8,19 +8,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from typing_extensions import Annotated
-
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
+from typing_extensions import Annotated
 
-from .app import CONTEXT, get_console, app, handles_errors, json_option, stdout_taken, write_document
+from ..errors import ConfigError
+from .app import CONTEXT, app, get_console, handles_errors, json_option, stdout_taken, write_document
 
 
 def _read_text(text: Optional[str], file: Optional[str]) -> str:
     """TEXT, or --file F; '-' for either reads stdin. Exactly one of them."""
-    from ..errors import ConfigError
-
     if (text is None) == (file is None):
         raise typer.BadParameter("give the text to score as TEXT or with --file F (one of them; '-' reads stdin)")
     if text is not None and text != "-":
@@ -55,8 +53,6 @@ def score(
 
     Examples: `charlm score runs/NAME "To be, or not to be"`, `charlm score runs/NAME --file a.txt --json -`.
     """
-    from ..errors import ConfigError
-
     if top < 0:
         raise ConfigError(f"--top must be 0 or more, got {top}")
     content = _read_text(text, file)

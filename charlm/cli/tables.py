@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from rich import box
 from rich.table import Table
 
 
@@ -33,8 +34,6 @@ def compact_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[An
     The first ``text_columns`` are left-aligned; column ``flexible`` (a file name) is cut to 14
     characters with an ellipsis, so the numbers keep their room.
     """
-    from rich import box
-
     table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, title_justify="left",
                   collapse_padding=True, pad_edge=False)
     for i, c in enumerate(columns):

@@ -18,8 +18,8 @@ import typer
 from rich.markup import escape
 from typing_extensions import Annotated
 
-from ..config import ModelConfig, train_options
-from .app import CONTEXT, get_console, cli_state, app, handles_errors
+from ..config import ModelConfig, to_toml, train_options
+from .app import CONTEXT, app, cli_state, get_console, handles_errors
 from .training_view import TrainingView
 
 POSITIONAL = "corpus"    # the one field given as an argument: `charlm train input.txt`
@@ -77,7 +77,6 @@ def train(
     Examples: `charlm train`, `charlm train input.txt --max-time 600 --model gru`,
     `charlm train --out runs/a --resume`.
     """
-    from ..config import to_toml
     from ..training import resolve_options
 
     model_config, train_config = resolve_options(options, str(config) if config else None)

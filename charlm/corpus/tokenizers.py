@@ -20,6 +20,7 @@ from collections import Counter
 from typing import Iterable, Iterator, Optional, Protocol
 
 import numpy as np
+import sentencepiece as spm
 
 from ..errors import TokenizerError
 
@@ -93,9 +94,6 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.itos)
 
-    def code_points(self, text: str) -> np.ndarray:
-        return np.frombuffer(normalize_text(text, self.normalize).encode("utf-32-le"), dtype="<u4")
-
     def encode(self, text: str) -> np.ndarray:
         return self.encode_compact(text).astype(np.int64)
 
@@ -126,8 +124,6 @@ class SentencePieceTokenizer:
     """A sentencepiece model trained on the corpus; byte fallback keeps any text encodable."""
 
     def __init__(self, model_proto: bytes, kind: str, normalize: str = "none"):
-        import sentencepiece as spm
-
         self.kind = kind
         self.normalize = normalize
         self.model_proto = bytes(model_proto)
@@ -136,8 +132,6 @@ class SentencePieceTokenizer:
     @classmethod
     def train(cls, lines: Iterator[str], kind: str, vocab_size: int, normalize: str = "none",
               max_lines: int = 2_000_000) -> "SentencePieceTokenizer":
-        import sentencepiece as spm
-
         model_type = {"spm-char": "char", "bpe": "bpe", "unigram": "unigram"}[kind]
         buf = io.BytesIO()
         try:

@@ -39,8 +39,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import CharLMError, ConfigError, CorpusError
-from ..util import csv_text, finite_or_none, json_safe
+from ..corpus.text import Corpus
+from ..errors import CharLMError, ConfigError, CorpusError, MissingExtra
+from ..util import csv_text, finite_or_none, json_safe, torch_threads
+from .gradients import study_of_trained
 
 SCHEMA = "charlm.inspect-context/1"
 DONORS = 4          # distinct donor passages for the replace curve (each row uses the farthest)
@@ -441,8 +443,6 @@ def evaluation_text(ckpt: dict[str, Any], file: Optional[str] = None,
                     tail: Optional[float] = None) -> tuple[str, str]:
     """(text, description): ``file`` (its last ``tail`` of characters when given), else the tail
     of the corpus the checkpoint was trained on (its validation split, as `evaluate --tail`)."""
-    from ..corpus.text import Corpus
-
     if tail is not None and not (math.isfinite(tail) and 0 < tail <= 1):
         raise ConfigError(f"--tail must be in (0, 1], got {tail}")
     if file is None:
@@ -469,8 +469,6 @@ def gradient_horizon(model, tokenizer, ckpt: dict[str, Any], text: str, lags: in
     """The gradient horizon of charlm.lab.gradients (the first lag whose ||dL/dh|| falls below 1e-3 of
     lag 0's), on windows of the same text. The headline is the longest over layers and states
     (None: beyond ``lags`` for at least one of them)."""
-    from .gradients import study_of_trained
-
     study = study_of_trained(model, tokenizer, ckpt, "", text=text, lags=lags, samples=samples,
                              seed=seed, warmup=warmup)
     curves = study.models[0].curves
@@ -488,8 +486,6 @@ def inspect_context(model, tokenizer, ckpt: dict[str, Any], source: str, file: O
     """`charlm inspect-context`: the curves on ``text``, else ``file``, else the checkpoint's
     validation text, beside the training chunk length k and the gradient horizon
     (``grad_lags`` 0 skips the latter)."""
-    from ..util import torch_threads
-
     if text is None:
         text, inputs = evaluation_text(ckpt, file, tail)
     else:
@@ -535,8 +531,6 @@ def plot_context(study: ContextStudy, path: str | Path) -> Path:
     try:
         from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
     except ImportError:
-        from ..errors import MissingExtra
-
         raise MissingExtra("--plot needs matplotlib: pip install 'charlm[plot]' (or pip install matplotlib)") from None
     path = Path(path)
     if path.suffix.lower() not in (".png", ".svg", ".pdf"):

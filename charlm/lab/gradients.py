@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -39,8 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import load_model
+from ..config import CELLS, ModelConfig
+from ..corpus.text import Corpus
+from ..corpus.tokenizers import CharTokenizer
 from ..errors import CharLMError, ConfigError
 from ..mincells import MinRNN
+from ..model import CharRNN
 from ..util import csv_text, json_safe, torch_threads
 
 HORIZON_RATIO = 1e-3
@@ -382,8 +388,6 @@ def text_windows(ids: np.ndarray, samples: int, length: int, generator: np.rando
 
 def read_text(spec: str, limit: int = 4_000_000) -> str:
     """Up to ``limit`` characters of a corpus (file, folder, catalog name or builtin)."""
-    from ..corpus.text import Corpus
-
     parts, size = [], 0
     for block in Corpus.resolve(spec).blocks():
         parts.append(block)
@@ -470,9 +474,6 @@ def inspect_gradients(checkpoint: Optional[str] = None, corpus: Optional[str] = 
 
 def _inspect_gradients(checkpoint, corpus, models, hidden_size, layers, embedding_size, lags,
                        samples, seed, warmup, vocab_size) -> GradientStudy:
-    from ..config import CELLS, ModelConfig
-    from ..model import CharRNN
-
     if lags < 1:
         raise ConfigError(f"--lags must be at least 1, got {lags}")
     if samples < 1:
@@ -483,8 +484,6 @@ def _inspect_gradients(checkpoint, corpus, models, hidden_size, layers, embeddin
     length = warmup + lags + 2
 
     if checkpoint is not None:
-        from ..checkpoint import load_model
-
         model, tokenizer, ckpt = load_model(checkpoint, "cpu")
         return study_of_trained(model, tokenizer, ckpt, str(checkpoint), corpus=corpus, lags=lags,
                                 samples=samples, seed=seed, warmup=warmup)
@@ -496,9 +495,6 @@ def _inspect_gradients(checkpoint, corpus, models, hidden_size, layers, embeddin
     if not kinds:
         raise ConfigError("--models names no model (e.g. --models rnn,lstm,gru)")
     if corpus is not None:
-        from ..corpus.tokenizers import CharTokenizer
-        from collections import Counter
-
         text = read_text(corpus)
         tokenizer = CharTokenizer.from_counts(Counter(text), 1, "none")
         vocab_size = tokenizer.vocab_size

@@ -30,11 +30,14 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from ..config import check_seed
+from ..checkpoint import load_model
+from ..config import CELLS, check_seed
 from ..errors import ConfigError, RunDirError
-from .sweep import run_sweep
 from ..util import torch_threads
+from .sweep import run_sweep
 
 KEYS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 FILLER = "abcdefghij"
@@ -107,9 +110,6 @@ def echo_accuracy(model, tokenizer, text: str, device="cpu", streams: int = 16) 
     The text is read statefully as ``streams`` contiguous streams (as in training), so the state
     carries across records; only the predictions made at a cue are scored.
     """
-    import torch
-    import torch.nn.functional as F
-
     ids = torch.from_numpy(np.asarray(tokenizer.encode(text), dtype=np.int64))
     cue = int(tokenizer.encode(CUE)[0])
     n = (len(ids) - 1) // streams * streams
@@ -173,8 +173,6 @@ class GridResult:
 def score_cell(run_dir: str | Path, cell: str, distance: int, chunk: int, keys: int, seed: int,
                steps: int, seconds: float) -> GridCell:
     """Echo accuracy of a trained run on held-out echo text (another seed than training's)."""
-    from ..checkpoint import load_model
-
     model, tokenizer, _ = load_model(Path(run_dir) / "last.pt")
     held_out = echo_text(distance, records=_held_out_records(distance), keys=keys, seed=seed + 10_000)
     acc, loss, _ = echo_accuracy(model, tokenizer, held_out)
@@ -211,8 +209,6 @@ def truncation_grid(models: Sequence[str] = ("rnn", "lstm", "gru"), distances: S
 
     Run directories go to ``workdir`` (kept) or a temporary folder (removed afterwards).
     """
-    from ..config import CELLS
-
     for m in models:
         if m not in CELLS:
             raise ConfigError(f"--models: unknown cell {m!r} (choose from {', '.join(CELLS)})")

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from ..checkpoint import check_model_record, resolve_checkpoint
-from ..config import ModelConfig, TrainConfig
+from ..config import ModelConfig, TrainConfig, option_name
 from ..corpus.dataset import Dataset, encode_corpus
 from ..corpus.text import Corpus, scan
 from ..corpus.tokenizers import MAX_CHAR_VOCAB, CharTokenizer, Tokenizer
@@ -55,7 +55,7 @@ def load_source(config: TrainConfig, model_config: Optional[ModelConfig],
     if model_config is not None:
         for key in ARCHITECTURE:
             if getattr(model_config, key) != getattr(saved, key):
-                option = "--model" if key == "cell" else f"--{key.replace('_', '-')}"
+                option = "--" + option_name(key).replace('_', '-')
                 raise ConfigError(f"cannot fine-tune {path}: its model has {option} {getattr(saved, key)}, "
                                   f"but {getattr(model_config, key)} was given (a fine-tuned model keeps "
                                   f"its architecture: drop the option)")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..checkpoint import check_resumable, load_checkpoint, resolve_checkpoint
-from ..config import ModelConfig, TrainConfig, config_keys, load_toml, split_options
+from ..config import ModelConfig, TrainConfig, config_keys, load_toml, option_name, split_options
 from ..errors import CheckpointError, ConfigError, RunDirError
 from ..rundir import is_unstarted_run
 
@@ -113,8 +113,7 @@ def _resume_options(options: dict) -> tuple[Optional[ModelConfig], TrainConfig]:
     check_resumable(ckpt, ckpt_path)
     _remember(ckpt_path, ckpt)
     saved = {k: v for k, v in ckpt["train_config"].items() if k in keys}
-    saved.update({("model" if k == "cell" else k): v for k, v in ckpt["model_config"].items()
-                  if k != "vocab_size"})
+    saved.update({option_name(k): v for k, v in ckpt["model_config"].items() if k != "vocab_size"})
     # The device is the machine's, not the run's: a resume picks the best one present
     # (a GPU run continues on a CPU-only machine and the reverse) unless --device is given.
     # init_from is how the run began; the resumed run has its weights already.
@@ -140,6 +139,6 @@ def _init_from_options(options: dict) -> dict:
     saved = ckpt.get("model_config")
     if not isinstance(saved, dict):
         raise CheckpointError(f"cannot fine-tune from {path}: it holds no model config")
-    base = {("model" if k == "cell" else k): v for k, v in saved.items()
-            if k != "vocab_size" and ("model" if k == "cell" else k) in config_keys()}
+    base = {option_name(k): v for k, v in saved.items()
+            if k != "vocab_size" and option_name(k) in config_keys()}
     return {**base, **options}

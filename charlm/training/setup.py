@@ -19,18 +19,19 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import distributed
 from ..checkpoint import check_resumable
-from ..config import DEFAULT_MAX_TIME, ModelConfig, TrainConfig
+from ..config import DEFAULT_MAX_TIME, ModelConfig, TrainConfig, option_name
 from ..corpus.dataset import Dataset, StreamBatches, prepare_dataset
 from ..corpus.text import Corpus
-from ..limits import check_model_fits
 from ..corpus.tokenizers import tokenizer_from_dict
-from ..records import separator_id
 from ..devices import check_precision, grad_scaler, resolve_device, resolve_precision
 from ..errors import CheckpointError, ConfigError, CorpusError, DeviceError, RunDirError
+from ..limits import check_model_fits
 from ..model import CharRNN
+from ..records import separator_id
 from ..rundir import RunPlan, commit, discard, new_run_id, plan_run_dir, read_marker, stage, write_marker
 from .finetune import Source, load_source, transfer_weights
 from .options import read_checkpoint
@@ -219,7 +220,6 @@ def _model(config: TrainConfig, model_config: ModelConfig, device: torch.device,
         transfer_weights(model, init_weights)
     train_model: torch.nn.Module = model
     if ctx.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
         # Same initial weights everywhere (DDP also broadcasts rank 0's), but each rank its own
         # dropout masks: its streams are different text.
@@ -304,7 +304,7 @@ def _check_compatible(ckpt: dict, model_config: ModelConfig, config: TrainConfig
         # A key an older checkpoint lacks had its default then (e.g. weight_drop 0).
         saved = saved_model.get(key, getattr(ModelConfig(), key))
         if key != "vocab_size" and saved != value:
-            option = "--model" if key == "cell" else f"--{key.replace('_', '-')}"
+            option = "--" + option_name(key).replace('_', '-')
             raise ConfigError(f"cannot resume: the checkpoint's model has {option} {saved}, "
                               f"but {value} was given (drop the option, or start a new run)")
     saved_train = ckpt["train_config"]

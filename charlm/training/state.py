@@ -78,10 +78,6 @@ class Progress:
                 out[f.name] = None
         return out
 
-    @staticmethod
-    def keys() -> list[str]:
-        return [f.name for f in fields(Progress)]
-
 
 def _checked(name: str, kind: str, value: Any, where: str) -> Any:
     """value if it has the field's type (a float field takes an int too), else a CheckpointError."""

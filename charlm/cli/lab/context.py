@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from typing_extensions import Annotated
 
-from ..app import CONTEXT, app, cli_state, get_console, handles_errors, json_option, stdout_taken, write_document
 from ...errors import ConfigError
+from ..app import (CONTEXT, app, cli_state, get_console, handles_errors, json_option, stdout_taken,
+                   write_document)
 
 
 @app.command("inspect-context", context_settings=CONTEXT)
@@ -54,7 +56,8 @@ def inspect_context(
         raise ConfigError(f"--threads must be at least 1, got {threads}")
     report = not stdout_taken(json_out, csv_out)   # the report, unless a document takes stdout
     from ...api import load
-    from ...lab.context import plot_context, study as measure
+    from ...lab.context import plot_context
+    from ...lab.context import study as measure
 
     study = measure(load(checkpoint, device=device), file=text_file, tail=tail, targets=targets,
                     max_context=max_context, tolerance=tolerance, shuffle_max=shuffle_max, seed=seed,
@@ -95,8 +98,6 @@ def context_headline(study) -> str:
 
 
 def context_summary_table(study) -> Table:
-    from rich import box
-
     table = Table(show_header=False, box=box.SIMPLE_HEAD, title="summary", title_justify="left")
     table.add_column(style="bold", no_wrap=True)
     table.add_column(justify="right")
@@ -128,8 +129,6 @@ def context_summary_table(study) -> Table:
 
 def context_curve_table(study) -> Table:
     """Loss per context n, and the loss increase when the past beyond d = n is replaced/shuffled."""
-    from rich import box
-
     table = Table(title="loss by context n (and by intact distance d = n)", header_style="bold",
                   box=box.SIMPLE_HEAD, title_justify="left", caption_justify="left")
     for col in ("n", "loss", "+ vs full", "± se", "accuracy", "replaced +", "shuffled +"):

@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from typing_extensions import Annotated
 
-from ..app import (CONTEXT, json_option, get_console, cli_state, app, handles_errors, stdout_taken,
-                   write_document)
 from ...config import check_seed
+from ..app import (CONTEXT, app, cli_state, get_console, handles_errors, json_option, stdout_taken,
+                   write_document)
 
 
 @app.command("inspect-gradients", context_settings=CONTEXT)
@@ -138,8 +139,6 @@ def gradient_lag_table(study) -> Group:
 
 
 def gradient_summary_table(study) -> Table:
-    from rich import box
-
     table = Table(title="summary", header_style="bold", title_justify="left", caption_justify="left",
                   box=box.SIMPLE_HEAD)
     for col in ("model", "lag 0", "decay/step", "horizon", "explodes", "σmax W_hh", "Pascanu"):
