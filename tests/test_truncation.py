@@ -48,6 +48,8 @@ def test_grid_validates_its_options():
         truncation_grid(models=["transformer"])
     with pytest.raises(CharLMError, match="--chunks"):
         truncation_grid(models=["gru"], chunks=[0])
+    with pytest.raises(CharLMError, match="--seeds"):
+        truncation_grid(models=["gru"], seeds=[1, 1])
 
 
 def test_tiny_grid_learns_the_echo_only_when_the_chunk_spans_it(tmp_path):
@@ -56,11 +58,30 @@ def test_tiny_grid_learns_the_echo_only_when_the_chunk_spans_it(tmp_path):
     out = tmp_path / "grid.json"
     r = runner.invoke(app, ["truncation-table", "--models", "gru", "--distances", "3", "--chunks", "2,8",
                             "--steps", "150", "--hidden-size", "16", "--batch-size", "16", "--lr", "0.03",
-                            "--keys", "2", "--json", str(out)])
+                            "--keys", "2", "--seeds", "0,1", "--json", str(out)], env={"COLUMNS": "80"})
     assert r.exit_code == 0, r.output
     doc = json.loads(out.read_text())
-    acc = {c["chunk"]: c["accuracy"] for c in doc["cells"]}
-    assert doc["chance"] == 0.5
-    assert acc[8] > 0.9, acc
-    assert acc[2] < 0.65, acc
-    assert "k=8" in r.output and "echo accuracy" in r.output
+    assert doc["schema"] == "charlm.truncation-table/2" and doc["chance"] == 0.5 and doc["seeds"] == [0, 1]
+    assert sorted((c["seed"], c["chunk"]) for c in doc["cells"]) == [(0, 2), (0, 8), (1, 2), (1, 8)]
+    summary = {s["chunk"]: s for s in doc["summary"]}
+    for k in (2, 8):   # the summary is the mean and range of the seeds' own figures
+        accs = [c["accuracy"] for c in doc["cells"] if c["chunk"] == k]
+        assert summary[k]["mean"] == pytest.approx(sum(accs) / 2) and summary[k]["min"] == min(accs)
+    assert summary[8]["min"] > 0.9, summary                    # every seed learns it when k > D
+    assert summary[2]["max"] < 0.65, summary                   # no seed learns it when k < D
+    assert "k=8" in r.output and "mean and range (lowest-highest) over 2 seeds" in r.output
+    assert all(len(line) <= 80 for line in r.output.splitlines())
+
+
+def test_a_kept_workdir_never_reuses_a_corpus_made_with_other_settings(tmp_path):
+    """--workdir keeps the corpora: a rerun with other --keys must not score models trained on the
+    first run's text (the sweep would take its finished points as done)."""
+    common = ["truncation-table", "--models", "gru", "--distances", "3", "--chunks", "8", "--steps", "3",
+              "--hidden-size", "4", "--batch-size", "2", "--seeds", "0", "--workdir", str(tmp_path / "w")]
+    runner = CliRunner()
+    for keys in ("2", "4"):
+        r = runner.invoke(app, common + ["--keys", keys, "--json", str(tmp_path / f"k{keys}.json")])
+        assert r.exit_code == 0, r.output
+    corpora = sorted(p.name for p in (tmp_path / "w").glob("echo-*.txt"))
+    assert len(corpora) == 2 and any("keys2" in c for c in corpora) and any("keys4" in c for c in corpora)
+    assert json.loads((tmp_path / "k4.json").read_text())["chance"] == 0.25

@@ -42,6 +42,7 @@ from .sweep import run_sweep
 KEYS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 FILLER = "abcdefghij"
 CUE = ">"
+SCHEMA = "charlm.truncation-table/2"
 
 
 # The largest echo corpus made in memory: 64 Mi characters (generating it holds about 9 bytes
@@ -133,6 +134,7 @@ class GridCell:
     cell: str
     distance: int
     chunk: int
+    seed: int              # the seed of the corpus and the weights
     accuracy: float        # at the echo positions of the held-out text
     echo_loss: float       # nats at the echo positions (chance: ln keys)
     steps: int
@@ -149,7 +151,7 @@ class GridResult:
     batch_size: int
     steps: int             # optimizer steps per cell (the same for every k)
     lr: float
-    seed: int
+    seeds: list[int]       # the whole grid is trained once per seed
     cells: list[GridCell] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -157,16 +159,22 @@ class GridResult:
     def chance(self) -> float:
         return 1.0 / self.keys
 
-    def get(self, cell: str, distance: int, chunk: int) -> Optional[GridCell]:
-        for c in self.cells:
-            if (c.cell, c.distance, c.chunk) == (cell, distance, chunk):
-                return c
-        return None
+    def get(self, cell: str, distance: int, chunk: int) -> list[GridCell]:
+        """The cell's results, one per seed trained so far (in seed order)."""
+        return [c for c in self.cells if (c.cell, c.distance, c.chunk) == (cell, distance, chunk)]
+
+    def summary(self, cell: str, distance: int, chunk: int) -> Optional[tuple[float, float, float]]:
+        """(mean, lowest, highest) echo accuracy over the seeds; None before any seed ran."""
+        accs = [c.accuracy for c in self.get(cell, distance, chunk)]
+        return (sum(accs) / len(accs), min(accs), max(accs)) if accs else None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["chance"] = self.chance
-        d["schema"] = "charlm.truncation-table/1"
+        d["schema"] = SCHEMA
+        d["summary"] = [{"cell": m, "distance": dd, "chunk": k, "mean": s[0], "min": s[1], "max": s[2]}
+                        for m in self.models for dd in self.distances for k in self.chunks
+                        if (s := self.summary(m, dd, k)) is not None]
         return d
 
 
@@ -176,8 +184,8 @@ def score_cell(run_dir: str | Path, cell: str, distance: int, chunk: int, keys: 
     model, tokenizer, _ = load_model(Path(run_dir) / "last.pt")
     held_out = echo_text(distance, records=_held_out_records(distance), keys=keys, seed=seed + 10_000)
     acc, loss, _ = echo_accuracy(model, tokenizer, held_out)
-    return GridCell(cell=cell, distance=distance, chunk=chunk, accuracy=acc, echo_loss=loss, steps=steps,
-                    seconds=seconds)
+    return GridCell(cell=cell, distance=distance, chunk=chunk, seed=seed, accuracy=acc, echo_loss=loss,
+                    steps=steps, seconds=seconds)
 
 
 def _records(distance: int) -> int:
@@ -202,59 +210,78 @@ def _writable_folder(folder: Path) -> Path:
 
 def truncation_grid(models: Sequence[str] = ("rnn", "lstm", "gru"), distances: Sequence[int] = (5, 10, 20, 40),
                     chunks: Sequence[int] = (8, 16, 32, 64), hidden_size: int = 64, batch_size: int = 64,
-                    steps: int = 800, keys: int = 8, seed: int = 0, lr: float = 1e-2,
+                    steps: int = 800, keys: int = 8, seeds: Sequence[int] = (0, 1, 2), lr: float = 1e-2,
                     workdir: Optional[str | Path] = None,
                     on_cell: Optional[Callable[[GridCell, int, int], None]] = None) -> GridResult:
-    """Train and score every (model, distance, chunk) cell; on_cell(cell, done, total) after each.
-
-    Run directories go to ``workdir`` (kept) or a temporary folder (removed afterwards).
+    """Train and score every (model, distance, chunk) cell once per seed; on_cell(cell, done,
+    total) after each. A finding is what holds across the seeds: the table shows the mean and
+    the spread. Run directories go to ``workdir`` (kept) or a temporary folder (removed).
     """
+    _check_grid(models, distances, chunks, hidden_size, batch_size, steps, keys, seeds, lr)
+    result = GridResult(models=list(models), distances=list(distances), chunks=list(chunks), keys=keys,
+                        hidden_size=hidden_size, batch_size=batch_size, steps=steps, lr=lr, seeds=list(seeds))
+    t0 = time.perf_counter()
+    total = len(models) * len(distances) * len(chunks) * len(seeds)
+    # Tiny models: one thread is faster than two that wait on each other.
+    with torch_threads(1), tempfile.TemporaryDirectory(prefix="charlm-echo-") as tmp:
+        folder = _writable_folder(Path(workdir)) if workdir is not None else Path(tmp)
+        for seed in seeds:
+            _grid_for_seed(result, folder, seed, total, on_cell)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _check_grid(models, distances, chunks, hidden_size, batch_size, steps, keys, seeds, lr) -> None:
+    """Every option, and every corpus the grid will write, checked before the first is written."""
     for m in models:
         if m not in CELLS:
             raise ConfigError(f"--models: unknown cell {m!r} (choose from {', '.join(CELLS)})")
     for name, values in (("--distances", distances), ("--chunks", chunks)):
         if not values or any(not _whole(v) or v < 1 for v in values):
             raise ConfigError(f"{name} must be positive whole numbers, got {list(values)}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds must be distinct seeds, at least one, got {list(seeds)}")
+    for seed in seeds:
+        check_seed(seed)
     for name, value in (("--steps", steps), ("--hidden-size", hidden_size), ("--batch-size", batch_size)):
         if not _whole(value) or value < 1:
             raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ConfigError(f"--lr must be > 0, got {lr!r}")
-    for d in distances:   # every corpus the grid will write, checked before the first is
-        check_echo(d, _records(d), keys, seed)
-        check_echo(d, _held_out_records(d), keys, seed + 10_000)
-    result = GridResult(models=list(models), distances=list(distances), chunks=list(chunks), keys=keys,
-                        hidden_size=hidden_size, batch_size=batch_size, steps=steps, lr=lr, seed=seed)
-    t0 = time.perf_counter()
-    total = len(models) * len(distances) * len(chunks)
+    for d in distances:
+        for seed in seeds:
+            check_echo(d, _records(d), keys, seed)
+            check_echo(d, _held_out_records(d), keys, seed + 10_000)
 
-    # The grid is a sweep over echo corpora (one per D), chunk lengths and cells, with the same
-    # seed and step budget for every point: charlm.lab.sweep trains it (resumable with --workdir).
-    # Tiny models: one thread is faster than two that wait on each other.
-    with torch_threads(1):
-        with tempfile.TemporaryDirectory(prefix="charlm-echo-") as tmp:
-            folder = _writable_folder(Path(workdir)) if workdir is not None else Path(tmp)
-            corpora = {}
-            for d in distances:
-                corpora[d] = folder / f"echo-d{d}.txt"
-                if not corpora[d].exists():
-                    write_echo(corpora[d], d, _records(d), keys, seed=seed)
-            by_path = {str(path): d for d, path in corpora.items()}
-            clock = {"last": time.perf_counter()}
 
-            def score(point) -> None:
-                d, k, cell = by_path[point.values["corpus"]], point.values["seq_len"], point.values["model"]
-                now = time.perf_counter()
-                c = score_cell(point.run_dir, cell, d, k, keys, seed, steps, now - clock["last"])
-                clock["last"] = now
-                result.cells.append(c)
-                if on_cell is not None:
-                    on_cell(c, len(result.cells), total)
+def _grid_for_seed(result: GridResult, folder: Path, seed: int, total: int,
+                   on_cell: Optional[Callable[[GridCell, int, int], None]]) -> None:
+    """One seed's grid: a sweep over echo corpora (one per D), chunk lengths and cells, with the
+    same seed and step budget for every point; charlm.lab.sweep trains it (resumable with
+    --workdir: a rerun skips the points that finished)."""
+    keys, steps = result.keys, result.steps
+    corpora = {}
+    for d in result.distances:
+        # The name holds everything the text depends on, so a kept --workdir never reuses a
+        # corpus made with other settings (the sweep would then skip its points as finished).
+        corpora[d] = folder / f"echo-d{d}-keys{keys}-n{_records(d)}-seed{seed}.txt"
+        if not corpora[d].exists():
+            write_echo(corpora[d], d, _records(d), keys, seed=seed)
+    by_path = {str(path): d for d, path in corpora.items()}
+    clock = {"last": time.perf_counter()}
 
-            axes = {"model": list(models), "corpus": [str(corpora[d]) for d in distances], "seq_len": list(chunks)}
-            base = {"hidden_size": hidden_size, "embedding_size": 16, "batch_size": batch_size, "lr": lr,
-                    "warmup_steps": min(50, steps // 10), "max_steps": steps, "eval_every": steps,
-                    "val_fraction": 0.02, "seed": seed, "device": "cpu", "sample_length": 0}
-            run_sweep(axes, base, folder / "runs", on_point=score)
-    result.seconds = time.perf_counter() - t0
-    return result
+    def score(point) -> None:
+        d, k, cell = by_path[point.values["corpus"]], point.values["seq_len"], point.values["model"]
+        now = time.perf_counter()
+        c = score_cell(point.run_dir, cell, d, k, keys, seed, steps, now - clock["last"])
+        clock["last"] = now
+        result.cells.append(c)
+        if on_cell is not None:
+            on_cell(c, len(result.cells), total)
+
+    axes = {"model": list(result.models), "corpus": [str(corpora[d]) for d in result.distances],
+            "seq_len": list(result.chunks)}
+    base = {"hidden_size": result.hidden_size, "embedding_size": 16, "batch_size": result.batch_size,
+            "lr": result.lr, "warmup_steps": min(50, steps // 10), "max_steps": steps, "eval_every": steps,
+            "val_fraction": 0.02, "seed": seed, "device": "cpu", "sample_length": 0}
+    run_sweep(axes, base, folder / f"runs-seed{seed}", on_point=score)

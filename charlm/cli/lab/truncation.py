@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 from typing_extensions import Annotated
 
 from ..app import CONTEXT, json_option, get_console, cli_state, app, handles_errors, stdout_taken, write_document
@@ -33,7 +35,9 @@ def truncation_table(
     batch_size: Annotated[int, typer.Option(help="Parallel streams per step.")] = 64,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-2,
     keys: Annotated[int, typer.Option(help="Distinct key symbols (chance = 1/keys).")] = 8,
-    seed: Annotated[int, typer.Option(help="Seed for corpora and weights.")] = 0,
+    seeds: Annotated[str, typer.Option(
+        help="Seeds for corpora and weights, comma-separated: the grid is trained once per seed and "
+             "each cell shows the mean and the range.")] = "0,1,2",
     workdir: Annotated[Optional[Path], typer.Option(help="Keep the corpora and run directories here.")] = None,
     json_out: Annotated[Optional[str], json_option("every cell")] = None,
 ) -> None:
@@ -50,14 +54,14 @@ def truncation_table(
 
     def progress(c, done: int, total: int) -> None:
         if not cli_state["quiet"]:
-            console.print(f"[{done}/{total}] {c.cell} D={c.distance} k={c.chunk}: echo accuracy "
+            console.print(f"[{done}/{total}] seed {c.seed} {c.cell} D={c.distance} k={c.chunk}: echo accuracy "
                           f"{c.accuracy:.1%}, echo loss {c.echo_loss:.3f} nats ({c.seconds:.0f}s)",
                           highlight=False)
 
     result = truncation_grid(models=[m.strip() for m in models.split(",") if m.strip()],
                              distances=_int_list("--distances", distances),
                              chunks=_int_list("--chunks", chunks), hidden_size=hidden_size,
-                             batch_size=batch_size, steps=steps, keys=keys, seed=seed, lr=lr,
+                             batch_size=batch_size, steps=steps, keys=keys, seeds=_int_list("--seeds", seeds), lr=lr,
                              workdir=workdir, on_cell=progress)
     if json_out is not None:
         write_document(result.to_json(), json_out)
@@ -65,14 +69,16 @@ def truncation_table(
         console.print(render_table(result))
 
 
-def render_table(result) -> Table:
-    """Echo accuracy by model and distance D (rows) and chunk length k (columns).
+def render_table(result) -> Group:
+    """Echo accuracy by model and distance D (rows) and chunk length k (columns): the mean over
+    the seeds and, with more than one, the lowest and highest (``55 22-94``).
 
-    Takes a charlm.lab.truncation.GridResult. Cells where k <= D (no chunk holds both the key and its
-    echo, so no gradient connects them) are marked with a dot.
+    Takes a charlm.lab.truncation.GridResult. Cells where k <= D (no chunk holds both the key and
+    its echo, so no gradient connects them) are marked with a dot; the colour follows the lowest
+    seed, so a green cell is learnt by every seed.
     """
-    chance = result.chance
-    table = Table(title=f"echo accuracy (chance {chance:.1%})",
+    chance, several = result.chance, len(result.seeds) > 1
+    table = Table(title=f"echo accuracy % (chance {chance:.1%})",
                   header_style="bold", title_justify="left", caption_justify="left")
     table.add_column("model")
     table.add_column("D", justify="right")
@@ -82,19 +88,22 @@ def render_table(result) -> Table:
         for d in result.distances:
             row = []
             for k in result.chunks:
-                c = result.get(cell, d, k)
-                if c is None:
+                figures = result.summary(cell, d, k)
+                if figures is None:
                     row.append("")
                     continue
-                style = "green" if c.accuracy >= 0.9 else ("yellow" if c.accuracy >= 2 * chance else "dim")
+                mean, low, high = figures
+                style = "green" if low >= 0.9 else ("yellow" if low >= 2 * chance else "dim")
                 cut = "·" if k <= d else " "
-                row.append(f"[{style}]{c.accuracy:.0%}[/]{cut}")
+                spread = f" {low * 100:.0f}-{high * 100:.0f}" if several else ""
+                row.append(f"[{style}]{mean * 100:.0f}{spread}[/]{cut}")
             table.add_row(cell, str(d), *row)
         if cell != result.models[-1]:
             table.add_section()
-    table.caption = (f"· k <= D: no chunk holds both the key and its echo, so no gradient links them.\n"
-                     f"{result.steps} steps per cell, {result.hidden_size} units, {result.batch_size} "
-                     f"streams,\nlr {result.lr:g}, seed {result.seed}; {result.seconds / 60:.1f} min")
-    return table
-
-
+    seeds = ", ".join(str(s) for s in result.seeds)
+    # Under the table at the console's width, not wrapped to the table's.
+    notes = Text((f"mean and range (lowest-highest) over {len(result.seeds)} seeds; " if several else "")
+                 + "· k <= D: no chunk holds both the key and its echo, so no gradient links them.\n"
+                 f"{result.steps} steps per cell, {result.hidden_size} units, {result.batch_size} streams, "
+                 f"lr {result.lr:g}, seeds {seeds}; {result.seconds / 60:.1f} min", style="dim")
+    return Group(table, notes)
