@@ -164,3 +164,27 @@ def test_removing_the_lock_while_training_stops_the_run_at_its_next_save(tmp_pat
               ModelConfig(hidden_size=8, embedding_size=8), should_stop=remove_lock_at_step_2)
     for name in ("last.pt", "best.pt"):   # nothing saved after the lock went
         assert not (out / name).exists() or load_checkpoint(out / name)["progress"]["step"] < 2
+
+
+# --- a corpus name that is not UTF-8 ----------------------------------------------------------
+
+def test_a_corpus_whose_name_is_not_utf8_is_refused_before_anything_is_made(tmp_path, corpus):
+    bad = Path(os.fsdecode(bytes(tmp_path) + b"/\xff.txt"))
+    bad.write_text(corpus.read_text())
+    r = cli("train", bad, "--out", tmp_path / "run", *TINY)
+    one_line_error(r, "is not valid UTF-8")
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".*charlm-new-*"))
+
+
+def test_runs_says_a_folder_without_a_marker_is_not_a_run(tmp_path, finished_run):
+    import json
+
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "metrics.jsonl").write_text('{"type": "eval", "step": 1, "val_loss": 2.0}\n')
+    r = cli("runs", tmp_path, "--json", "-")
+    assert r.exit_code == 0, r.output
+    rows = {Path(s["run"]).name: s for s in json.loads(r.stdout)["runs"]}
+    assert rows["stranger"]["charlm_run"] is False and rows["stranger"]["corpus"] is None
+    assert "not a charlm run" in rows["stranger"]["notes"]
+    assert rows["runE"]["charlm_run"] is True and rows["runE"]["notes"] is None
