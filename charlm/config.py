@@ -31,6 +31,21 @@ STATE_RESETS = ("epoch", "chunk")
 DEFAULT_MAX_TIME = 180.0
 
 
+def _check_paths(corpus: object, init_from: object) -> None:
+    """The corpus and --init-from paths are text charlm can record: a str (or None) that is valid
+    UTF-8. A file name of raw bytes (b'\\xff.txt' arrives as a lone surrogate) cannot go into
+    config.toml, metrics.jsonl or a checkpoint, so it is refused before anything is created."""
+    for option, value in (("corpus", corpus), ("--init-from", init_from)):
+        _check(value is None or isinstance(value, str),
+               f"{option} must be a path given as a str, got {type(value).__name__}")
+        if value is not None:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ConfigError(f"{option} path {value!r} is not valid UTF-8 (charlm records it in "
+                                  f"config.toml and checkpoints); rename the file") from None
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -240,6 +255,7 @@ class TrainConfig:
                "--records needs --tokenizer char (a sentencepiece model merges pieces across the "
                "separator, so a record boundary is not one token)")
         check_seed(self.seed)
+        _check_paths(self.corpus, self.init_from)
         _check(isinstance(self.eval_sample_length, int) and not isinstance(self.eval_sample_length, bool)
                and self.eval_sample_length >= 0,
                f"--eval-sample-length must be >= 0 (0: no samples), got {self.eval_sample_length!r}")

@@ -23,6 +23,7 @@ import copy
 import importlib.util
 import json
 import os
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -34,6 +35,7 @@ from torch import nn
 from .corpus.tokenizers import UNK, CharTokenizer, Tokenizer
 from .errors import CharLMError, ConfigError, MissingExtra
 from .model import CharRNN
+from .rundir import RUN_FILES, is_run_dir
 
 FORMATS = ("onnx", "torchscript")
 VOCAB_SCHEMA = "charlm.vocab/1"
@@ -136,10 +138,7 @@ def export_model(model: CharRNN, tokenizer: Tokenizer, path: str | Path, format:
     path = Path(path).expanduser()
     vocab = vocab_path(path)
     for p in (path, vocab):
-        if p.is_dir():
-            raise ConfigError(f"{p} is a folder; -o names the file to write")
-        if p.exists() and not force:
-            raise ConfigError(f"{p} already exists; pass --force to replace it")
+        _check_target(p, force)
     if format == "onnx" and importlib.util.find_spec("onnx") is None:
         raise MissingExtra("ONNX export needs the onnx package: pip install 'charlm[export]' (or onnx)")
     try:
@@ -152,6 +151,29 @@ def export_model(model: CharRNN, tokenizer: Tokenizer, path: str | Path, format:
     text = json.dumps(vocab_document(model, tokenizer, format, path.name), ensure_ascii=False, indent=1)
     _atomic(vocab, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
     return path, vocab
+
+
+def _check_target(p: Path, force: bool) -> None:
+    """Refuse, before anything is written, a target that --force must not replace: anything but a
+    regular file (a device such as /dev/null, a FIFO, a folder, a link), or a file charlm owns in a
+    run folder (its checkpoints, marker, lock, logs, encoded data)."""
+    in_run = (p.name in RUN_FILES and is_run_dir(p.parent)) or (p.parent.name == "data" and is_run_dir(p.parent.parent))
+    if in_run:
+        raise ConfigError(f"{p} belongs to the charlm run {p.parent}; export to a file outside it, "
+                          f"or under another name")
+    try:
+        mode = os.lstat(p).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise ConfigError(f"cannot use {p}: {e.strerror or e}") from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"{p} is a folder; -o names the file to write")
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{p} is not a regular file (a device, a FIFO or a link); --force replaces "
+                          f"only regular files: choose another -o")
+    if not force:
+        raise ConfigError(f"{p} already exists; pass --force to replace it")
 
 
 def example_inputs(model: CharRNN, batch: int = 1, seq: int = 2) -> tuple[torch.Tensor, ...]:

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from .errors import RunDirError
 from .events import Event
-from .util import json_safe
+from .util import json_safe, open_no_follow
 
 
 class MetricsLog:
@@ -24,9 +24,9 @@ class MetricsLog:
         self.path = Path(path)
         try:
             if truncate_to is not None and self.path.exists():
-                with open(self.path, "r+b") as f:
+                with open_no_follow(self.path, "r+b") as f:
                     f.truncate(min(truncate_to, os.path.getsize(self.path)))
-            self.file = open(self.path, "a", encoding="utf-8", buffering=1 << 16)
+            self.file = open_no_follow(self.path, "a", encoding="utf-8", buffering=1 << 16)
         except OSError as e:
             raise self._error(e) from None
 

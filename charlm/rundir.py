@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import time
 import uuid
@@ -34,7 +35,7 @@ from typing import Optional
 
 from ._version import __version__
 from .errors import RunDirError
-from .util import RUN_MARKER
+from .util import RUN_MARKER, open_no_follow
 
 try:
     import fcntl
@@ -43,6 +44,9 @@ except ImportError:  # Windows: no flock; one writer per run is then the user's 
 
 LOCK_FILE = ".charlm-lock"
 CHECKPOINTS = ("last.pt", "best.pt")
+# The files charlm writes at the top of a run folder: each must be a regular file (or absent) for
+# a launch to use the folder, so that nothing is written through a link or fails half-way.
+RUN_FILES = (RUN_MARKER, LOCK_FILE, *CHECKPOINTS, "metrics.jsonl", "samples.txt", "config.toml")
 _DATA_FILES = ("meta.json", "train.bin", "val.bin", "train.bin.tmp", "val.bin.tmp")
 _CONFIG_HEADER = "# charlm resolved configuration"
 
@@ -54,7 +58,7 @@ _CONFIG_HEADER = "# charlm resolved configuration"
 def read_marker(path: Path) -> Optional[dict]:
     """The run marker's content, or None when there is no valid one."""
     try:
-        with open(Path(path) / RUN_MARKER, encoding="utf-8") as f:
+        with open_no_follow(Path(path) / RUN_MARKER, "r", encoding="utf-8") as f:
             marker = json.load(f)
     except (OSError, ValueError):
         return None
@@ -71,18 +75,38 @@ def write_marker(folder: Path, run_id: str) -> None:
     """Write folder/.charlm-run atomically (a temporary file, then os.replace)."""
     body = json.dumps({"run_id": run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                        "charlm": __version__}) + "\n"
-    tmp = Path(folder) / f"{RUN_MARKER}.tmp"
     try:
-        tmp.write_text(body, encoding="utf-8")
-        os.replace(tmp, Path(folder) / RUN_MARKER)
+        write_run_file(Path(folder) / RUN_MARKER, body)
     except OSError as e:
         raise RunDirError(f"cannot write to run directory {folder}: {e.strerror or e}") from None
+
+
+def write_run_file(path: Path, text: str) -> None:
+    """Write a small text file of a run atomically and without following links: a new file made
+    with O_EXCL|O_NOFOLLOW (mkstemp), then os.replace, which replaces a link itself, never its
+    target. Raises OSError."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)   # mkstemp makes 0600; these are ordinary files
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            fd = -1
+            f.write(text)
+        os.replace(tmp, path)
+        tmp = None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if tmp is not None:
+            os.unlink(tmp)
 
 
 def _charlm_config(path: Path) -> bool:
     """A config.toml that charlm wrote (a user's own config.toml is not a run marker)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_no_follow(path, "r", encoding="utf-8") as f:
             return f.readline().startswith(_CONFIG_HEADER)
     except (OSError, UnicodeDecodeError):
         return False
@@ -122,7 +146,7 @@ def charlm_entries(path: Path) -> list[Path]:
     """What charlm wrote in a run directory (what --force may delete). Everything else, a
     user's notes or the corpus file itself, stays."""
     path = Path(path)
-    found = [path / n for n in (RUN_MARKER, *CHECKPOINTS, "metrics.jsonl", ".write-test")
+    found = [path / n for n in (RUN_MARKER, *CHECKPOINTS, "metrics.jsonl", "samples.txt", ".write-test")
              if (path / n).is_file() and not (path / n).is_symlink()]
     if _charlm_config(path / "config.toml") and not (path / "config.toml").is_symlink():
         found.append(path / "config.toml")
@@ -134,16 +158,6 @@ def charlm_entries(path: Path) -> list[Path]:
     if tb.is_dir() and not tb.is_symlink():
         found += [p for p in tb.glob("events.out.tfevents.*") if p.is_file()]
     return found
-
-
-def _remove_charlm_entries(path: Path) -> None:
-    for p in charlm_entries(path):
-        p.unlink(missing_ok=True)
-    for sub in ("data", "tensorboard"):   # only when nothing of the user's is left in them
-        try:
-            (path / sub).rmdir()
-        except OSError:
-            pass
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,12 +176,37 @@ class RunLock:
             os.close(self.fd)
             self.fd = -1
 
+    def check(self) -> None:
+        """Raise RunDirError when the lock file was removed or replaced since it was taken: a
+        flock lives on the inode, so after an `rm` a second writer could lock a new file and
+        train beside this process. Called before every checkpoint save."""
+        if self.fd < 0 or fcntl is None:
+            return
+        try:
+            held, now = os.fstat(self.fd), os.stat(self.path, follow_symlinks=False)
+            same = (held.st_ino, held.st_dev) == (now.st_ino, now.st_dev)
+        except OSError:
+            same = False
+        if not same:
+            raise RunDirError(f"the lock file {self.path} was removed or replaced while this run trained, "
+                              f"so another process may be writing the run; stopped without saving. "
+                              f"When no other charlm process uses it, continue with --resume")
+
+
+def lock_note(pid: int, host: str) -> str:
+    """What the lock file holds: a line a person reads, then the JSON charlm reads."""
+    return (f"charlm run lock: held by pid {pid} on {host} while it trains; removing this file does "
+            f"not stop that process (it stops at its next save)\n"
+            + json.dumps({"pid": pid, "host": host}) + "\n")
+
 
 def _holder(lock_path: Path) -> str:
     try:
-        info = json.loads(lock_path.read_text(encoding="utf-8"))
+        with open_no_follow(lock_path, "r", encoding="utf-8") as f:
+            lines = f.read().strip().splitlines()
+        info = json.loads(lines[-1])   # the last line (locks of older versions are one JSON line)
         return f"PID {info['pid']} on {info['host']}"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
         return "another process"
 
 
@@ -175,8 +214,11 @@ def lock_run_dir(folder: Path) -> RunLock:
     """Take the run's lock, or raise RunDirError naming the process that holds it."""
     lock_path = Path(folder) / LOCK_FILE
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise RunDirError(f"{lock_path} is a symbolic link; charlm does not follow links in a run "
+                              f"folder: remove it and run the command again") from None
         raise RunDirError(f"cannot write to run directory {folder}: {e.strerror or e}") from None
     if fcntl is not None:
         try:
@@ -190,7 +232,7 @@ def lock_run_dir(folder: Path) -> RunLock:
             raise RunDirError(f"cannot lock run directory {folder}: {e.strerror or e}") from None
     try:
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+        os.write(fd, lock_note(os.getpid(), socket.gethostname()).encode())
     except OSError:
         pass  # the lock holds without the note; a second writer is then told "another process"
     return RunLock(lock_path, fd)
@@ -249,6 +291,7 @@ def plan_run_dir(out: Optional[str], resume: bool, force: bool) -> RunPlan:
             return RunPlan(path, "resume", lock=lock_run_dir(path))
         if not is_unstarted_run(path):
             raise RunDirError(f"cannot resume: {path} has no last.pt (start it without --resume)")
+        _check_obstacles(path)
         return RunPlan(path, "fill", lock=lock_run_dir(path))
     if not exists:
         return RunPlan(path, "create")
@@ -268,7 +311,35 @@ def plan_run_dir(out: Optional[str], resume: bool, force: bool) -> RunPlan:
         if path.is_symlink():
             raise RunDirError(f"run directory {path} is a symbolic link; refusing to replace what it "
                               f"points to with --force (give the folder itself)")
+    _check_obstacles(path)
     return RunPlan(path, "fill", lock=lock_run_dir(path))
+
+
+def _check_obstacles(path: Path) -> None:
+    """Refuse a folder where a name charlm writes is taken by something it cannot replace (a
+    symbolic link, a folder where a file goes, a file where data/ goes): found now, before
+    anything is written, rather than half-way through replacing a run."""
+    for name in (*RUN_FILES, "data", "tensorboard"):
+        p = path / name
+        try:
+            if not os.path.lexists(p):
+                continue
+            kind = _kind(p)
+        except OSError as e:
+            raise RunDirError(f"cannot read run directory {path}: {e.strerror or e}") from None
+        wanted = "a folder" if name in ("data", "tensorboard") else "a regular file"
+        if kind != wanted:
+            raise RunDirError(f"{p} is {kind} where charlm writes {wanted}; move it out of the way "
+                              f"or choose another --out")
+
+
+def _kind(p: Path) -> str:
+    mode = os.lstat(p).st_mode
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "a regular file" if stat.S_ISREG(mode) else "a special file"
 
 
 def stage(plan: RunPlan) -> Path:
@@ -286,6 +357,7 @@ def stage(plan: RunPlan) -> Path:
             p.mkdir()
             plan.made_parents.append(p)
         plan.staging = Path(tempfile.mkdtemp(prefix=f".{where.name}.charlm-new-", dir=parent))
+        plan.staging.chmod(0o777 & ~_umask())   # mkdtemp makes 0700; a run folder follows the umask
         (plan.staging / ".write-test").write_bytes(b"")
         (plan.staging / ".write-test").unlink()
     except OSError as e:
@@ -318,26 +390,84 @@ def commit(plan: RunPlan) -> Path:
     assert staging is not None, "stage() first"
     if plan.mode == "create":
         plan.path = _rename_into_place(staging, plan.path, plan.default_name)
+        if plan.lock is not None:
+            plan.lock.path = plan.path / LOCK_FILE   # the lock file moved with its folder
     else:
-        _remove_charlm_entries(plan.path)
-        _move_into(staging, plan.path)
+        _replace_contents(staging, plan.path)
         shutil.rmtree(staging, ignore_errors=True)
     plan.staging = None
     plan.made_parents.clear()
     return plan.path
 
 
-def _move_into(src: Path, dst: Path) -> None:
-    """Move src's entries into the folder dst; a sub-folder both have (data/ holding a file of
-    the user's) is merged."""
-    for entry in src.iterdir():
-        target = dst / entry.name
-        if entry.name == LOCK_FILE:
-            continue
-        if entry.is_dir() and target.is_dir() and not target.is_symlink():
-            _move_into(entry, target)
-        else:
-            os.replace(entry, target)
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _replace_contents(staging: Path, run: Path) -> None:
+    """Replace charlm's files in run by the staged ones, all or nothing: the old files are moved
+    aside into a hidden folder inside the run (same file system, so every move is a rename), the
+    new ones moved in, and only then the old ones deleted. A failure at any move undoes the moves
+    made so far, in reverse, and the old run is as it was."""
+    try:
+        aside = Path(tempfile.mkdtemp(prefix=".charlm-old-", dir=run))
+    except OSError as e:
+        raise RunDirError(f"cannot write to run directory {run}: {e.strerror or e}") from None
+    journal: list[tuple[str, Path, Path]] = []   # ("move", src, dst) or ("mkdir", dir, dir)
+    try:
+        for old in charlm_entries(run):
+            _journaled_move(old, aside / old.relative_to(run), journal)
+        for new in _staged_files(staging):
+            _journaled_move(new, run / new.relative_to(staging), journal)
+    except BaseException as e:
+        _undo(journal)
+        shutil.rmtree(aside, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise RunDirError(f"cannot replace run directory {run}: {e.strerror or e}; the old run "
+                              f"is unchanged") from None
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    try:
+        (run / "tensorboard").rmdir()   # only when nothing of the user's is left in it
+    except OSError:
+        pass
+
+
+def _staged_files(staging: Path) -> list[Path]:
+    """Every file of the staged run (the lock stays behind: the run's own lock is held)."""
+    found = []
+    for folder, _, files in os.walk(staging):
+        found += [Path(folder) / f for f in sorted(files) if not (Path(folder) == staging and f == LOCK_FILE)]
+    return found
+
+
+def _journaled_move(src: Path, dst: Path, journal: list) -> None:
+    """Rename src to dst, making dst's missing parent folders; each step noted for ``_undo``."""
+    missing = []
+    p = dst.parent
+    while not os.path.lexists(p):
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        os.mkdir(d)
+        journal.append(("mkdir", d, d))
+    if os.path.lexists(dst):   # the obstacle check ran at plan time; a file that appeared since
+        raise FileExistsError(errno.EEXIST, f"{dst.name} appeared while the run was being replaced")
+    os.replace(src, dst)
+    journal.append(("move", src, dst))
+
+
+def _undo(journal: list) -> None:
+    for kind, a, b in reversed(journal):
+        try:
+            if kind == "move":
+                os.replace(b, a)
+            else:
+                os.rmdir(a)
+        except OSError:
+            pass   # nothing better to do: the rest is still put back
 
 
 def _rename_into_place(staging: Path, target: Path, default_name: bool) -> Path:

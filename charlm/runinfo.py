@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .checkpoint import load_checkpoint, resolve_checkpoint
-from .rundir import looks_like_run
+from .rundir import is_run_dir, looks_like_run
 from .errors import CharLMError, RunDirError
 from .metrics import scan_metrics
 from .training.state import Progress
-from .util import finite_or_none, tomllib
+from .util import RUN_MARKER, finite_or_none, tomllib
 
 
 def _int(x: Any) -> Optional[int]:
@@ -165,8 +165,13 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     cfg, config_note = _read_config(run_dir)
     notes = [config_note] if config_note else []
+    is_run = is_run_dir(run_dir)
+    if not is_run:   # listed for its figures, but said to be no run: --resume and --force refuse it
+        notes.append(f"not a charlm run (no {RUN_MARKER} marker)")
     out: dict[str, Any] = {
-        "run": str(run_dir), "model": None, "corpus": _plain(cfg.get("corpus")) or "builtin",
+        "run": str(run_dir), "model": None, "charlm_run": is_run,
+        # A run of the built-in corpus records no corpus; a folder charlm did not make says nothing.
+        "corpus": _plain(cfg.get("corpus")) or ("builtin" if is_run else None),
         "step": None, "best_val_loss": None, "best_val_bpc": None, "best_step": None,
         "elapsed_s": None, "tokens_per_s": None, "status": "empty", "notes": None,
     }

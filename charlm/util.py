@@ -1,5 +1,6 @@
 """Small helpers several modules need, written once: finite numbers, JSON-safe values, CSV text,
-the TOML reader, torch thread pinning, and the name of the file that marks a folder as a charlm run.
+the TOML reader, torch thread pinning, the name of the file that marks a folder as a charlm run,
+and opening a file in a run without following a symbolic link.
 
 The bottom layer, beside config.py and errors.py: imports nothing of charlm, and torch only inside
 the function that needs it.
@@ -8,8 +9,10 @@ the function that needs it.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import math
+import os
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
@@ -23,6 +26,26 @@ else:  # pragma: no cover - Python 3.10 only
 # A folder is a charlm run only when it holds this file (written by charlm, carrying the run id).
 # Corpus folders skip any folder that holds one, so a run directory is never read as text.
 RUN_MARKER = ".charlm-run"
+
+# open() modes as os.open flags, for the files charlm writes in a run folder.
+_FLAGS = {"r": os.O_RDONLY, "rb": os.O_RDONLY, "r+b": os.O_RDWR,
+          "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND, "ab": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+          "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "wb": os.O_WRONLY | os.O_CREAT | os.O_TRUNC}
+
+
+def open_no_follow(path: Any, mode: str, **kwargs: Any):
+    """open(path, mode), except that a symbolic link at path is refused (OSError ELOOP with a
+    plain reason) instead of followed: a link planted in a run folder must not make charlm
+    truncate or append to a file elsewhere. Modes: r, rb, r+b, a, ab, w, wb."""
+    flags = _FLAGS[mode] | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "it is a symbolic link, which charlm does not follow in a run "
+                                       "folder (remove it)", str(path)) from None
+        raise
+    return os.fdopen(fd, mode, **kwargs)
 
 
 def is_finite_number(x: Any) -> bool:

@@ -233,3 +233,44 @@ def test_readme_snippet_samples_from_the_onnx_file_without_charlm(run_file, tmp_
 
     lm = charlm.load(run_file, device="cpu")
     assert proc.stdout == snippet_in_torch(lm.model, lm.tokenizer.itos, "the cat") + "\n"
+
+
+@pytest.mark.parametrize("target", ["fifo", "link", "folder", "device", "run-best", "run-last", "run-data"])
+def test_force_replaces_only_regular_files_outside_charlm_runs(run_file, tmp_path, target):
+    """--force never replaces a device (root once turned /dev/null into a file), a FIFO, a folder,
+    a link, or a file charlm owns in a run folder (the run's own best.pt); one line, nothing written.
+    The device is a null device made in tmp_path, never the real /dev/null: a regression must not
+    break the machine it runs on."""
+    import os
+    import shutil
+    import stat
+
+    from charlm.rundir import write_marker
+
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    write_marker(run, "a" * 32)
+    shutil.copy(run_file, run / "best.pt")
+    (tmp_path / "mine.pt").write_text("mine")
+    out = {"fifo": tmp_path / "pipe", "link": tmp_path / "link.pt", "folder": tmp_path / "dir",
+           "device": tmp_path / "null", "run-best": run / "best.pt", "run-last": run / "last.pt",
+           "run-data": run / "data" / "train.bin"}[target]
+    if target == "fifo":
+        os.mkfifo(out)
+    elif target == "link":
+        out.symlink_to(tmp_path / "mine.pt")
+    elif target == "folder":
+        out.mkdir()
+    elif target == "device":
+        try:
+            os.mknod(out, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        except OSError:
+            pytest.skip("making a device file needs root (CAP_MKNOD)")
+    before = {p: (os.lstat(p).st_mode, p.read_bytes() if stat.S_ISREG(os.lstat(p).st_mode) else None)
+              for p in [out, run / "best.pt", tmp_path / "mine.pt"] if os.path.lexists(p)}
+    result = runner.invoke(app, ["export", str(run / "best.pt"), "--format", "torchscript", "-o", str(out), "--force"])
+    assert result.exit_code == 1, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    after = {p: (os.lstat(p).st_mode, p.read_bytes() if v[1] is not None else None) for p, v in before.items()}
+    assert after == before and not vocab_path(out).exists()
+    assert not (run / "last.pt").exists() and not (run / "data" / "train.bin").exists()

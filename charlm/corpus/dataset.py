@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import CorpusError, TokenizerError
+from ..util import open_no_follow
 from .text import Corpus, CorpusStats, scan
 from .tokenizers import (MAX_CHAR_VOCAB, CharTokenizer, SentencePieceTokenizer, Tokenizer, id_dtype,
                          tokenizer_from_dict)
@@ -132,7 +133,8 @@ def _encode(corpus: Corpus, stats: CorpusStats, tokenizer: Tokenizer, train_char
                 "train_chars": train_chars, "val_chars": val_chars,
                 "train_ids_sha256": digests["train"], "val_ids_sha256": digests["val"]}
         meta_tmp = folder / "meta.json.tmp"
-        meta_tmp.write_text(json.dumps(meta))
+        with open_no_follow(meta_tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(meta))
         os.replace(meta_tmp, folder / "meta.json")
         return meta
     except OSError as e:
@@ -152,7 +154,8 @@ def _write_ids(corpus: Corpus, tokenizer: Tokenizer, train_chars: int, dtype: np
     """Encode the corpus block by block into the two temporary files; token counts and sha256s."""
     counts = {s: 0 for s in SPLITS}
     digests = {s: hashlib.sha256() for s in SPLITS}
-    with open(tmp["train"], "wb") as ftrain, open(tmp["val"], "wb") as fval:
+    # Not through a link: a train.bin.tmp planted as a link must not make charlm write elsewhere.
+    with open_no_follow(tmp["train"], "wb") as ftrain, open_no_follow(tmp["val"], "wb") as fval:
         files = {"train": ftrain, "val": fval}
         seen = 0
         # A char tokenizer encodes each code point on its own, so (unless it normalises) any block

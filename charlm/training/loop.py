@@ -31,12 +31,13 @@ from .._version import __version__
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import ModelConfig, TrainConfig, to_toml
 from ..devices import DeviceBatches, describe_device
-from ..errors import ConfigError, Interrupted, NumericError
+from ..errors import ConfigError, Interrupted, NumericError, RunDirError
 from ..evaluation import evaluate_ids
 from ..records import reset_mask, separator_id
 from ..events import (CheckpointSaved, ChunkTrained, Evaluated, Event, Finished, GradientReport,
                       Notice, RunStarted, Sampled)
 from ..metrics import MetricsLog
+from ..rundir import write_run_file
 from .samples import SamplesLog, eval_sample
 from .setup import Setup, build, prepare_device
 from .signals import StopRequest, graceful_signals
@@ -157,7 +158,10 @@ class Sinks:
         if run.config.eval_sample_length:
             self.samples = SamplesLog(run.run_dir / "samples.txt",
                                       keep_upto=run.state.progress.step if run.ckpt else None)
-        (run.run_dir / "config.toml").write_text(to_toml(run.model_config, run.config), encoding="utf-8")
+        try:   # atomic and without following a link: a planted config.toml link is replaced, not written through
+            write_run_file(run.run_dir / "config.toml", to_toml(run.model_config, run.config))
+        except OSError as e:
+            raise RunDirError(f"cannot write {run.run_dir / 'config.toml'}: {e.strerror or e}") from None
         if run.config.tensorboard:
             from ..tb import TensorBoardSink
             self.tboard = TensorBoardSink(run.run_dir)
@@ -323,6 +327,8 @@ def save(run: Setup, sinks: Sinks, name: str, elapsed: float) -> None:
     digests = gather(distributed.weights_digest(state.model)) if ctx.enabled else None
     if not ctx.is_main:
         return
+    if run.plan is not None and run.plan.lock is not None:
+        run.plan.lock.check()   # the lock file removed or replaced: another writer may be in the run
     if digests is not None and len(set(digests)) > 1:
         sinks.emit(Notice(f"the {ctx.world_size} replicas' weights differ at step {p.step}; this is a "
                           f"bug in charlm's DDP set-up, please report it", p.step, "warning"))

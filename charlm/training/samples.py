@@ -17,6 +17,7 @@ import torch
 from ..config import SampleConfig
 from ..errors import NumericError, RunDirError
 from ..sampling import sample_text
+from ..util import open_no_follow
 
 HEADER = re.compile(r"^--- step (\d+) ---$")
 TEMPERATURE = 0.8
@@ -57,16 +58,18 @@ class SamplesLog:
 
     def _cut(self, step: int) -> None:
         """Drop the entries of steps after ``step`` (written after the checkpoint resumed from)."""
-        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        with open_no_follow(self.path, "r", encoding="utf-8") as f:
+            lines = f.read().splitlines(keepends=True)
         for i, line in enumerate(lines):
             m = HEADER.match(line.rstrip("\n"))
             if m and int(m.group(1)) > step:
-                self.path.write_text("".join(lines[:i]), encoding="utf-8")
+                with open_no_follow(self.path, "w", encoding="utf-8") as f:
+                    f.write("".join(lines[:i]))
                 return
 
     def append(self, step: int, text: str) -> None:
         try:
-            with open(self.path, "a", encoding="utf-8") as f:
+            with open_no_follow(self.path, "a", encoding="utf-8") as f:
                 f.write(f"--- step {step} ---\n{text}\n\n")
         except OSError as e:
             raise self._error(e) from None
