@@ -387,22 +387,6 @@ def generate(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
                                 generators(config.seed, config.num_samples), device)
 
 
-def generate_ids(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
-                 device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
-    """Yield the next token ids (num_samples,) one step at a time, for ``length`` tokens (no
-    display rules: for tests and measurements of the bare token loop)."""
-    config.validate()
-    carry = start(model, tokenizer, config.prime, config.num_samples, device, config.record_sep)
-    gens = generators(config.seed, config.num_samples)
-    step = model.stepper()
-    skip = _skip(tokenizer, carry.last.size(-1))
-    for _ in range(config.length):
-        check_finite(carry.last)
-        nxt = choose(carry.last[:, skip:], config, gens) + skip
-        carry.last, carry.state = step(nxt.to(device), carry.state)
-        yield nxt
-
-
 def sample_text(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
                 device: torch.device | str = "cpu") -> list[str]:
     """Whole samples as strings (the prime not included)."""

@@ -1,15 +1,17 @@
-"""Shared fixtures: tiny corpora and tiny training options, so every test runs in seconds."""
+"""Shared fixtures (tiny corpora, a tiny trained run, the shared corpora when present) and the
+test tiers: tests under e2e/ (subprocesses, SIGKILL, DDP, benchmark smoke) are marked ``e2e``, and
+``pytest --quick`` leaves them out for a fast inner loop. Helpers that are not fixtures live in
+helpers.py."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_CORPORA = REPO.parent / "shared" / "corpora"
+from helpers import SHARED_CORPORA, make_text
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -20,34 +22,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-# A tiny model: enough to see the loss fall, small enough to train in a second or two.
-TINY = ["--hidden-size", "16", "--embedding-size", "8", "--batch-size", "4", "--seq-len", "16",
-        "--eval-every", "10", "--sample-length", "0", "--warmup-steps", "0"]
-
-
-def make_text(n_chars: int = 6000, seed: int = 0) -> str:
-    """Readable, repetitive English-like text: a small model learns it quickly."""
-    rng = random.Random(seed)
-    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "big", "red", "house"]
-    lines = []
-    total = 0
-    while total < n_chars:
-        line = " ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) + ".\n"
-        lines.append(line)
-        total += len(line)
-    return "".join(lines)[:n_chars]
-
-
-def stop_after(n: int):
-    """A should_stop hook for charlm.training.train: stop once n steps have been trained in this launch."""
-    calls = {"n": -1}
-
-    def hook() -> bool:
-        calls["n"] += 1
-        return calls["n"] >= n
-    return hook
 
 
 @pytest.fixture
@@ -84,3 +58,24 @@ def tiny_run(tmp_path_factory) -> Path:
     cfg = charlm.TrainConfig(corpus=str(corpus), out=str(tmp / "run"), batch_size=4, seq_len=16, warmup_steps=0,
                              max_steps=5, eval_every=5, sample_length=0, device="cpu")
     return charlm.train(cfg, charlm.ModelConfig(embedding_size=8, hidden_size=16))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--quick", action="store_true",
+                     help="leave out the end-to-end tier (tests/e2e): the inner loop, about a minute or two")
+
+
+def pytest_collection_modifyitems(config, items):
+    e2e = Path(__file__).resolve().parent / "e2e"
+    quick = config.getoption("--quick")
+    kept, dropped = [], []
+    for item in items:
+        if e2e in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
+            if quick:
+                dropped.append(item)
+                continue
+        kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from helpers import REPO
 
-PACKAGE = Path(__file__).resolve().parent.parent / "charlm"
+PACKAGE = REPO / "charlm"
 MAX_BODY_LINES = 80   # a function's body, its signature and docstring not counted
 
 

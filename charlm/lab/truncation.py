@@ -242,7 +242,7 @@ def _check_grid(models, distances, chunks, hidden_size, batch_size, steps, keys,
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds must be distinct seeds, at least one, got {list(seeds)}")
     for seed in seeds:
-        check_seed(seed)
+        check_seed(seed, "--seeds")
     for name, value in (("--steps", steps), ("--hidden-size", hidden_size), ("--batch-size", batch_size)):
         if not _whole(value) or value < 1:
             raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
