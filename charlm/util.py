@@ -1,8 +1,8 @@
 """Small helpers several modules need, written once: finite numbers, JSON-safe values, torch thread
 pinning, and the name of the file that marks a folder as a charlm run.
 
-The bottom layer, beside config.py and errors.py: imports nothing of charlm, and torch only inside
-the function that needs it.
+The bottom layer, beside config.py and errors.py: imports nothing of charlm but threads.py (itself
+bottom layer), and torch only inside the function that needs it.
 """
 
 from __future__ import annotations
@@ -43,10 +43,13 @@ def torch_threads(n: Optional[int]) -> Iterator[None]:
     """Run the block with n intra-op threads, then restore the setting (None: leave it alone).
 
     Loops of many tiny ops (unrolled gradients, batch-1 sampling, tiny models) run faster on one
-    thread: a second one spends its time waiting for the first, badly so on a busy 2-core CPU."""
+    thread: a second one spends its time waiting for the first, badly so on a busy 2-core CPU.
+    A count the user pinned with --threads N (charlm.threads.use) wins over these heuristics."""
     import torch
 
-    if n is None or n == torch.get_num_threads():
+    from .threads import pinned
+
+    if n is None or pinned() is not None or n == torch.get_num_threads():
         yield
         return
     before = torch.get_num_threads()

@@ -16,10 +16,13 @@ def one_thread():
     """Tiny models run best on one thread: a second OpenMP thread only adds waiting, badly so on a
     2-core machine shared with other work. Tests that compare runs bit for bit do so at equal
     thread counts (subprocesses they start get their own setting)."""
+    import charlm.threads
+
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+    charlm.threads._pinned = None   # a command's --threads N pins it for its process: not for the next test
 
 
 # A tiny model: enough to see the loss fall, small enough to train in a second or two.
