@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from .app import CONTEXT, _console, _state, app, handles_errors
+from .app import CONTEXT, _console, _state, app, handles_errors, threads_option
 
 
 def _write(path: str, text: str) -> None:
@@ -41,7 +41,7 @@ def inspect_context(
     shuffle_max: Annotated[int, typer.Option(help="How far back the shuffle curve shuffles, at most --max-context (0: skip it).")] = 256,
     grad_lags: Annotated[int, typer.Option(help="Lags for the gradient horizon (0: skip it).")] = 100,
     seed: Annotated[int, typer.Option(help="Seed for the shuffles and the gradient windows.")] = 0,
-    threads: Annotated[Optional[int], typer.Option(help="Torch threads (default: torch's own setting).")] = None,
+    threads: Annotated[str, threads_option()] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write every number to this JSON file ('-': stdout).")] = None,
     csv_out: Annotated[Optional[str], typer.Option("--csv", help="Write one row per curve point to this CSV file ('-': stdout).")] = None,
@@ -55,9 +55,9 @@ def inspect_context(
     Example: `charlm inspect-context runs/NAME other.txt --json context.json --plot context.png`
     """
     from ..errors import ConfigError
+    from ..threads import use
 
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    pinned = use(threads)
     if json_out == "-" and csv_out == "-":
         raise ConfigError("--json - and --csv - cannot both write to stdout")
     from ..api import load
@@ -65,7 +65,7 @@ def inspect_context(
     lm = load(checkpoint, device=device)
     study = lm.inspect_context(file=text_file, tail=tail, targets=targets, max_context=max_context,
                                tolerance=tolerance, shuffle_max=shuffle_max, seed=seed,
-                               grad_lags=grad_lags, threads=threads)
+                               grad_lags=grad_lags, threads=pinned)
     if plot is not None:
         from ..context import plot_context
 

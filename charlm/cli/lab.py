@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from .app import (CONTEXT, json_option, _console, _state, app, handles_errors, stdout_taken,
+from .app import (CONTEXT, json_option, threads_option, _console, _state, app, handles_errors, stdout_taken,
                   write_document)
 
 
@@ -32,6 +32,7 @@ def inspect_gradients(
     csv_out: Annotated[Optional[str], typer.Option(
         "--csv", metavar="FILE", help="Write one row per lag as CSV to FILE ('-': stdout, and nothing else there).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Draw the curves to FILE.png or FILE.svg (needs matplotlib).")] = None,
+    threads: Annotated[str, threads_option()] = "auto",
 ) -> None:
     """Measure ||dL/dh|| against lag: why a tanh RNN forgets and an LSTM remembers longer.
 
@@ -44,8 +45,11 @@ def inspect_gradients(
     from ..config import check_seed
     from ..gradients import inspect_gradients as measure
 
+    from ..threads import use
+
     report = not stdout_taken(json_out, csv_out)   # the tables, unless a document takes stdout
     check_seed(seed)
+    use(threads)
     study = measure(checkpoint=checkpoint, corpus=corpus, models=models.split(","),
                     hidden_size=hidden_size, layers=layers, embedding_size=embedding_size, lags=lags,
                     samples=samples, seed=seed, warmup=warmup)
