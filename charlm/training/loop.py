@@ -59,6 +59,7 @@ def train(config: TrainConfig, model_config: Optional[ModelConfig] = None,
     """
     device, ctx, config = prepare_device(config)
     stop = StopRequest()
+    threads_before = torch.get_num_threads()   # --threads changes it for the run, not for the caller
     try:
         with graceful_signals(stop):
             run = build(config, model_config, device, ctx)
@@ -70,6 +71,7 @@ def train(config: TrainConfig, model_config: Optional[ModelConfig] = None,
                 if run.plan is not None:
                     run.plan.release()
     finally:
+        torch.set_num_threads(threads_before)
         distributed.teardown(ctx)
 
 
