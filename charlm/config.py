@@ -14,9 +14,10 @@ import json
 import textwrap
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Optional, get_args, get_origin, get_type_hints
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
+from .threads import parse_threads
 from .util import is_finite_number, tomllib
 
 CELLS = ("lstm", "gru", "rnn", "mingru", "minlstm")
@@ -209,6 +210,12 @@ class TrainConfig:
     eval_sample_length: int = 200
     """Characters of a sample generated at every evaluation (the same seed each time), shown and
     appended to RUN/samples.txt (0: none)."""
+    # On a machine that is doing something else, one thread can be 4x faster than two, and on an
+    # idle one two are faster (docs/threads.md): no fixed count is right, so auto measures.
+    threads: Union[str, int] = "auto"
+    """CPU threads: 'auto' times 1 thread against all usable CPUs (affinity and cgroup quota) early
+    in a time-budgeted run and every 45 s, keeping the faster (a step-budgeted run keeps one
+    count, so it is reproducible); a number pins that count. No effect on a GPU."""
 
     def validate(self) -> "TrainConfig":
         _check(self.tokenizer in TOKENIZERS,
@@ -264,6 +271,8 @@ class TrainConfig:
                "that has its own: choose one")
         _check(not (self.resume and self.force),
                "--resume and --force contradict each other: choose one")
+        pinned = parse_threads(self.threads)
+        self.threads = "auto" if pinned is None else str(pinned)   # one spelling, for TOML and checkpoints
         return self
 
     def stopping_rule_given(self) -> bool:
@@ -350,7 +359,7 @@ def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
         return float(value)
     if base is int and isinstance(value, bool):
         raise ConfigError(f"{source}: key '{key}' must be an integer, got {value!r}")
-    if not isinstance(value, base):
+    if not isinstance(value, allowed):   # a Union field (threads: 'auto' or 2) takes any of its types
         raise ConfigError(f"{source}: key '{key}' must be {base.__name__}, got {type(value).__name__} {value!r}")
     return value
 

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from .config import MAX_SEED, SampleConfig
 from .errors import NumericError, TokenizerError
-from .util import torch_threads
+from .threads import torch_threads
 from .model import CharRNN, State
 from .corpus.tokenizers import CharTokenizer, StreamDecoder, Tokenizer
 

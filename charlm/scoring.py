@@ -36,7 +36,7 @@ import torch
 from .corpus.tokenizers import CharTokenizer, Tokenizer, _is_starter, normalize_text
 from .errors import ConfigError
 from .model import CharRNN
-from .util import torch_threads
+from .threads import torch_threads
 
 SCHEMA = "charlm.score/1"
 CHUNK = 256  # tokens per forward call: activations stay (1, CHUNK, V) whatever the text's length

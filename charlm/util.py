@@ -1,9 +1,9 @@
 """Small helpers several modules need, written once: finite numbers, JSON-safe values, CSV text,
-the TOML reader, torch thread pinning, the name of the file that marks a folder as a charlm run,
+the TOML reader, the name of the file that marks a folder as a charlm run,
 and opening a file in a run without following a symbolic link.
 
-The bottom layer, beside config.py and errors.py: imports nothing of charlm, and torch only inside
-the function that needs it.
+The bottom layer, beside config.py and errors.py: imports nothing of charlm but threads.py (itself
+bottom layer), and torch only inside the function that needs it.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import io
 import math
 import os
 import sys
-from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 # The one TOML shim: the standard library's reader from Python 3.11, the tomli package before.
 if sys.version_info >= (3, 11):
@@ -77,22 +76,3 @@ def csv_text(rows: list[list[Any]]) -> str:
     for row in rows:
         writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
     return buf.getvalue()
-
-
-@contextmanager
-def torch_threads(n: Optional[int]) -> Iterator[None]:
-    """Run the block with n intra-op threads, then restore the setting (None: leave it alone).
-
-    Loops of many tiny ops (unrolled gradients, batch-1 sampling, tiny models) run faster on one
-    thread: a second one spends its time waiting for the first, badly so on a busy 2-core CPU."""
-    import torch
-
-    if n is None or n == torch.get_num_threads():
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import charlm.threads
 from helpers import SHARED_CORPORA, make_text
 
 
@@ -22,6 +23,7 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+    charlm.threads._pinned = None   # a command's --threads N pins it for its process: not for the next test
 
 
 @pytest.fixture

@@ -104,6 +104,13 @@ def json_option(what: str) -> Any:
                         help=f"Write {what} as one JSON document to FILE ('-': stdout, and nothing else there).")
 
 
+def threads_option() -> Any:
+    """The `--threads` option of the commands that use a model (train's comes from TrainConfig)."""
+    return typer.Option(help="CPU threads: 'auto' (the command's own choice, one thread for small work, "
+                             "never more than the CPUs this process may use: affinity and cgroup quota) "
+                             "or a number that pins it.")
+
+
 def write_document(doc: Any, dest: str, what: str = "--json") -> None:
     """The one JSON convention: ``--json FILE`` writes one document to FILE, ``--json -`` to
     stdout (and the command then prints nothing else there). ``doc`` is JSON text or a value."""

@@ -13,8 +13,9 @@ from rich.markup import escape
 from typing_extensions import Annotated
 
 from ..config import SampleConfig
+from ..threads import use
 from ..errors import CharLMError, ConfigError
-from .app import CONTEXT, app, get_console, handles_errors, json_option, stdout_taken, write_document
+from .app import CONTEXT, app, get_console, handles_errors, json_option, stdout_taken, threads_option, write_document
 from .tables import metrics_table
 
 SAMPLE_HELP = """Stream generated text to stdout as it is generated.
@@ -58,6 +59,7 @@ def sample(
     records: Annotated[Optional[bool], typer.Option("--records/--no-records", help="Each sample is one record: from a fresh state, ending at the record separator (default: as the model was trained).")] = None,
     interactive: Annotated[bool, typer.Option("--interactive", help="A prompt loop with carried state (see above).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
+    threads: Annotated[str, threads_option()] = "auto",
 ) -> None:
     if prime_file is not None:
         prime = _read_prime(prime_file)
@@ -65,6 +67,7 @@ def sample(
                           seed=seed, num_samples=num_samples, beam=beam, stop=tuple(stop or ())).validate()
     if interactive and (beam is not None or num_samples != 1):
         raise ConfigError("--interactive samples one reply at a time: drop --beam and --num-samples")
+    use(threads)
     from ..api import load
 
     lm = load(checkpoint, device=device)
@@ -207,6 +210,7 @@ def evaluate(
     json_out: Annotated[Optional[str], json_option("the figures")] = None,
     records: Annotated[Optional[bool], typer.Option("--records/--no-records", help="Zero the state at every record start (default: as the model was trained).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    threads: Annotated[str, threads_option()] = "auto",
 ) -> None:
     """Loss (nats/token), bits per character and perplexity over a whole file, evaluated statefully.
 
@@ -214,6 +218,7 @@ def evaluate(
     """
     if tail is not None and not 0 < tail <= 1:
         raise ConfigError(f"--tail must be in (0, 1], got {tail}")
+    use(threads)
     from ..api import load
 
     lm = load(checkpoint, device=device)

@@ -14,7 +14,8 @@ from rich.text import Text
 from typing_extensions import Annotated
 
 from ..errors import ConfigError
-from .app import CONTEXT, app, get_console, handles_errors, json_option, stdout_taken, write_document
+from ..threads import use
+from .app import CONTEXT, app, get_console, handles_errors, json_option, stdout_taken, threads_option, write_document
 
 
 def _read_text(text: Optional[str], file: Optional[str]) -> str:
@@ -44,6 +45,7 @@ def score(
                                            "text order (0: none; every position is in --json).")] = 20,
     json_out: Annotated[Optional[str], json_option("the charlm.score/1 document (every position)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
+    threads: Annotated[str, threads_option()] = "auto",
 ) -> None:
     """Per-character surprisal in bits, the mean bits per character, and the model's top guesses.
 
@@ -55,6 +57,7 @@ def score(
     """
     if top < 0:
         raise ConfigError(f"--top must be 0 or more, got {top}")
+    use(threads)
     content = _read_text(text, file)
     from ..api import load
 

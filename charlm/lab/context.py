@@ -41,7 +41,8 @@ import torch.nn.functional as F
 
 from ..corpus.text import Corpus
 from ..errors import CharLMError, ConfigError, CorpusError, MissingExtra
-from ..util import csv_text, finite_or_none, json_safe, torch_threads
+from ..threads import torch_threads
+from ..util import csv_text, finite_or_none, json_safe
 from .gradients import study_of_trained
 
 SCHEMA = "charlm.inspect-context/1"

@@ -47,7 +47,8 @@ from ..corpus.tokenizers import CharTokenizer
 from ..errors import CharLMError, ConfigError
 from ..mincells import MinRNN
 from ..model import CharRNN
-from ..util import csv_text, json_safe, torch_threads
+from ..threads import torch_threads
+from ..util import csv_text, json_safe
 
 HORIZON_RATIO = 1e-3
 SCHEMA = "charlm.inspect-gradients/1"

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from ..checkpoint import load_model
 from ..config import CELLS, check_seed
 from ..errors import ConfigError, RunDirError
-from ..util import torch_threads
+from ..threads import torch_threads
 from .sweep import run_sweep
 
 KEYS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"

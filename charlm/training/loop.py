@@ -34,6 +34,7 @@ from ..devices import DeviceBatches, describe_device
 from ..errors import ConfigError, Interrupted, NumericError, RunDirError
 from ..evaluation import evaluate_ids
 from ..records import reset_mask, separator_id
+from ..threads import ThreadChooser, plan_threads
 from ..events import (CheckpointSaved, ChunkTrained, Evaluated, Event, Finished, GradientReport,
                       Notice, RunStarted, Sampled)
 from ..metrics import MetricsLog
@@ -41,7 +42,7 @@ from ..rundir import write_run_file
 from .samples import SamplesLog, eval_sample
 from .setup import Setup, build, prepare_device
 from .signals import StopRequest, graceful_signals
-from .step import StepResult, lr_at, train_step
+from .step import EvalCadence, StepResult, lr_at, time_budget, train_step
 
 EventCallback = Callable[[Event], None]
 # A measurement of the model on the chunk just trained: (model, x, y, state at the chunk start)
@@ -67,6 +68,7 @@ def train(config: TrainConfig, model_config: Optional[ModelConfig] = None,
                           "grad_probe=charlm.lab.gradients.horizon_summary (the CLI does)")
     device, ctx, config = prepare_device(config)
     stop = StopRequest()
+    threads_before = torch.get_num_threads()   # --threads changes it for the run, not for the caller
     try:
         with graceful_signals(stop):
             run = build(config, model_config, device, ctx)
@@ -78,6 +80,7 @@ def train(config: TrainConfig, model_config: Optional[ModelConfig] = None,
                 if run.plan is not None:
                     run.plan.release()
     finally:
+        torch.set_num_threads(threads_before)
         distributed.teardown(ctx)
 
 
@@ -89,6 +92,8 @@ def loop(run: Setup, sinks: "Sinks", stop: StopRequest, should_stop: Optional[Ca
     report_every = 1 if run.device.type == "cpu" else 16   # read losses back this often
     reports = Reports(last_tokens=p.tokens_seen)
     clock = Clock(before=p.elapsed)
+    cadence = EvalCadence.of(config, run.total_steps, run.max_time, p.elapsed)
+    threads = choose_threads(run, sinks)                     # None off CPU
     chunks = DeviceBatches(run.batches, run.device)          # ids reach the device without a host copy per step
     reset_every_chunk = config.state_reset == "chunk"
     sep_id = separator_id(config.records, config.record_sep, run.tokenizer)   # None without --records
@@ -106,10 +111,12 @@ def loop(run: Setup, sinks: "Sinks", stop: StopRequest, should_stop: Optional[Ca
         if new_epoch or reset_every_chunk:
             state.reset_hidden(config.batch_size)
 
-        # Under DDP the learning rate may depend on the clock only through a time all ranks
-        # agree on (the slowest rank's, see agreed_stop), or the replicas would step differently.
-        lr = lr_at(config, p.step, clock.lr_time if run.ctx.enabled else clock.elapsed(),
-                   run.total_steps, run.max_time, p.lr_scale)
+        # Under DDP the learning rate and the evaluations may depend on the clock only through a
+        # time all ranks agree on (the slowest rank's, see agreed_stop), or the replicas would differ.
+        now = clock.lr_time if run.ctx.enabled else clock.elapsed()
+        lr = lr_at(config, p.step, now, run.total_steps, run.max_time, p.lr_scale)
+        if threads is not None:
+            pace(threads, sinks, p.step)                      # the thread count for this step
         x, y = chunks.batch(p.step_in_epoch)                  # (B, k) inputs, (B, k) targets one ahead
         hidden_in = state.hidden                               # what this chunk starts from
         result = train_step(state, run.train_model, x, y, lr, config.grad_clip, run.amp_dtype,
@@ -130,10 +137,10 @@ def loop(run: Setup, sinks: "Sinks", stop: StopRequest, should_stop: Optional[Ca
             rollback(run, sinks, reports, clock)
             continue  # the restored step was evaluated and saved when it was first reached
 
-        if p.step % config.eval_every == 0:
+        if cadence.due(p.step, now):
             flush_reports(run, sinks, reports)
             evaluate(run, sinks, train_loss(run, clear=True), clock.elapsed())
-    return finish(run, sinks, reports, clock, reason, signum, should_stop)
+    return finish(run, sinks, reports, clock, cadence, reason, signum, should_stop)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,6 +262,22 @@ def agreed_stop(run: Setup, clock: Clock, stop: StopRequest, should_stop: Option
                          device=run.device if run.device.type == "cuda" else "cpu")
     time_up, signum, asked, clock.lr_time = distributed.all_reduce_max(flags, ctx).tolist()
     return ("max_time" if time_up else None), int(signum), bool(asked)
+
+
+def choose_threads(run: Setup, sinks: Sinks) -> Optional[ThreadChooser]:
+    """The CPU thread count's chooser (--threads; charlm.threads), announced; None off the CPU."""
+    if run.device.type != "cpu":
+        return None
+    chooser, note = plan_threads(run.config.threads, time_budget(run.total_steps, run.max_time) is not None)
+    sinks.emit(Notice(note, run.state.progress.step, "info"))
+    return chooser
+
+
+def pace(chooser: ThreadChooser, sinks: Sinks, step: int) -> None:
+    """Between steps: let the chooser time the last one and set the next one's thread count."""
+    message = chooser.tick()
+    if message is not None:
+        sinks.emit(Notice(message, step, "info"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -407,8 +430,8 @@ def rollback(run: Setup, sinks: Sinks, reports: Reports, clock: Clock) -> None:
                       f"with the learning rate scaled by {p.lr_scale:g}", p.step, "warning"))
 
 
-def finish(run: Setup, sinks: Sinks, reports: Reports, clock: Clock, reason: Optional[str], signum: int,
-           should_stop: Optional[Callable[[], bool]]) -> Path:
+def finish(run: Setup, sinks: Sinks, reports: Reports, clock: Clock, cadence: EvalCadence,
+           reason: Optional[str], signum: int, should_stop: Optional[Callable[[], bool]]) -> Path:
     """Evaluate (or just save, when stopped early), report, and raise Interrupted after a signal."""
     flush_reports(run, sinks, reports)
     p = run.state.progress
@@ -416,7 +439,7 @@ def finish(run: Setup, sinks: Sinks, reports: Reports, clock: Clock, reason: Opt
     if not interrupted and should_stop is not None and reason is None:
         reason = "stopped"
     elapsed = clock.elapsed()
-    if p.since_eval or (p.step % run.config.eval_every != 0):
+    if p.since_eval or not cadence.evaluated(p.step):
         if interrupted or reason == "stopped":
             # Quick, and exact: an evaluation here would add a best-val record that the
             # uninterrupted run never has, so a resumed run would diverge from it.

@@ -14,14 +14,32 @@ from ..devices import autocast
 from .state import TrainState
 
 
+# A run whose budget is time runs a different number of steps on a busy 2-core CPU and on a fast
+# machine, so its warm-up and evaluations are fractions of the time; the step settings bound them.
+WARMUP_FRACTION = 0.02      # warm-up ends after 2% of the time budget, or warmup_steps if sooner
+EVALS_PER_BUDGET = 6        # evaluations every 1/6 of the time budget, or eval_every steps if sooner
+
+
+def time_budget(total_steps: Optional[int], max_time: Optional[float]) -> Optional[float]:
+    """The run's time budget in seconds when time is its only budget (no step or epoch limit)."""
+    return max_time if total_steps is None else None
+
+
 def lr_at(config: TrainConfig, step: int, elapsed: float, total_steps: Optional[int],
           max_time: Optional[float], scale: float = 1.0) -> float:
     """Linear warm-up, then cosine decay to lr * min_lr_ratio at the end of the budget.
 
     The budget is whichever ends first, steps or seconds, so a `--max-time` run decays exactly
-    into its deadline.
+    into its deadline. When the budget is time only, the warm-up also ends after WARMUP_FRACTION
+    of it, so a slow machine reaches the peak early too; a step-budgeted run is as it always was.
     """
-    warm = min(1.0, (step + 1) / (config.warmup_steps + 1)) if config.warmup_steps else 1.0
+    warm = 1.0
+    if config.warmup_steps:
+        warm = (step + 1) / (config.warmup_steps + 1)
+        seconds = time_budget(total_steps, max_time)
+        if seconds:
+            warm = max(warm, elapsed / (WARMUP_FRACTION * seconds))
+        warm = min(1.0, warm)
     progress = 0.0
     if total_steps:
         progress = max(progress, step / total_steps)
@@ -31,6 +49,43 @@ def lr_at(config: TrainConfig, step: int, elapsed: float, total_steps: Optional[
     cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
     ratio = config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine
     return config.lr * warm * ratio * scale
+
+
+@dataclass
+class EvalCadence:
+    """When to evaluate: every ``every_steps`` steps, and when the budget is time, also each time
+    the run's clock passes another ``every_seconds`` (1/EVALS_PER_BUDGET of the budget).
+
+    Under DDP the clock given to ``due`` must be the ranks' agreed one, so all evaluate together.
+    """
+
+    every_steps: int
+    every_seconds: Optional[float] = None
+    next_time: float = math.inf
+    last_step: int = -1          # the step of the last evaluation in this launch
+
+    @classmethod
+    def of(cls, config: TrainConfig, total_steps: Optional[int], max_time: Optional[float],
+           elapsed: float) -> "EvalCadence":
+        seconds = time_budget(total_steps, max_time)
+        if not seconds:
+            return cls(config.eval_every)
+        every = seconds / EVALS_PER_BUDGET
+        return cls(config.eval_every, every, every * (math.floor(elapsed / every) + 1))
+
+    def due(self, step: int, elapsed: float) -> bool:
+        """True when step (just trained) should be evaluated; marks it evaluated."""
+        by_time = self.every_seconds is not None and elapsed >= self.next_time
+        if not (step % self.every_steps == 0 or by_time):
+            return False
+        if self.every_seconds is not None:
+            self.next_time = self.every_seconds * (math.floor(elapsed / self.every_seconds) + 1)
+        self.last_step = step
+        return True
+
+    def evaluated(self, step: int) -> bool:
+        """Whether step had its evaluation (by the step cadence, or by the clock in this launch)."""
+        return step % self.every_steps == 0 or step == self.last_step
 
 
 @dataclass

@@ -79,3 +79,13 @@ def test_gru_speed_quick(tmp_path):
     assert "torch nn.GRU" in out and "charlm cpugru" in out and "ratio" in out
     assert rec["benchmark"] == "gru_speed" and rec["tok_s"] > 0 and rec["reference_tok_s"] > 0
     assert rec["quick"] is True
+
+
+@pytest.mark.skipif(not (CORPORA / "tinyshakespeare.txt").exists(), reason="needs ../shared/corpora")
+def test_threads_contention_quick(tmp_path):
+    out, rec = run_quick("threads_contention.py", tmp_path)
+    assert "--threads auto" in out and "load" in out
+    assert rec["benchmark"] == "threads_contention" and set(rec["tokens_per_s"]) == {"0", "1"}
+    rates = [r for row in rec["tokens_per_s"].values() for r in row.values()]
+    assert all(r is None or r > 0 for r in rates) and any(r is not None for r in rates)   # None: too few steps
+    assert any("threads auto" in " ".join(m) for m in rec["auto_notices"].values())

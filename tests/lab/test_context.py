@@ -118,7 +118,7 @@ def test_first_within_and_json_shape():
 
 def _train(tmp: Path, name: str, text: str, steps: int, hidden: int = 32, seq_len: int = 16) -> Path:
     from charlm.training import train
-    from charlm.util import torch_threads
+    from charlm.threads import torch_threads
 
     corpus = tmp / f"{name}.txt"
     corpus.write_text(text, encoding="utf-8")

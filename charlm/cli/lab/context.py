@@ -16,8 +16,8 @@ from rich.table import Table
 from rich.text import Text
 from typing_extensions import Annotated
 
-from ...errors import ConfigError
-from ..app import (CONTEXT, app, cli_state, get_console, handles_errors, json_option, stdout_taken,
+from ...threads import use
+from ..app import (CONTEXT, app, cli_state, get_console, handles_errors, json_option, stdout_taken, threads_option,
                    write_document)
 
 
@@ -38,7 +38,7 @@ def inspect_context(
     shuffle_max: Annotated[int, typer.Option(help="How far back the shuffle curve shuffles, at most --max-context (0: skip it).")] = 256,
     grad_lags: Annotated[int, typer.Option(help="Lags for the gradient horizon (0: skip it).")] = 100,
     seed: Annotated[int, typer.Option(help="Seed for the shuffles and the gradient windows.")] = 0,
-    threads: Annotated[Optional[int], typer.Option(help="Torch threads (default: torch's own setting).")] = None,
+    threads: Annotated[str, threads_option()] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     json_out: Annotated[Optional[str], json_option("every number")] = None,
     csv_out: Annotated[Optional[str], typer.Option(
@@ -52,8 +52,7 @@ def inspect_context(
 
     Example: `charlm inspect-context runs/NAME other.txt --json context.json --plot context.png`
     """
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    pinned = use(threads)
     report = not stdout_taken(json_out, csv_out)   # the report, unless a document takes stdout
     from ...api import load
     from ...lab.context import plot_context
@@ -61,7 +60,7 @@ def inspect_context(
 
     study = measure(load(checkpoint, device=device), file=text_file, tail=tail, targets=targets,
                     max_context=max_context, tolerance=tolerance, shuffle_max=shuffle_max, seed=seed,
-                    grad_lags=grad_lags, threads=threads)
+                    grad_lags=grad_lags, threads=pinned)
     if plot is not None:
         plot_context(study, plot)
     if json_out is not None:

@@ -17,7 +17,8 @@ from rich.text import Text
 from typing_extensions import Annotated
 
 from ...config import check_seed
-from ..app import (CONTEXT, app, cli_state, get_console, handles_errors, json_option, stdout_taken,
+from ...threads import use
+from ..app import (CONTEXT, app, cli_state, get_console, handles_errors, json_option, stdout_taken, threads_option,
                    write_document)
 
 
@@ -41,6 +42,7 @@ def inspect_gradients(
     csv_out: Annotated[Optional[str], typer.Option(
         "--csv", metavar="FILE", help="Write one row per lag as CSV to FILE ('-': stdout, and nothing else there).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Draw the curves to FILE.png or FILE.svg (needs matplotlib).")] = None,
+    threads: Annotated[str, threads_option()] = "auto",
 ) -> None:
     """Measure ||dL/dh|| against lag: why a tanh RNN forgets and an LSTM remembers longer.
 
@@ -54,6 +56,7 @@ def inspect_gradients(
 
     report = not stdout_taken(json_out, csv_out)   # the tables, unless a document takes stdout
     check_seed(seed)
+    use(threads)
     study = measure(checkpoint=checkpoint, corpus=corpus, models=models.split(","),
                     hidden_size=hidden_size, layers=layers, embedding_size=embedding_size, lags=lags,
                     samples=samples, seed=seed, warmup=warmup)
