@@ -84,7 +84,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(cell="lstm", vocab_size=tok.vocab_size, embedding_size=64,
                                 hidden_size=args.hidden_size, layers=1)).eval()
-    lm = LanguageModel(model, tok, {}, torch.device("cpu"), Path("(in memory)"))
+    lm = LanguageModel(model, tok, None, torch.device("cpu"), Path("(in memory)"))
     threads = torch.get_num_threads()
     print(machine())
     print(f"LSTM 1x{args.hidden_size}, vocab {tok.vocab_size}, batch 1, CPU, {args.length} characters "

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
-from .checkpoint import load_model
+from .checkpoint import Checkpoint, load_model
 from .config import ModelConfig, SampleConfig, TrainConfig
 from .corpus.text import Corpus
 from .devices import resolve_device
@@ -25,7 +25,7 @@ from .export import export_model
 from .records import separator_id
 from .sampling import generate, sample_text
 from .scoring import score_text
-from .training import resolve_options
+from .training import plan_launch
 from .training import train as _train
 from .training.options import explicit_options
 from .util import is_finite_number
@@ -37,10 +37,11 @@ class LanguageModel:
     The instruments that inspect it live in charlm.lab (``charlm.lab.gradients.study(lm)``,
     ``charlm.lab.context.study(lm)``): the product never imports the lab."""
 
-    def __init__(self, model, tokenizer, checkpoint: dict[str, Any], device: torch.device, path: Path):
+    def __init__(self, model, tokenizer, checkpoint: Optional[Checkpoint], device: torch.device, path: Path):
+        """``checkpoint``: the record the model was loaded from (None for a model built in memory)."""
         self.model = model
         self.tokenizer = tokenizer
-        self.checkpoint = checkpoint
+        self.checkpoint = checkpoint if checkpoint is not None else Checkpoint.of_model(model, tokenizer)
         self.device = device
         self.path = path
 
@@ -78,10 +79,9 @@ class LanguageModel:
     def record_sep(self, records: Optional[bool] = None) -> Optional[str]:
         """The record separator when records are on (``records``, by default as the model was
         trained with --records); None when they are off."""
-        trained = self.checkpoint.get("train_config") or {}
         if records is None:
-            records = bool(trained.get("records", False))
-        return str(trained.get("record_sep", "\n")) if records else None
+            records = bool(self.checkpoint.trained("records", False))
+        return str(self.checkpoint.trained("record_sep", "\n")) if records else None
 
     @staticmethod
     def _sample_config(prime, length, temperature, top_k, top_p, seed, num_samples, beam, stop,
@@ -166,14 +166,16 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, model: Optional[Mod
     ``grad_probe`` measures the chunk every ``grad_report_every`` steps: pass
     ``charlm.lab.gradients.horizon_summary`` (the product does not import the lab).
     """
+    launch = None
     if isinstance(config, (str, Path)):
-        model_from_options, config = resolve_options({}, str(config))
-        model = model or model_from_options
+        launch = plan_launch({}, str(config))
     elif isinstance(config, dict):
-        model_from_options, config = resolve_options(dict(config))
-        model = model or model_from_options
+        launch = plan_launch(dict(config))
     elif isinstance(config, TrainConfig) and config.resume:
         # As the CLI does: the checkpoint's options, under the ones this config sets (a field
         # left at its default counts as not given).
-        model, config = resolve_options(explicit_options(config, model))
-    return _train(config, model, on_event=on_event, should_stop=should_stop, grad_probe=grad_probe)
+        launch = plan_launch(explicit_options(config, model))
+    if launch is not None:
+        model, config = model or launch.model_config, launch.config
+    return _train(config, model, on_event=on_event, should_stop=should_stop, grad_probe=grad_probe,
+                  resume_from=launch.resume_from if launch is not None else None)

@@ -14,16 +14,18 @@ import os
 import pickle
 import tempfile
 import zipfile
+import dataclasses
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 from .config import NORMALIZATIONS, ModelConfig
+from .corpus.tokenizers import UNK, Tokenizer, tokenizer_from_dict
 from .errors import CheckpointError, ConfigError
 from .limits import check_model_fits
 from .model import CharRNN
-from .corpus.tokenizers import UNK, Tokenizer, tokenizer_from_dict
 
 FORMAT = "charlm-checkpoint"
 FORMAT_VERSION = 1
@@ -50,10 +52,12 @@ def _resolve(p: Path) -> Path:
     return p
 
 
-def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
-    """Atomically write payload to path; on any failure the old file is left untouched."""
+def save_checkpoint(record: "Checkpoint | dict[str, Any]", path: Path) -> None:
+    """Atomically write a checkpoint record (or its dict) to path; on any failure the old file is
+    left untouched."""
     path = Path(path)
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    entries = record.to_dict() if isinstance(record, Checkpoint) else record
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **entries}
     # Serialise in memory first: torch.save streaming into a full disk fails with an opaque
     # RuntimeError, a plain write fails with the OSError that names the cause (ENOSPC, EIO...).
     buf = io.BytesIO()
@@ -165,22 +169,109 @@ def _check_weight_sizes(weights: dict[str, Any], p: Path) -> None:
                               f"more than the file's {size:,}")
 
 
-# What sampling/evaluating needs (checked on every load), and what resuming needs on top. The
-# progress record's own keys are training.state.Progress's business (its from_dict checks them).
+# ----------------------------------------------------------------------------------------------
+# The record: a checkpoint's entries by name
+
+
+def _entry(kind: type | tuple, resume: bool = False, default: Any = None):
+    """A checkpoint entry of type ``kind``; ``resume``: what a resume needs beyond sampling."""
+    return field(default=default, metadata={"kind": kind, "resume": resume})
+
+
+@dataclass
+class Checkpoint:
+    """Everything a checkpoint file holds, by name: the training loop builds one and saves
+    ``to_dict()``; every reader (resume, fine-tuning, ``info``, ``runs``, the Python API, the lab)
+    takes one from ``read_checkpoint`` and reads attributes.
+
+    The first three entries are what sampling and evaluating need, and are required. The rest
+    may be missing from a checkpoint written by hand or by an older charlm: they are then None
+    (an entry of the wrong type counts as missing), ``info`` shows what there is, and a resume
+    refuses with one line naming what it lacks (``check_resumable``)."""
+
+    model_config: dict = _entry(dict)
+    model: dict = _entry(dict)                 # weight name -> tensor
+    tokenizer: dict = _entry(dict)             # Tokenizer.to_dict()
+    run_id: Optional[str] = _entry(str)        # the run's identity (its marker holds the same)
+    train_config: Optional[dict] = _entry(dict, resume=True)
+    optimizer: Optional[dict] = _entry(dict, resume=True)
+    progress: Optional[dict] = _entry(dict, resume=True)        # training.state.Progress.to_dict()
+    hidden_state: Optional[list] = _entry(list, resume=True)    # per rank: the carried state tensors
+    rng: Optional[list] = _entry(list, resume=True)             # per rank: the generators' states
+    corpus: Optional[dict] = _entry(dict, resume=True)          # name, path, sha256, sizes
+    grad_scaler: Optional[dict] = _entry(dict)                  # fp16 runs: the loss scale
+    world_size: Optional[int] = _entry(int)
+    init_from: Optional[dict] = _entry(dict)   # fine-tuning: where the weights came from
+    replica_digests: Optional[list] = _entry(list)
+    device: Optional[str] = _entry(str)
+    precision: Optional[str] = _entry(str)
+    versions: Optional[dict] = _entry(dict)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str | Path = "the checkpoint") -> "Checkpoint":
+        """The record of a loaded checkpoint dict: a required entry that is missing or of the
+        wrong type is a CheckpointError naming every such entry; an optional one becomes None."""
+        values: dict[str, Any] = {}
+        missing = []
+        for f in fields(cls):
+            value = raw.get(f.name)
+            ok = isinstance(value, f.metadata["kind"]) and not isinstance(value, bool)
+            if f.name not in MODEL_KEYS:
+                values[f.name] = value if ok else None
+            elif ok:
+                values[f.name] = value
+            else:
+                missing.append(f.name)
+        if missing:
+            raise CheckpointError(f"{where} is an incomplete charlm checkpoint (missing or malformed: "
+                                  f"{', '.join(missing)})")
+        return cls(**values)
+
+    @classmethod
+    def of_model(cls, model: CharRNN, tokenizer: Tokenizer) -> "Checkpoint":
+        """The record of a model that lives in memory only (no training entries)."""
+        return cls(model_config=dataclasses.asdict(model.config), tokenizer=tokenizer.to_dict(),
+                   model={k: v.detach().cpu() for k, v in model.state_dict().items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entries as the file stores them (an entry that does not apply is stored as None)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def lacks_for_resume(self) -> list[str]:
+        return [f.name for f in fields(self) if f.metadata["resume"] and getattr(self, f.name) is None]
+
+    # What readers ask of it, answered once.
+    def trained(self, key: str, default: Any = None) -> Any:
+        """An option the run was trained with (train_config[key]), or default."""
+        return (self.train_config or {}).get(key, default)
+
+    @property
+    def corpus_path(self) -> Optional[str]:
+        """The corpus file the run trained on, when it was one file (not the built-in corpus)."""
+        path = (self.corpus or {}).get("path")
+        return path if isinstance(path, str) else None
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint safely and return its record (``load_checkpoint`` returns the raw dict)."""
+    return Checkpoint.from_dict(load_checkpoint(path, map_location), resolve_checkpoint(path))
+
+
+# What sampling/evaluating needs (checked on every load; Checkpoint marks what a resume needs on
+# top). The progress record's own keys are training.state.Progress's business (its from_dict
+# checks them).
 MODEL_KEYS = {"model_config": dict, "model": dict, "tokenizer": dict}
-RESUME_KEYS = {"train_config": dict, "optimizer": dict, "progress": dict, "hidden_state": list,
-               "rng": list, "corpus": dict}
 
 
-def check_resumable(ckpt: dict[str, Any], path: str | Path) -> None:
+def check_resumable(ckpt: Checkpoint, path: str | Path) -> None:
     """A checkpoint that samples may still lack what a resume needs (e.g. one written by hand)."""
-    missing = [k for k, t in RESUME_KEYS.items() if not isinstance(ckpt.get(k), t)]
+    missing = ckpt.lacks_for_resume()
     if missing:
         raise CheckpointError(f"cannot resume from {path}: the checkpoint lacks {', '.join(missing)} "
                               f"(it can still be sampled; start a new run to train further)")
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> tuple[CharRNN, Tokenizer]:
+def model_from_checkpoint(ckpt: Checkpoint, device: str | torch.device = "cpu") -> tuple[CharRNN, Tokenizer]:
     """Rebuild the model (in eval mode, on device) and its tokenizer from a loaded checkpoint.
 
     Every size in the checkpoint's metadata is untrusted: it is checked against the weights the file
@@ -190,7 +281,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
     config, tokenizer = check_model_record(ckpt, device)
     model = CharRNN(config)
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt.model)
     except RuntimeError as e:  # dtypes that do not convert, say; the shapes were checked above
         detail = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [str(e)]
         raise CheckpointError(f"checkpoint weights do not match its model config: {detail[0][:200]}") from None
@@ -199,20 +290,20 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
     return model, tokenizer
 
 
-def check_model_record(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> tuple[ModelConfig, Tokenizer]:
+def check_model_record(ckpt: Checkpoint, device: str | torch.device = "cpu") -> tuple[ModelConfig, Tokenizer]:
     """The checkpoint's model config and tokenizer, once its sizes agree with the stored weights,
     the weights are finite and the model fits the device; CheckpointError (one line) otherwise.
     Allocates nothing of the model's size: call it before building a model from a checkpoint
     (sampling and evaluating do, through model_from_checkpoint; a resume should too)."""
-    config = _model_config(ckpt["model_config"])
-    weights = ckpt["model"]
+    config = _model_config(ckpt.model_config)
+    weights = ckpt.model
     _check_shapes(config, weights)
     bad = next((k for k, v in weights.items() if not bool(torch.isfinite(v).all())), None)
     if bad is not None:
         raise CheckpointError(f"the checkpoint's weights are not finite (NaN or infinity in {bad}): it "
                               f"cannot sample or evaluate; use an earlier checkpoint of the run")
     check_model_fits(config, config.vocab_size, device, training=False)
-    tokenizer = _tokenizer(ckpt["tokenizer"])
+    tokenizer = _tokenizer(ckpt.tokenizer)
     if tokenizer.vocab_size != config.vocab_size:
         raise CheckpointError(f"checkpoint's tokenizer has {tokenizer.vocab_size:,} tokens but its model "
                               f"has {config.vocab_size:,}: the file is damaged or was edited")
@@ -288,7 +379,8 @@ def _tokenizer(raw: dict[str, Any]) -> Tokenizer:
         raise CheckpointError(f"{bad} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[CharRNN, Tokenizer, dict[str, Any]]:
-    ckpt = load_checkpoint(path, map_location="cpu")
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[CharRNN, Tokenizer, Checkpoint]:
+    """The model (eval mode, on device), its tokenizer and the checkpoint's record."""
+    ckpt = read_checkpoint(path, map_location="cpu")
     model, tok = model_from_checkpoint(ckpt, device)
     return model, tok, ckpt

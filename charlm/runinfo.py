@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from .checkpoint import load_checkpoint, resolve_checkpoint
-from .rundir import is_run_dir, looks_like_run
+from .checkpoint import read_checkpoint, resolve_checkpoint
 from .errors import CharLMError, RunDirError
 from .metrics import scan_metrics
+from .rundir import is_run_dir, looks_like_run
 from .training.state import Progress
 from .util import RUN_MARKER, finite_or_none, tomllib
 
@@ -36,10 +36,10 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
     Every field but the path may be None: a checkpoint written by hand, by an older charlm, or
     edited, lacks some records or holds values of the wrong type; ``info`` shows what is there."""
     ckpt_path = resolve_checkpoint(path)
-    ckpt = load_checkpoint(ckpt_path)
-    m, t, tok = _dict(ckpt.get("model_config")), _dict(ckpt.get("train_config")), _dict(ckpt.get("tokenizer"))
-    p = Progress.lenient(ckpt.get("progress"))   # each key well typed, or None
-    corpus, versions = _dict(ckpt.get("corpus")), _dict(ckpt.get("versions"))
+    ckpt = read_checkpoint(ckpt_path)
+    m, t, tok = ckpt.model_config, _dict(ckpt.train_config), ckpt.tokenizer
+    p = Progress.lenient(ckpt.progress)   # each key well typed, or None
+    corpus, versions = _dict(ckpt.corpus), _dict(ckpt.versions)
     best = finite_or_none(p.get("best_val_loss"))
     dropout = m.get("dropout")
     return {
@@ -49,7 +49,7 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
         "hidden_size": _int(m.get("hidden_size")),
         "embedding_size": _int(m.get("embedding_size")),
         "dropout": finite_or_none(dropout),
-        "parameters": _parameter_count(ckpt["model"], m),
+        "parameters": _parameter_count(ckpt.model, m),
         "tokenizer": _str(tok.get("kind")),
         "normalize": _str(tok.get("normalize", "none")),
         "vocab_size": _int(m.get("vocab_size")),
@@ -64,13 +64,13 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
         "corpus_chars": _int(corpus.get("chars")),
         "seq_len": _int(t.get("seq_len")),
         "batch_size": _int(t.get("batch_size")),
-        "world_size": _int(ckpt.get("world_size", 1)),
-        "device": _str(ckpt.get("device")),
-        "precision": _str(ckpt.get("precision", t.get("precision"))),
+        "world_size": _int(ckpt.world_size if ckpt.world_size is not None else 1),
+        "device": _str(ckpt.device),
+        "precision": _str(ckpt.precision or t.get("precision")),
         "charlm_version": _str(versions.get("charlm")),
         "torch_version": _str(versions.get("torch")),
         "python_version": _str(versions.get("python")),
-        "init_from": _origin(ckpt.get("init_from")),
+        "init_from": _origin(ckpt.init_from),
     }
 
 

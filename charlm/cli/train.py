@@ -77,9 +77,10 @@ def train(
     Examples: `charlm train`, `charlm train input.txt --max-time 600 --model gru`,
     `charlm train --out runs/a --resume`.
     """
-    from ..training import resolve_options
+    from ..training import plan_launch
 
-    model_config, train_config = resolve_options(options, str(config) if config else None)
+    launch = plan_launch(options, str(config) if config else None)
+    model_config, train_config = launch.model_config, launch.config
     if print_config:
         typer.echo(to_toml(model_config or ModelConfig(), train_config), nl=False)
         return
@@ -93,7 +94,8 @@ def train(
     console = get_console()
     view = TrainingView(console, quiet=cli_state["quiet"])
     try:
-        run_dir = run_training(train_config, model_config, on_event=view, grad_probe=probe)
+        run_dir = run_training(train_config, model_config, on_event=view, grad_probe=probe,
+                               resume_from=launch.resume_from)
     finally:
         view.close()
     if train_config.sample_length and not cli_state["quiet"] and not view.stdout_closed:

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint import Checkpoint
 from ..corpus.text import Corpus
 from ..errors import CharLMError, ConfigError, CorpusError, MissingExtra
 from ..threads import torch_threads
@@ -440,18 +441,18 @@ def measure_context(model, ids: np.ndarray, positions: Optional[Sequence[int]] =
 # ----------------------------------------------------------------------------------------------
 # A checkpoint's model on its validation text (or a file), with its k and gradient horizon
 
-def evaluation_text(ckpt: dict[str, Any], file: Optional[str] = None,
+def evaluation_text(ckpt: Checkpoint, file: Optional[str] = None,
                     tail: Optional[float] = None) -> tuple[str, str]:
     """(text, description): ``file`` (its last ``tail`` of characters when given), else the tail
     of the corpus the checkpoint was trained on (its validation split, as `evaluate --tail`)."""
     if tail is not None and not (math.isfinite(tail) and 0 < tail <= 1):
         raise ConfigError(f"--tail must be in (0, 1], got {tail}")
     if file is None:
-        spec = (ckpt.get("corpus") or {}).get("path")
+        spec = ckpt.corpus_path
         if not spec:
             raise CorpusError("the checkpoint does not name its corpus; give a text FILE to read")
         if tail is None:
-            tail = float((ckpt.get("train_config") or {}).get("val_fraction", 0.1))
+            tail = float(ckpt.trained("val_fraction", 0.1))
         try:
             text = "".join(Corpus.resolve(str(spec)).blocks())
         except CorpusError:
@@ -465,7 +466,7 @@ def evaluation_text(ckpt: dict[str, Any], file: Optional[str] = None,
     return text, what
 
 
-def gradient_horizon(model, tokenizer, ckpt: dict[str, Any], text: str, lags: int = 100,
+def gradient_horizon(model, tokenizer, ckpt: Checkpoint, text: str, lags: int = 100,
                      samples: int = 32, seed: int = 0, warmup: int = 50) -> dict[str, Any]:
     """The gradient horizon of charlm.lab.gradients (the first lag whose ||dL/dh|| falls below 1e-3 of
     lag 0's), on windows of the same text. The headline is the longest over layers and states
@@ -479,7 +480,7 @@ def gradient_horizon(model, tokenizer, ckpt: dict[str, Any], text: str, lags: in
             "gradient_horizons": horizons}
 
 
-def inspect_context(model, tokenizer, ckpt: dict[str, Any], source: str, file: Optional[str] = None,
+def inspect_context(model, tokenizer, ckpt: Checkpoint, source: str, file: Optional[str] = None,
                     text: Optional[str] = None, tail: Optional[float] = None, targets: int = 96,
                     max_context: int = 2048, tolerance: float = 0.01, shuffle_max: int = 256,
                     seed: int = 0, grad_lags: int = 100, grad_samples: int = 32,
@@ -498,7 +499,7 @@ def inspect_context(model, tokenizer, ckpt: dict[str, Any], source: str, file: O
         c = model.config
         study.model = {"source": source, "cell": c.cell, "layers": c.layers, "hidden_size": c.hidden_size,
                        "vocab_size": c.vocab_size,
-                       "chunk_length": (ckpt.get("train_config") or {}).get("seq_len")}
+                       "chunk_length": ckpt.trained("seq_len")}
         if grad_lags > 0:
             t0 = time.perf_counter()
             study.model.update(gradient_horizon(model, tokenizer, ckpt, text, grad_lags, grad_samples, seed))

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import load_model
+from ..checkpoint import Checkpoint, load_model
 from ..config import CELLS, ModelConfig
 from ..corpus.text import Corpus
 from ..corpus.tokenizers import CharTokenizer
@@ -413,7 +413,7 @@ def inspect_model(model, name: str, ids: torch.Tensor, warmup: int, source: str 
                           spectral=spectral_report(model.rnn))
 
 
-def study_of_trained(model, tokenizer, ckpt: dict, source: str, corpus: Optional[str] = None,
+def study_of_trained(model, tokenizer, ckpt: Checkpoint, source: str, corpus: Optional[str] = None,
                      text: Optional[str] = None, lags: int = 100, samples: int = 32, seed: int = 0,
                      warmup: int = 50) -> GradientStudy:
     """Measure a trained model on windows of ``text``, else of ``corpus``, else of the corpus the
@@ -421,7 +421,7 @@ def study_of_trained(model, tokenizer, ckpt: dict, source: str, corpus: Optional
     gen = np.random.default_rng(seed)
     length = warmup + lags + 2
     inputs = "random tokens (the checkpoint's corpus is gone; pass --corpus)"
-    spec = corpus or ckpt.get("corpus", {}).get("path")
+    spec = corpus or ckpt.corpus_path
     if text is not None:
         inputs = "text given"
     elif spec is not None:
@@ -439,7 +439,7 @@ def study_of_trained(model, tokenizer, ckpt: dict, source: str, corpus: Optional
     dtype = torch.float32 if device.type == "mps" else torch.float64     # MPS has no float64
     study = GradientStudy(lags=lags, samples=samples, seed=seed, warmup=warmup, inputs=inputs,
                           dtype=str(dtype).replace("torch.", ""))
-    k = ckpt.get("train_config", {}).get("seq_len")
+    k = ckpt.trained("seq_len")
     with torch_threads(1):
         study.models.append(inspect_model(model, model.config.cell, ids, warmup, source=source,
                                           chunk_length=k, dtype=dtype))

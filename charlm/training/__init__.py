@@ -6,7 +6,7 @@ checkpoint's progress record); step.py trains one chunk; loop.py is the loop.
 """
 
 from .loop import train
-from .options import resolve_options
+from .options import Launch, plan_launch, resolve_options
 from .step import lr_at
 
-__all__ = ["lr_at", "resolve_options", "train"]
+__all__ = ["Launch", "lr_at", "plan_launch", "resolve_options", "train"]

@@ -16,13 +16,12 @@ from typing import Optional
 
 import torch
 
-from ..checkpoint import check_model_record, resolve_checkpoint
+from ..checkpoint import check_model_record, read_checkpoint, resolve_checkpoint
 from ..config import ModelConfig, TrainConfig, option_name
 from ..corpus.dataset import Dataset, encode_corpus
 from ..corpus.text import Corpus, scan
 from ..corpus.tokenizers import MAX_CHAR_VOCAB, CharTokenizer, Tokenizer
 from ..errors import ConfigError, TokenizerError
-from .options import read_checkpoint
 
 # The options that shape the weights: a fine-tuned model must keep them.
 ARCHITECTURE = ("cell", "hidden_size", "layers", "embedding_size")
@@ -65,11 +64,9 @@ def load_source(config: TrainConfig, model_config: Optional[ModelConfig],
     # The run's tokenizer options are the source's (what the saved train_config should say).
     config = replace(config, tokenizer=tokenizer.kind, normalize=tokenizer.normalize,
                      vocab_size=None if tokenizer.kind == "char" else tokenizer.vocab_size)
-    progress = ckpt.get("progress") if isinstance(ckpt.get("progress"), dict) else {}
-    step = progress.get("step")
-    record = {"path": str(path.resolve()), "run_id": ckpt.get("run_id") if isinstance(ckpt.get("run_id"), str) else None,
-              "step": step if isinstance(step, int) else None}
-    return Source(path, ckpt["model"], tokenizer, record), config, model_config
+    step = (ckpt.progress or {}).get("step")
+    record = {"path": str(path.resolve()), "run_id": ckpt.run_id, "step": step if isinstance(step, int) else None}
+    return Source(path, ckpt.model, tokenizer, record), config, model_config
 
 
 def extend_chars(tokenizer: CharTokenizer, counts, min_count: int) -> CharTokenizer:

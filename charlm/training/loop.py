@@ -28,18 +28,19 @@ import torch
 
 from .. import distributed
 from .._version import __version__
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 from ..config import ModelConfig, TrainConfig, to_toml
 from ..devices import DeviceBatches, describe_device
 from ..errors import ConfigError, Interrupted, NumericError, RunDirError
 from ..evaluation import evaluate_ids
-from ..records import reset_mask, separator_id
-from ..threads import ThreadChooser, plan_threads
-from ..events import (CheckpointSaved, ChunkTrained, Evaluated, Event, Finished, GradientReport,
-                      Notice, RunStarted, Sampled)
+from ..events import (CheckpointSaved, ChunkTrained, Evaluated, Event, Finished, GradientReport, Notice,
+                      RunStarted, Sampled)
 from ..metrics import MetricsLog
+from ..records import reset_mask, separator_id
 from ..rundir import write_run_file
+from ..threads import ThreadChooser, plan_threads
 from .samples import SamplesLog, eval_sample
+from .options import LoadedCheckpoint
 from .setup import Setup, build, prepare_device
 from .signals import StopRequest, graceful_signals
 from .step import EvalCadence, StepResult, lr_at, time_budget, train_step
@@ -55,13 +56,16 @@ MAX_ROLLBACKS = 3
 def train(config: TrainConfig, model_config: Optional[ModelConfig] = None,
           on_event: Optional[EventCallback] = None,
           should_stop: Optional[Callable[[], bool]] = None,
-          grad_probe: Optional[ChunkProbe] = None) -> Path:
+          grad_probe: Optional[ChunkProbe] = None,
+          resume_from: Optional[LoadedCheckpoint] = None) -> Path:
     """Train a model; return the run directory. Raises CharLMError for user mistakes.
 
     ``model_config`` may be None when resuming (the checkpoint's is used). ``should_stop`` is
     polled after every step; when it returns True the run saves last.pt and returns, exactly as
     on Ctrl-C (but without raising). ``grad_probe`` measures the chunk every
     ``config.grad_report_every`` steps (a GradientReport event); it is required when that is set.
+    ``resume_from`` is the last.pt that option resolution read (``plan_launch``): a resume restores
+    from it rather than reading the file again, unless the file changed since.
     """
     if config.grad_report_every and grad_probe is None:
         raise ConfigError("grad_report_every needs a probe to measure with: pass "
@@ -71,7 +75,7 @@ def train(config: TrainConfig, model_config: Optional[ModelConfig] = None,
     threads_before = torch.get_num_threads()   # --threads changes it for the run, not for the caller
     try:
         with graceful_signals(stop):
-            run = build(config, model_config, device, ctx)
+            run = build(config, model_config, device, ctx, resume_from)
             sinks = Sinks(on_event if (on_event is not None and ctx.is_main) else None)
             try:
                 return loop(run, sinks, stop, should_stop, grad_probe)
@@ -360,24 +364,23 @@ def save(run: Setup, sinks: Sinks, name: str, elapsed: float) -> None:
         return
     corpus, data = run.corpus, run.dataset
     single = len(corpus.files) == 1 and corpus.name != "builtin:python-stdlib"
-    payload = {
-        "run_id": run.run_id,
-        "model_config": asdict(run.model_config),
-        "train_config": asdict(run.config),
-        "tokenizer": run.tokenizer.to_dict(),
+    record = Checkpoint(
+        run_id=run.run_id,
+        model_config=asdict(run.model_config),
+        train_config=asdict(run.config),
+        tokenizer=run.tokenizer.to_dict(),
         **owned,
-        "corpus": {"name": data.corpus_name, "path": str(Path(corpus.files[0]).resolve()) if single else corpus.name,
-                   "sha256": data.sha256, "chars": data.chars,
-                   "train_tokens": data.train.tokens, "val_tokens": data.val.tokens},
-        "world_size": ctx.world_size,
-        "init_from": run.origin,
-        "replica_digests": digests,
-        "device": str(run.device),
-        "precision": run.precision,
-        "versions": {"charlm": __version__, "torch": str(torch.__version__),
-                     "python": platform.python_version()},
-    }
-    save_checkpoint(payload, run.run_dir / name)
+        corpus={"name": data.corpus_name, "path": str(Path(corpus.files[0]).resolve()) if single else corpus.name,
+                "sha256": data.sha256, "chars": data.chars,
+                "train_tokens": data.train.tokens, "val_tokens": data.val.tokens},
+        world_size=ctx.world_size,
+        init_from=run.origin,
+        replica_digests=digests,
+        device=str(run.device),
+        precision=run.precision,
+        versions={"charlm": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
+    )
+    save_checkpoint(record, run.run_dir / name)
     sinks.emit(CheckpointSaved(str(run.run_dir / name), p.step))
 
 
@@ -421,7 +424,7 @@ def rollback(run: Setup, sinks: Sinks, reports: Reports, clock: Clock) -> None:
             f"training diverged (non-finite loss or gradients) even after {MAX_ROLLBACKS} rollbacks "
             f"with a lower learning rate; lower --lr (now {config.lr}) or --grad-clip. last.pt in "
             f"{run.run_dir} holds the last good weights")
-    state.load_state_dict(load_checkpoint(run.run_dir / "last.pt", map_location="cpu"))
+    state.load_state_dict(read_checkpoint(run.run_dir / "last.pt", map_location="cpu"))
     p = state.progress   # the checkpoint's counters, but this launch's count of rollbacks
     p.rollbacks, p.lr_scale = rollbacks, 0.5 ** rollbacks
     clock.before = p.elapsed

@@ -1,50 +1,20 @@
 """Option resolution, one function for the CLI and the library: defaults < checkpoint < TOML < flags.
 
-It sits above the checkpoint module (config.py stays the bottom layer). On --resume the run's
-last.pt is read here once; the set-up that follows takes the same loaded checkpoint
-(``read_checkpoint``) unless the file changed in between.
+It sits above the checkpoint module (config.py stays the bottom layer). On --resume the options
+come from the run's last.pt, read once here: ``plan_launch`` returns a ``Launch`` value holding
+the configs and that checkpoint, which the set-up restores from unless the file changed since.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from ..checkpoint import check_resumable, load_checkpoint, resolve_checkpoint
+from ..checkpoint import Checkpoint, check_resumable, read_checkpoint, resolve_checkpoint
 from ..config import ModelConfig, TrainConfig, config_keys, load_toml, option_name, split_options
 from ..errors import CheckpointError, ConfigError, RunDirError
 from ..rundir import is_unstarted_run
-
-# The checkpoint last read for a resume, keyed by its path and (size, mtime): the set-up reuses it
-# rather than loading the file a second time.
-_last_read: Optional[tuple[Path, tuple, dict]] = None
-
-
-def _stat_key(path: Path) -> tuple:
-    st = path.stat()
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-def read_checkpoint(path: Path) -> dict:
-    """The checkpoint at path, reusing the copy option resolution read when the file is unchanged."""
-    global _last_read
-    path = Path(path)
-    cached, _last_read = _last_read, None
-    try:
-        if cached is not None and cached[0] == path.resolve() and cached[1] == _stat_key(path):
-            return cached[2]
-    except OSError:
-        pass
-    return load_checkpoint(path)
-
-
-def _remember(path: Path, ckpt: dict) -> None:
-    global _last_read
-    try:
-        _last_read = (path.resolve(), _stat_key(path), ckpt)
-    except OSError:
-        _last_read = None
 
 
 def explicit_options(config: TrainConfig, model: Optional[ModelConfig] = None) -> dict[str, Any]:
@@ -66,11 +36,55 @@ def explicit_options(config: TrainConfig, model: Optional[ModelConfig] = None) -
     return out
 
 
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A checkpoint read for this launch, with the file identity it was read at, so the set-up can
+    use it instead of reading the file again, unless the file changed in between."""
+
+    path: Path
+    identity: tuple          # (size, mtime, inode) when it was read
+    record: Checkpoint
+
+    @classmethod
+    def read(cls, path: Path) -> "LoadedCheckpoint":
+        identity = _identity(path)
+        return cls(path.resolve(), identity, read_checkpoint(path))
+
+    def current(self, path: Path) -> bool:
+        """Whether this is still what ``path`` holds."""
+        try:
+            return path.resolve() == self.path and _identity(path) == self.identity
+        except OSError:
+            return False
+
+
+def _identity(path: Path) -> tuple:
+    st = path.stat()
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@dataclass
+class Launch:
+    """What one launch trains: the resolved configs and, for a resume, the checkpoint the options
+    came from (read once; ``charlm.training.train(..., resume_from=launch.resume_from)`` restores
+    from it). ``model_config`` is None for a resume that names no model option."""
+
+    model_config: Optional[ModelConfig]
+    config: TrainConfig
+    resume_from: Optional[LoadedCheckpoint] = None
+
+
 def resolve_options(explicit: dict, config_file: Optional[str] = None) -> tuple[Optional[ModelConfig], TrainConfig]:
+    """The configs of ``plan_launch``, for callers that do not restore the state themselves."""
+    launch = plan_launch(explicit, config_file)
+    return launch.model_config, launch.config
+
+
+def plan_launch(explicit: dict, config_file: Optional[str] = None) -> Launch:
     """Merge option sources: defaults < the checkpoint (on --resume) < TOML file < explicit flags.
 
-    Returns ``(None, train_config)`` for a resume that names no model option, so the checkpoint's
-    model is used as it is; a model option that is named must agree with the checkpoint.
+    For a resume that names no model option the model config is None, so the checkpoint's model
+    is used as it is; a model option that is named must agree with the checkpoint.
     """
     file_options = load_toml(config_file) if config_file else {}
     options = {**file_options, **{k: v for k, v in explicit.items() if v is not None}}
@@ -79,7 +93,7 @@ def resolve_options(explicit: dict, config_file: Optional[str] = None) -> tuple[
     if options.get("init_from"):
         options = _init_from_options(options)
     try:
-        return split_options(options)
+        return Launch(*split_options(options))
     except ConfigError as e:
         # A bad value that came from the file (not a flag): say which file, so it can be found.
         from_file = [k for k in file_options if explicit.get(k) is None]
@@ -88,7 +102,7 @@ def resolve_options(explicit: dict, config_file: Optional[str] = None) -> tuple[
         raise
 
 
-def _resume_options(options: dict) -> tuple[Optional[ModelConfig], TrainConfig]:
+def _resume_options(options: dict) -> Launch:
     keys = config_keys()
     model_named = any(keys[k][0] is ModelConfig for k in options if k in keys)
     out = options.get("out")
@@ -108,12 +122,12 @@ def _resume_options(options: dict) -> tuple[Optional[ModelConfig], TrainConfig]:
             pass
         for k in ("resume", "force", "out"):
             base.pop(k, None)
-        return split_options({**base, **options})
-    ckpt = load_checkpoint(ckpt_path)
+        return Launch(*split_options({**base, **options}))
+    loaded = LoadedCheckpoint.read(ckpt_path)
+    ckpt = loaded.record
     check_resumable(ckpt, ckpt_path)
-    _remember(ckpt_path, ckpt)
-    saved = {k: v for k, v in ckpt["train_config"].items() if k in keys}
-    saved.update({option_name(k): v for k, v in ckpt["model_config"].items() if k != "vocab_size"})
+    saved = {k: v for k, v in ckpt.train_config.items() if k in keys}
+    saved.update({option_name(k): v for k, v in ckpt.model_config.items() if k != "vocab_size"})
     # The device is the machine's, not the run's: a resume picks the best one present
     # (a GPU run continues on a CPU-only machine and the reverse) unless --device is given.
     # init_from is how the run began; the resumed run has its weights already.
@@ -127,18 +141,14 @@ def _resume_options(options: dict) -> tuple[Optional[ModelConfig], TrainConfig]:
         model_config, train_config = split_options({**saved, **options})
     except TypeError as e:
         raise CheckpointError(f"cannot resume from {ckpt_path}: its options are damaged ({e})") from None
-    return (model_config if model_named else None), train_config
+    return Launch(model_config if model_named else None, train_config, loaded)
 
 
 def _init_from_options(options: dict) -> dict:
     """Fine-tuning: the source checkpoint's model options under the given ones (read once here;
     the set-up refuses a named architecture that differs from it)."""
     path = resolve_checkpoint(options["init_from"])
-    ckpt = load_checkpoint(path)
-    _remember(path, ckpt)
-    saved = ckpt.get("model_config")
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"cannot fine-tune from {path}: it holds no model config")
+    saved = read_checkpoint(path).model_config
     base = {option_name(k): v for k, v in saved.items()
             if k != "vocab_size" and option_name(k) in config_keys()}
     return {**base, **options}

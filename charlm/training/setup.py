@@ -22,7 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import distributed
-from ..checkpoint import check_resumable
+from ..checkpoint import Checkpoint, check_resumable, read_checkpoint
 from ..config import DEFAULT_MAX_TIME, ModelConfig, TrainConfig, option_name
 from ..corpus.dataset import Dataset, StreamBatches, prepare_dataset
 from ..corpus.text import Corpus
@@ -34,7 +34,7 @@ from ..model import CharRNN
 from ..records import separator_id
 from ..rundir import RunPlan, commit, discard, new_run_id, plan_run_dir, read_marker, stage, write_marker
 from .finetune import Source, load_source, transfer_weights
-from .options import read_checkpoint
+from .options import LoadedCheckpoint
 from .state import Progress, TrainState
 
 
@@ -58,7 +58,7 @@ class Setup:
     max_time: Optional[float]
     state: TrainState
     train_model: torch.nn.Module       # the model, or its DDP wrapper
-    ckpt: Optional[dict] = None        # the checkpoint resumed from
+    ckpt: Optional[Checkpoint] = None  # the checkpoint resumed from
     origin: Optional[dict] = None      # the run fine-tuned from (--init-from): path, run_id, step
     notes: list = field(default_factory=list)   # said once the run has started
 
@@ -97,12 +97,12 @@ def prepare_device(config: TrainConfig) -> tuple[torch.device, distributed.DistC
 
 
 def build(config: TrainConfig, model_config: Optional[ModelConfig], device: torch.device,
-          ctx: distributed.DistContext) -> Setup:
+          ctx: distributed.DistContext, resume_from: Optional[LoadedCheckpoint] = None) -> Setup:
     """Validate everything, then create (or lock, for a resume) the run directory."""
     # Rank 0's plan (None on the others): no disk writes yet, but the lock of an existing run.
     plan: Optional[RunPlan] = _on_main(ctx, lambda: plan_run_dir(config.out, config.resume, config.force))
     try:
-        return _build(config, model_config, device, ctx, plan)
+        return _build(config, model_config, device, ctx, plan, resume_from)
     except BaseException:
         if plan is not None:
             discard(plan)
@@ -111,12 +111,13 @@ def build(config: TrainConfig, model_config: Optional[ModelConfig], device: torc
 
 
 def _build(config: TrainConfig, model_config: Optional[ModelConfig], device: torch.device,
-           ctx: distributed.DistContext, plan: Optional[RunPlan]) -> Setup:
+           ctx: distributed.DistContext, plan: Optional[RunPlan],
+           resume_from: Optional[LoadedCheckpoint] = None) -> Setup:
     path, mode = distributed.broadcast_object((plan.path, plan.mode) if plan else None, ctx)
     notes: list[str] = []
     ckpt = None
     if mode == "resume":
-        ckpt, config, model_config = _resume_inputs(path, config, model_config, device, ctx, notes)
+        ckpt, config, model_config = _resume_inputs(path, config, model_config, device, ctx, notes, resume_from)
     elif config.resume:
         # Killed or failed before its first checkpoint: nothing to resume, start from step 0.
         notes.append(f"{path} has no checkpoint yet: starting the run from step 0")
@@ -139,7 +140,7 @@ def _build(config: TrainConfig, model_config: Optional[ModelConfig], device: tor
     def main_data() -> tuple[Dataset, dict]:
         data_dir = path / "data" if mode == "resume" else stage(plan) / "data"
         dataset = (source.dataset(corpus, data_dir, config) if source is not None
-                   else prepare(data_dir, ckpt["tokenizer"] if ckpt else None))
+                   else prepare(data_dir, ckpt.tokenizer if ckpt else None))
         _check_sizes(dataset, config, ctx, ckpt, corpus)
         # Refuse a model this machine cannot hold (--hidden-size 1000000) before building it.
         check_model_fits(model_config, dataset.tokenizer.vocab_size, device, config.batch_size, config.seq_len)
@@ -168,13 +169,13 @@ def _build(config: TrainConfig, model_config: Optional[ModelConfig], device: tor
                  amp_dtype=amp_dtype, run_dir=path, run_id=run_id, plan=plan, corpus=corpus,
                  dataset=dataset, batches=batches, total_steps=total_steps, max_time=max_time,
                  state=state, train_model=train_model, ckpt=ckpt, notes=notes,
-                 origin=source.record if source is not None else (ckpt or {}).get("init_from"))
+                 origin=source.record if source is not None else (ckpt.init_from if ckpt else None))
 
 
 def _check_sizes(dataset: Dataset, config: TrainConfig, ctx: distributed.DistContext,
-                 ckpt: Optional[dict], corpus: Corpus) -> None:
+                 ckpt: Optional[Checkpoint], corpus: Corpus) -> None:
     """What the encoded text must satisfy before a run may start."""
-    if ckpt and ckpt["corpus"].get("sha256") != dataset.sha256:
+    if ckpt and ckpt.corpus.get("sha256") != dataset.sha256:
         raise CorpusError(f"cannot resume: corpus {corpus.name} changed since the run started "
                           f"(sha256 differs); start a new run")
     StreamBatches(dataset.train.ids, config.batch_size, config.seq_len, 0, ctx.world_size)
@@ -183,11 +184,11 @@ def _check_sizes(dataset: Dataset, config: TrainConfig, ctx: distributed.DistCon
         raise CorpusError("the validation split is empty; raise --val-fraction or use a longer corpus")
 
 
-def _commit(plan: RunPlan, ckpt: Optional[dict]) -> tuple[str, Path]:
+def _commit(plan: RunPlan, ckpt: Optional[Checkpoint]) -> tuple[str, Path]:
     """Make the run directory (rank 0); the run's id and its final path."""
     if plan.mode == "resume":
         marker = read_marker(plan.path)
-        run_id = (marker or {}).get("run_id") or (ckpt or {}).get("run_id") or new_run_id()
+        run_id = (marker or {}).get("run_id") or (ckpt.run_id if ckpt else None) or new_run_id()
         if marker is None:
             # A run from before markers (or whose marker was lost): adopted, under the id its
             # checkpoint carries when it has one.
@@ -253,22 +254,24 @@ _MUST_AGREE = ("tokenizer", "vocab_size", "normalize", "min_char_count", "val_fr
 
 
 def _resume_inputs(path: Path, config: TrainConfig, model_config: Optional[ModelConfig],
-                   device: torch.device, ctx: distributed.DistContext, notes: list[str]):
+                   device: torch.device, ctx: distributed.DistContext, notes: list[str],
+                   resume_from: Optional[LoadedCheckpoint] = None):
     """The checkpoint to resume from, checked against this launch; the configs it implies."""
     ckpt_path = path / "last.pt"
-    ckpt = read_checkpoint(ckpt_path)
+    # The last.pt option resolution read, unless it changed since (then the file as it is now).
+    ckpt = resume_from.record if resume_from and resume_from.current(ckpt_path) else read_checkpoint(ckpt_path)
     check_resumable(ckpt, ckpt_path)
     _check_run_id(ckpt, path)
-    Progress.from_dict(ckpt["progress"], str(ckpt_path))
+    Progress.from_dict(ckpt.progress, str(ckpt_path))
     if model_config is None:
         try:
-            model_config = ModelConfig(**ckpt["model_config"]).validate()
+            model_config = ModelConfig(**ckpt.model_config).validate()
         except (TypeError, ConfigError) as e:
             raise CheckpointError(f"cannot resume from {ckpt_path}: invalid model config ({e})") from None
     _check_compatible(ckpt, model_config, config)
     if config.corpus is None:
-        corpus = ckpt["corpus"].get("path")
-        if not isinstance(corpus, str):
+        corpus = ckpt.corpus_path
+        if corpus is None:
             raise CheckpointError(f"cannot resume from {ckpt_path}: its corpus entry names no path")
         config = replace(config, corpus=corpus)
     try:
@@ -280,26 +283,26 @@ def _resume_inputs(path: Path, config: TrainConfig, model_config: Optional[Model
         config = replace(config, precision="fp32")
     if distributed.restart_count() > 0:
         notes.append(f"torchrun restart {distributed.restart_count()}: resuming from {ckpt_path}")
-    saved_world = ckpt.get("world_size", 1)
+    saved_world = ckpt.world_size if ckpt.world_size is not None else 1
     if saved_world != ctx.world_size:
         raise ConfigError(f"cannot resume: the run was trained with {saved_world} processes, this "
                           f"launch has {ctx.world_size}; resume with the same --nproc_per_node")
     return ckpt, config, model_config
 
 
-def _check_run_id(ckpt: dict, path: Path) -> None:
+def _check_run_id(ckpt: Checkpoint, path: Path) -> None:
     """A last.pt copied in from another run is refused: resuming it would overwrite this run's
     best.pt with the other run's model and cut its metrics.jsonl."""
     marker = read_marker(path)
-    theirs = ckpt.get("run_id")
+    theirs = ckpt.run_id
     if marker is not None and theirs is not None and theirs != marker["run_id"]:
         raise RunDirError(f"cannot resume: {path / 'last.pt'} belongs to another run (run id "
                           f"{str(theirs)[:12]}, this folder's is {marker['run_id'][:12]}); it was copied "
                           f"from elsewhere: put back this run's last.pt, or start a new run")
 
 
-def _check_compatible(ckpt: dict, model_config: ModelConfig, config: TrainConfig) -> None:
-    saved_model = ckpt["model_config"]
+def _check_compatible(ckpt: Checkpoint, model_config: ModelConfig, config: TrainConfig) -> None:
+    saved_model = ckpt.model_config
     for key, value in asdict(model_config).items():
         # A key an older checkpoint lacks had its default then (e.g. weight_drop 0).
         saved = saved_model.get(key, getattr(ModelConfig(), key))
@@ -307,7 +310,7 @@ def _check_compatible(ckpt: dict, model_config: ModelConfig, config: TrainConfig
             option = "--" + option_name(key).replace('_', '-')
             raise ConfigError(f"cannot resume: the checkpoint's model has {option} {saved}, "
                               f"but {value} was given (drop the option, or start a new run)")
-    saved_train = ckpt["train_config"]
+    saved_train = ckpt.train_config
     for key in (k for k in _MUST_AGREE if hasattr(config, k)):
         # A key an older checkpoint lacks had its default then (e.g. state_reset "epoch").
         if saved_train.get(key, getattr(TrainConfig(), key)) != getattr(config, key):

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..checkpoint import Checkpoint
 from ..devices import rng_state, set_rng_state
 from ..errors import CheckpointError
 
@@ -133,22 +134,22 @@ class TrainState:
             "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
 
-    def load_state_dict(self, ckpt: dict[str, Any], where: str = "the checkpoint") -> None:
-        """Restore from a checkpoint, every entry checked before anything is changed."""
-        progress = Progress.from_dict(ckpt.get("progress"), where)
+    def load_state_dict(self, ckpt: Checkpoint, where: str = "the checkpoint") -> None:
+        """Restore from a checkpoint's record, every entry checked before anything is changed."""
+        progress = Progress.from_dict(ckpt.progress, where)
         hidden = _hidden_of(ckpt, self.rank, tuple(self.hidden), where)
         rng = _rng_of(ckpt, self.rank, where)
         try:
-            self.model.load_state_dict(ckpt["model"])
+            self.model.load_state_dict(ckpt.model)
         except (RuntimeError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"cannot resume from {where}: its weights do not fit its model "
                                   f"({type(e).__name__})") from None
         try:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.optimizer.load_state_dict(ckpt.optimizer)
         except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError) as e:
             raise CheckpointError(f"cannot resume from {where}: its optimizer state is damaged "
                                   f"({type(e).__name__}); start a new run") from None
-        scaler_state = ckpt.get("grad_scaler")
+        scaler_state = ckpt.grad_scaler
         if self.scaler is not None and scaler_state:
             try:
                 self.scaler.load_state_dict(scaler_state)   # an fp16 run resumes with its loss scale
@@ -167,9 +168,9 @@ class TrainState:
         self.model.rnn.flatten_parameters()
 
 
-def _hidden_of(ckpt: dict, rank: int, like: tuple, where: str) -> tuple:
+def _hidden_of(ckpt: Checkpoint, rank: int, like: tuple, where: str) -> tuple:
     """This rank's carried state from the checkpoint, shaped like ``like``."""
-    entry = ckpt.get("hidden_state")
+    entry = ckpt.hidden_state
     bad = CheckpointError(f"cannot resume from {where}: its hidden_state entry is missing or damaged "
                           f"(the checkpoint was edited); start a new run")
     if not isinstance(entry, list) or rank >= len(entry) or not isinstance(entry[rank], (list, tuple)):
@@ -181,8 +182,8 @@ def _hidden_of(ckpt: dict, rank: int, like: tuple, where: str) -> tuple:
     return mine
 
 
-def _rng_of(ckpt: dict, rank: int, where: str) -> dict:
-    entry = ckpt.get("rng")
+def _rng_of(ckpt: Checkpoint, rank: int, where: str) -> dict:
+    entry = ckpt.rng
     if (not isinstance(entry, list) or rank >= len(entry) or not isinstance(entry[rank], dict)
             or not isinstance(entry[rank].get("torch"), torch.Tensor)
             or entry[rank]["torch"].dtype != torch.uint8):

@@ -8,7 +8,6 @@ import pytest
 from typer.testing import CliRunner
 
 import charlm
-import charlm.training.options as options_mod
 from charlm.checkpoint import load_checkpoint
 from charlm.cli import app
 from charlm.config import ModelConfig, TrainConfig
@@ -45,13 +44,17 @@ def test_the_library_still_refuses_a_contradicting_option(run):
 
 
 def test_a_resume_reads_last_pt_once(run, monkeypatch):
+    """Option resolution reads last.pt, and the set-up restores from that same read (a value,
+    Launch.resume_from, handed over: no module-level cache)."""
+    import charlm.checkpoint as checkpoint_mod
+
     reads = []
-    real = options_mod.load_checkpoint
+    real = checkpoint_mod.load_checkpoint
 
     def counting(path, *a, **k):
         reads.append(Path(path).name)
         return real(path, *a, **k)
-    monkeypatch.setattr(options_mod, "load_checkpoint", counting)
+    monkeypatch.setattr(checkpoint_mod, "load_checkpoint", counting)
     r = runner.invoke(app, ["train", "--out", str(run), "--resume", "--max-steps", "12"])
     assert r.exit_code == 0, r.output
     assert reads == ["last.pt"]

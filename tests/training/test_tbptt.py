@@ -63,7 +63,7 @@ def test_state_is_carried_but_the_graph_stops_at_the_chunk_border(cell):
 def test_training_carries_the_true_history_across_chunks(tmp_path, corpus_file):
     """With a negligible learning rate, the state saved after n steps equals running the model
     over each stream's first n*k tokens in one go: carried, never reset inside an epoch."""
-    from charlm.checkpoint import load_checkpoint, model_from_checkpoint
+    from charlm.checkpoint import model_from_checkpoint, read_checkpoint
     from charlm.config import TrainConfig
     from charlm.training import train
 
@@ -71,13 +71,13 @@ def test_training_carries_the_true_history_across_chunks(tmp_path, corpus_file):
                       lr=1e-12, warmup_steps=0, max_steps=5, eval_every=100, sample_length=0,
                       precision="fp32")   # compared below with an fp32 forward pass, to 1e-5
     run = train(cfg, ModelConfig(cell="lstm", embedding_size=4, hidden_size=6))
-    ckpt = load_checkpoint(run / "last.pt")
+    ckpt = read_checkpoint(run / "last.pt")
     model, _ = model_from_checkpoint(ckpt)
     ids = np.asarray(np.memmap(run / "data" / "train.bin", dtype=np.uint8, mode="r"))
     b = StreamBatches(ids, 3, 8)
     x = torch.from_numpy(np.concatenate([b.batch(i)[0] for i in range(5)], axis=1))
     with torch.no_grad():
         _, state = model(x)
-    saved = ckpt["hidden_state"][0]
+    saved = ckpt.hidden_state[0]
     for mine, theirs in zip(state, saved):
         assert torch.allclose(mine, theirs, atol=1e-5)

@@ -143,8 +143,12 @@ def _notices(run_dir) -> list[str]:
 
 def test_train_records_the_thread_notices(corpus_file, tmp_path, monkeypatch):
     monkeypatch.setattr("charlm.threads.auto_candidates", lambda: (1, 2))
+    # One step per candidate and 6 s: the first trial ends within the budget even when a loaded
+    # machine spends seconds setting the run up.
+    monkeypatch.setattr("charlm.threads.ThreadChooser.steps", 1)
     out = tmp_path / "run"
-    r = runner.invoke(app, ["train", str(corpus_file), "--out", str(out), *TINY, "--max-time", "3"])
+    r = runner.invoke(app, ["train", str(corpus_file), "--out", str(out), *TINY, "--max-time", "6",
+                            "--eval-every", "1000"])
     assert r.exit_code == 0, r.output
     notices = _notices(out)
     assert "threads auto: timing 1 and 2 threads, again every 45 s" in notices

@@ -84,7 +84,7 @@ def test_session_api_matches_one_pass():
     s = Session(model, tok, SampleConfig(temperature=0, length=10, prime="the "))
     s.feed("cat ")
     reply = "".join(s.reply())
-    lm = charlm.api.LanguageModel(model, tok, {}, torch.device("cpu"), Path("m"))
+    lm = charlm.api.LanguageModel(model, tok, None, torch.device("cpu"), Path("m"))
     assert reply == greedy(lm, "the cat ", 10)
 
 

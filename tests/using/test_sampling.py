@@ -36,7 +36,7 @@ def tiny_lm(chars=CHARS, seed=0, cell="gru", normalize="none", tokenizer=None) -
     torch.manual_seed(seed)
     tok = tokenizer or CharTokenizer(list(chars), normalize)
     model = CharRNN(ModelConfig(cell=cell, vocab_size=tok.vocab_size, embedding_size=8, hidden_size=16)).eval()
-    return LanguageModel(model, tok, {}, torch.device("cpu"), Path("memory"))
+    return LanguageModel(model, tok, None, torch.device("cpu"), Path("memory"))
 
 
 def sequence_logp(lm: LanguageModel, prime: str, text: str) -> float:

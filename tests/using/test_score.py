@@ -56,7 +56,7 @@ def fixed_model(tokenizer, probs: dict[str, float]) -> CharRNN:
 
 
 def lm_of(model: CharRNN, tokenizer) -> LanguageModel:
-    return LanguageModel(model, tokenizer, {}, CPU, Path("memory"))
+    return LanguageModel(model, tokenizer, None, CPU, Path("memory"))
 
 
 def write_checkpoint(path: Path, model: CharRNN, tokenizer) -> Path:
