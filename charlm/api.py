@@ -50,20 +50,32 @@ class LanguageModel:
 
     def stream(self, prime: str = "", length: int = 500, temperature: float = 0.8,
                top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
-               num_samples: int = 1, beam: Optional[int] = None,
-               stop: Sequence[str] | str = (), records: Optional[bool] = None) -> Iterator[list[str]]:
-        """Yield the new text of each sample as it is generated (a list of num_samples per step).
+               beam: Optional[int] = None, stop: Sequence[str] | str = (),
+               records: Optional[bool] = None) -> Iterator[str]:
+        """Yield the new text of one sample as it is generated: non-empty strings whose join is
+        exactly what ``sample()`` returns for the same options and seed.
 
         ``length`` counts characters as displayed; ``temperature=0`` is greedy; ``beam=N`` runs a
         beam search (the whole text arrives at the end); ``stop`` ends a sample just before a stop
-        string (not included). Sample i has the text a single sample with ``seed + i`` gives.
-        ``records`` (default: as the model was trained) makes each sample one record: from a fresh
-        state, ending at the record separator (charlm.records).
+        string (not included). ``records`` (default: as the model was trained) makes the sample one
+        record: from a fresh state, ending at the record separator (charlm.records). For several
+        samples generated together use ``stream_batch``.
         Options are checked here, before any work: a bad one raises ConfigError.
+        """
+        pairs = self.stream_batch(prime, length, temperature, top_k, top_p, seed, 1, beam, stop, records)
+        return (piece for _, piece in pairs)   # not a generator function: options are checked now
+
+    def stream_batch(self, prime: str = "", length: int = 500, temperature: float = 0.8,
+                     top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
+                     num_samples: int = 1, beam: Optional[int] = None, stop: Sequence[str] | str = (),
+                     records: Optional[bool] = None) -> Iterator[tuple[int, str]]:
+        """Generate ``num_samples`` samples together (one batch, faster than one after another) and
+        yield ``(index, text)`` pairs as their text arrives, interleaved; ``text`` is never empty.
+        Sample i has the text a single sample with ``seed + i`` gives. Options as ``stream``.
         """
         cfg = self._sample_config(prime, length, temperature, top_k, top_p, seed, num_samples, beam, stop,
                                   self.record_sep(records))
-        return generate(self.model, self.tokenizer, cfg, self.device)
+        return _pairs(generate(self.model, self.tokenizer, cfg, self.device))
 
     def sample(self, prime: str = "", length: int = 500, temperature: float = 0.8,
                top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
@@ -139,6 +151,14 @@ class LanguageModel:
         """Write the step function (ids, state) -> (logits, state) as ONNX or TorchScript to path,
         and the vocabulary to path + ".vocab.json"; return both paths (charlm.export explains)."""
         return export_model(self.model, self.tokenizer, path, format=format, force=force)
+
+
+def _pairs(steps: Iterator[list[str]]) -> Iterator[tuple[int, str]]:
+    """generate()'s per-step lists (one piece per sample, often empty) as (index, piece) pairs."""
+    for pieces in steps:
+        for i, piece in enumerate(pieces):
+            if piece:
+                yield i, piece
 
 
 def load(path: str | Path, device: str = "auto") -> LanguageModel:

@@ -97,10 +97,10 @@ def _stream_samples(lm, config) -> None:
         one = dataclasses.replace(config, num_samples=1, seed=seed)
         out.write(one.prime)
         out.flush()
-        for pieces in lm.stream(prime=one.prime, length=one.length, temperature=one.temperature,
-                                top_k=one.top_k, top_p=one.top_p, seed=seed, beam=one.beam, stop=one.stop,
-                                records=one.record_sep is not None):
-            out.write(pieces[0])
+        for piece in lm.stream(prime=one.prime, length=one.length, temperature=one.temperature,
+                               top_k=one.top_k, top_p=one.top_p, seed=seed, beam=one.beam, stop=one.stop,
+                               records=one.record_sep is not None):
+            out.write(piece)
             out.flush()
         out.write("\n")
         out.flush()

@@ -106,7 +106,7 @@ def _closing_sample(console, run_dir: Path, train_config) -> None:
 
     lm = load(run_dir, device="cpu")
     console.print(f"[bold]sample[/] (temperature 0.8, from {lm.path}/best.pt):", highlight=False)
-    for pieces in lm.stream(length=train_config.sample_length, temperature=0.8, seed=train_config.seed):
-        sys.stdout.write(pieces[0])
+    for piece in lm.stream(length=train_config.sample_length, temperature=0.8, seed=train_config.seed):
+        sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
