@@ -127,6 +127,12 @@ def stdout_taken(*dests: Optional[str]) -> bool:
     return bool(wanting)
 
 
+def is_rank_zero() -> bool:
+    """False on every torchrun worker but rank 0: what a run shows, it shows once (read from the
+    environment, so that --help never imports torch)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print one red line on stderr and exit."""
     get_console(stderr=True).print(f"[red]error:[/] {message}", soft_wrap=True, markup=True)

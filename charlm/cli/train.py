@@ -19,7 +19,7 @@ from rich.markup import escape
 from typing_extensions import Annotated
 
 from ..config import ModelConfig, to_toml, train_options
-from .app import CONTEXT, app, cli_state, get_console, handles_errors
+from .app import CONTEXT, app, cli_state, get_console, handles_errors, is_rank_zero
 from .training_view import TrainingView
 
 POSITIONAL = "corpus"    # the one field given as an argument: `charlm train input.txt`
@@ -96,7 +96,8 @@ def train(
         run_dir = run_training(train_config, model_config, on_event=view, grad_probe=probe)
     finally:
         view.close()
-    if train_config.sample_length and not cli_state["quiet"] and not view.stdout_closed:
+    # Under torchrun every rank returns here with the same run: only rank 0 shows its sample.
+    if train_config.sample_length and not cli_state["quiet"] and not view.stdout_closed and is_rank_zero():
         _closing_sample(console, run_dir, train_config)
 
 
