@@ -85,21 +85,26 @@ def _read_prime(path: Path) -> str:
 
 
 def _stream_samples(lm, config) -> None:
-    """Each sample streamed in turn: the prime, then the text as it comes, then a newline."""
+    """Each sample streamed in turn: the prime, then the text as it comes, then a newline.
+
+    Nothing is written before the first sample has produced its first piece: by then the prime
+    has been read by the model, so a prime it cannot take fails with stdout still empty."""
     from ..sampling import SEED_SPACE
 
     out = sys.stdout
     first_seed = random.randrange(SEED_SPACE) if config.seed is None else config.seed
     for i in range(config.num_samples):
         seed = (first_seed + i) % SEED_SPACE
+        one = dataclasses.replace(config, num_samples=1, seed=seed)
+        pieces = lm.stream(prime=one.prime, length=one.length, temperature=one.temperature,
+                           top_k=one.top_k, top_p=one.top_p, seed=seed, beam=one.beam, stop=one.stop,
+                           records=one.record_sep is not None)
+        first = next(pieces, "")          # runs the prime: a bad one raises here
         if config.num_samples > 1:
             out.write(f"--- sample {i + 1} of {config.num_samples} (seed {seed}) ---\n")
-        one = dataclasses.replace(config, num_samples=1, seed=seed)
-        out.write(one.prime)
+        out.write(one.prime + first)
         out.flush()
-        for piece in lm.stream(prime=one.prime, length=one.length, temperature=one.temperature,
-                               top_k=one.top_k, top_p=one.top_p, seed=seed, beam=one.beam, stop=one.stop,
-                               records=one.record_sep is not None):
+        for piece in pieces:
             out.write(piece)
             out.flush()
         out.write("\n")
