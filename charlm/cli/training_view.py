@@ -23,6 +23,8 @@ from ..events import (ChunkTrained, Evaluated, Event, Finished, GradientReport,
 
 
 SPARK = "▁▂▃▄▅▆▇█"
+# "train" is Evaluated.train_loss, one definition in the table and in the plain log alike.
+EVAL_CAPTION = "train: mean chunk loss since the previous evaluation; * best val so far"
 SPARK_MAX = 48        # the recent losses the sparkline shows, at most
 SPARK_SCALE = 1000   # the sparkline's scale: the range of this many recent losses, slow to change
 SPARK_MIN = 8         # narrower than this, the sparkline is left out rather than shown
@@ -105,7 +107,7 @@ class TrainingView:
         self.last_chunk: Optional[ChunkTrained] = None
         self.last_sample: Optional[Sampled] = None
         self.start: Optional[RunStarted] = None
-        self.evals = Table(title="evaluations", expand=False, header_style="bold")
+        self.evals = Table(title="evaluations", expand=False, header_style="bold", caption=EVAL_CAPTION)
         for col in ("step", "train loss", "val loss", "val bits/char", "elapsed"):
             self.evals.add_column(col, justify="right")
         self.live: Optional[Live] = None
@@ -211,7 +213,7 @@ class TrainingView:
         self.evals.add_row(str(e.step), f"{e.train_loss:.4f}", f"{e.val_loss:.4f}{mark}",
                            f"{e.val_bpc:.4f}", f"{e.elapsed:.0f}s")
         if self.plain:
-            self.console.print(f"eval step {e.step}: train {e.train_loss:.4f} | val {e.val_loss:.4f} "
+            self.console.print(f"eval step {e.step}: train {e.train_loss:.4f} (mean since last eval) | val {e.val_loss:.4f} "
                                f"nats/token | {e.val_bpc:.4f} bits/char | {e.elapsed:.0f}s{mark}",
                                highlight=False)
         else:

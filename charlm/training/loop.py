@@ -407,6 +407,15 @@ def rollback(run: Setup, sinks: Sinks, reports: Reports, clock: Clock) -> None:
                       f"with the learning rate scaled by {p.lr_scale:g}", p.step, "warning"))
 
 
+def just_evaluated(run: Setup) -> bool:
+    """Whether the last scheduled evaluation was within a few steps (5% of --eval-every) of the
+    end: then the run ends without one more, whose row would nearly repeat it and whose train
+    figure would be the mean of a chunk or two. last.pt keeps the losses since that evaluation,
+    as after Ctrl-C, so a resumed run goes on exactly as one that never stopped."""
+    every, step = run.config.eval_every, run.state.progress.step
+    return step >= every and step % every <= max(1, every // 20)
+
+
 def finish(run: Setup, sinks: Sinks, reports: Reports, clock: Clock, reason: Optional[str], signum: int,
            should_stop: Optional[Callable[[], bool]]) -> Path:
     """Evaluate (or just save, when stopped early), report, and raise Interrupted after a signal."""
@@ -416,7 +425,7 @@ def finish(run: Setup, sinks: Sinks, reports: Reports, clock: Clock, reason: Opt
     if not interrupted and should_stop is not None and reason is None:
         reason = "stopped"
     elapsed = clock.elapsed()
-    if p.since_eval or (p.step % run.config.eval_every != 0):
+    if (p.since_eval or (p.step % run.config.eval_every != 0)) and not just_evaluated(run):
         if interrupted or reason == "stopped":
             # Quick, and exact: an evaluation here would add a best-val record that the
             # uninterrupted run never has, so a resumed run would diverge from it.

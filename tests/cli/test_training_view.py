@@ -105,3 +105,14 @@ def test_clipping_is_reported_as_a_share_of_steps():
     for step in range(1, 11):
         view(chunk(step, clipped=step <= 3))
     assert "clipped 30% of steps" in out.getvalue().splitlines()[-1]
+
+
+def test_train_figure_is_named_the_same_in_the_table_and_the_log():
+    out = io.StringIO()
+    plain = TrainingView(Console(file=out, width=200), plain=True)
+    plain(Evaluated(step=100, train_loss=2.5, val_loss=2.6, val_bpc=3.7, elapsed=9.0, best=True))
+    assert "train 2.5000 (mean since last eval)" in out.getvalue()
+    live = TrainingView(Console(file=io.StringIO(), width=80), plain=False)
+    live(Evaluated(step=100, train_loss=2.5, val_loss=2.6, val_bpc=3.7, elapsed=9.0, best=True))
+    text = " ".join(rendered(live))
+    assert "train: mean chunk loss since the previous evaluation" in " ".join(text.split())
