@@ -15,6 +15,7 @@ from typing_extensions import Annotated
 from ..config import SampleConfig
 from ..errors import CharLMError, ConfigError
 from .app import CONTEXT, app, get_console, handles_errors, json_option, stdout_taken, write_document
+from .progress import progress_bar
 from .tables import metrics_table
 
 SAMPLE_HELP = """Stream generated text to stdout as it is generated.
@@ -222,7 +223,8 @@ def evaluate(
     from ..api import load
 
     lm = load(checkpoint, device=device)
-    result = lm.evaluate_file(text_file, tail=tail, records=records)
+    with progress_bar("evaluate", wanted=not stdout_taken(json_out)) as progress:
+        result = lm.evaluate_file(text_file, tail=tail, records=records, progress=progress)
     record = {"schema": EVALUATE_SCHEMA, "checkpoint": str(lm.path), "file": text_file, "tail": tail,
               "records": lm.record_sep(records) is not None, **result.as_dict()}
     if json_out is not None:

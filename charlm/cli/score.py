@@ -15,6 +15,7 @@ from typing_extensions import Annotated
 
 from ..errors import ConfigError
 from .app import CONTEXT, app, get_console, handles_errors, json_option, stdout_taken, write_document
+from .progress import progress_bar
 
 
 def _read_text(text: Optional[str], file: Optional[str]) -> str:
@@ -59,7 +60,8 @@ def score(
     from ..api import load
 
     lm = load(checkpoint, device=device)
-    result = lm.score(content, top=top)
+    with progress_bar("score", wanted=not stdout_taken(json_out)) as progress:
+        result = lm.score(content, top=top, progress=progress)
     if json_out is not None:
         write_document({**result.to_json(), "checkpoint": str(lm.path)}, json_out)
         if stdout_taken(json_out):
