@@ -21,6 +21,7 @@ from rich.markup import escape
 from typing_extensions import Annotated
 
 from .._version import __version__
+from ..config import TrainConfig, field_help
 from ..errors import CharLMError
 from ..util import json_safe
 
@@ -98,10 +99,16 @@ def _sane_environment() -> None:
             setattr(sys, name, _ClosedStream() if name == "stdout" else open(os.devnull, "w"))
 
 
+def device_option() -> Any:
+    """The `--device` option of every command that runs a model, in `train --device`'s words
+    (TrainConfig.device's docstring); each command gives its own default."""
+    return typer.Option(help=field_help(TrainConfig)["device"])
+
+
 def json_option(what: str) -> Any:
     """The `--json FILE` option every command shares."""
-    return typer.Option("--json", metavar="FILE", show_default=False,
-                        help=f"Write {what} as one JSON document to FILE ('-': stdout, and nothing else there).")
+    return typer.Option("--json", metavar="<file>", show_default=False,
+                        help=f"Write {what} as one JSON document to <file> ('-': stdout, and nothing else there).")
 
 
 def write_document(doc: Any, dest: str, what: str = "--json") -> None:
@@ -177,9 +184,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+    version: Annotated[Optional[bool], typer.Option("--version", metavar="", callback=_version, is_eager=True,
                                                     help="Print the version and exit.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="Print only results and errors.")] = False,
 ) -> None:
     cli_state["quiet"] = quiet
 

@@ -14,7 +14,7 @@ from typing_extensions import Annotated
 
 from ..config import SampleConfig
 from ..errors import CharLMError, ConfigError
-from .app import CONTEXT, app, get_console, handles_errors, json_option, stdout_taken, write_document
+from .app import CONTEXT, app, get_console, handles_errors, json_option, stdout_taken, write_document, device_option
 from .progress import progress_bar
 from .tables import metrics_table
 
@@ -52,13 +52,13 @@ def sample(
     temperature: Annotated[float, typer.Option(help="Softmax temperature (>= 0; 0 is greedy).")] = 0.8,
     top_k: Annotated[Optional[int], typer.Option(help="Sample among the k most likely tokens.")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass in (0, 1].")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed in [0, 2**63): the same seed gives the same text.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed in [0, 2**63): the same seed gives the same text. Without one, each run draws a new random seed.")] = None,
     num_samples: Annotated[int, typer.Option(help="Samples, streamed one after another (seeds --seed, --seed + 1, ...).")] = 1,
     beam: Annotated[Optional[int], typer.Option(help="Beam search with N beams instead of sampling.")] = None,
-    stop: Annotated[Optional[list[str]], typer.Option(metavar="STRING", help="End a sample before this string (repeatable; not printed).")] = None,
-    records: Annotated[Optional[bool], typer.Option("--records/--no-records", help="Each sample is one record: from a fresh state, ending at the record separator (default: as the model was trained).")] = None,
-    interactive: Annotated[bool, typer.Option("--interactive", help="A prompt loop with carried state (see above).")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
+    stop: Annotated[Optional[list[str]], typer.Option(metavar="<text>", help="End a sample before this string (repeatable; not printed).")] = None,
+    records: Annotated[Optional[bool], typer.Option("--records/--no-records", metavar="", help="Each sample is one record: from a fresh state, ending at the record separator (default: as the model was trained).")] = None,
+    interactive: Annotated[bool, typer.Option("--interactive", metavar="", help="A prompt loop with carried state (see above).")] = False,
+    device: Annotated[str, device_option()] = "cpu",
 ) -> None:
     if prime_file is not None:
         prime = _read_prime(prime_file)
@@ -211,8 +211,8 @@ def evaluate(
     tail: Annotated[Optional[float], typer.Option(
         help="Evaluate only this last fraction of the file's characters (0.1: the usual validation split).")] = None,
     json_out: Annotated[Optional[str], json_option("the figures")] = None,
-    records: Annotated[Optional[bool], typer.Option("--records/--no-records", help="Zero the state at every record start (default: as the model was trained).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    records: Annotated[Optional[bool], typer.Option("--records/--no-records", metavar="", help="Zero the state at every record start (default: as the model was trained).")] = None,
+    device: Annotated[str, device_option()] = "auto",
 ) -> None:
     """Loss (nats/token), bits per character and perplexity over a whole file, evaluated statefully.
 

@@ -15,7 +15,7 @@ from rich.text import Text
 from typing_extensions import Annotated
 
 from ..errors import ConfigError
-from .app import CONTEXT, app, get_console, handles_errors, json_option, stdout_taken, write_document
+from .app import CONTEXT, app, get_console, handles_errors, json_option, stdout_taken, write_document, device_option
 from .progress import progress_bar
 
 
@@ -45,7 +45,7 @@ def score(
     rows: Annotated[int, typer.Option(help="Positions listed in the table: the most surprising ones, in "
                                            "text order (0: none; every position is in --json).")] = 20,
     json_out: Annotated[Optional[str], json_option("the charlm.score/1 document (every position)")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
+    device: Annotated[str, device_option()] = "cpu",
 ) -> None:
     """Per-character surprisal in bits, the mean bits per character, and the model's top guesses.
 
