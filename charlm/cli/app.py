@@ -13,6 +13,7 @@ import io
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
@@ -132,6 +133,15 @@ def stdout_taken(*dests: Optional[str]) -> bool:
     if len(wanting) > 1:
         raise typer.BadParameter("only one of --json - and --csv - can write to stdout")
     return bool(wanting)
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as charlm prints it: relative to the current folder when it lies below it
+    (runs/a/best.pt rather than /home/.../runs/a/best.pt), else as it is."""
+    try:
+        return os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd().resolve()) else str(path)
+    except (OSError, ValueError):
+        return str(path)
 
 
 def is_rank_zero() -> bool:

@@ -10,7 +10,7 @@ from rich.markup import escape
 from typing_extensions import Annotated
 
 from ..plotting import plot_runs
-from .app import CONTEXT, app, get_console, handles_errors, json_option, stdout_taken, write_document
+from .app import CONTEXT, app, get_console, handles_errors, json_option, shown_path, stdout_taken, write_document
 from .tables import compact_table, kv_table
 
 
@@ -112,4 +112,4 @@ def plot(
     Example: `charlm plot runs/lstm runs/gru -o curves.png`.
     """
     path = plot_runs(run_dirs, output, title=title)
-    typer.echo(str(path))
+    typer.echo(shown_path(path))

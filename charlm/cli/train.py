@@ -19,7 +19,7 @@ from rich.markup import escape
 from typing_extensions import Annotated
 
 from ..config import OPTION_GROUPS, ModelConfig, to_toml, train_options
-from .app import CONTEXT, app, cli_state, get_console, handles_errors, is_rank_zero
+from .app import CONTEXT, app, cli_state, get_console, handles_errors, is_rank_zero, shown_path
 from .training_view import TrainingView
 
 POSITIONAL = "corpus"    # the one field given as an argument: `charlm train input.txt`
@@ -110,7 +110,7 @@ def _closing_sample(console, run_dir: Path, train_config) -> None:
     from ..api import load
 
     lm = load(run_dir, device="cpu")
-    console.print(f"[bold]sample[/] (temperature 0.8, from {lm.path}/best.pt):", highlight=False)
+    console.print(f"[bold]sample[/] (temperature 0.8, from {escape(shown_path(lm.path))}/best.pt):", highlight=False)
     for piece in lm.stream(length=train_config.sample_length, temperature=0.8, seed=train_config.seed):
         sys.stdout.write(piece)
         sys.stdout.flush()

@@ -17,7 +17,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 from rich.table import Table
 from rich.text import Text
 
-from .app import silence_stdout
+from .app import shown_path, silence_stdout
 from ..events import (ChunkTrained, Evaluated, Event, Finished, GradientReport,
                      Notice, RunStarted, Sampled)
 
@@ -163,7 +163,7 @@ class TrainingView:
             + f", {e.steps_per_epoch} chunks per epoch; stop at "
             + " or ".join(s for s in (f"{e.max_steps} steps" if e.max_steps else "",
                                       f"{e.max_time:g} s" if e.max_time else "") if s)
-            + f"\nrun directory {e.run_dir}", highlight=False)
+            + f"\nrun directory {shown_path(e.run_dir)}", highlight=False)
         if self.plain:
             return
         by_steps = e.max_steps is not None and e.max_time is None
@@ -256,7 +256,8 @@ class TrainingView:
         best = (f"best val {e.best_val_loss:.4f} nats/token, {e.best_val_bpc:.4f} bits/char"
                 if e.best_val_loss is not None else "no evaluation yet")
         # A run stopped before its first evaluation has no best.pt: name only what exists.
-        saved = f"{e.run_dir}/last.pt" + (f", {e.run_dir}/best.pt" if e.best_val_loss is not None else "")
+        run_dir = shown_path(e.run_dir)
+        saved = f"{run_dir}/last.pt" + (f", {run_dir}/best.pt" if e.best_val_loss is not None else "")
         self.console.print(f"[bold green]done[/] ({e.reason}) at step {e.step} after {e.elapsed:.0f}s; {best}\n"
                            f"checkpoints: {saved}", highlight=False)
 
