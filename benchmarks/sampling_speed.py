@@ -36,12 +36,11 @@ TARGET = 5000.0  # characters/s, batch 1, LSTM 1x512, CPU (issue 5, target 3)
 
 
 def charlm_rate(lm: LanguageModel, length: int, num_samples: int = 1) -> float:
-    """Characters/s (all samples together) through LanguageModel.stream, text joined as the CLI does."""
+    """Characters/s (all samples together) through LanguageModel.stream_batch, text joined as the CLI does."""
     texts = [[] for _ in range(num_samples)]
     t = time.perf_counter()
-    for pieces in lm.stream(length=length, temperature=0.8, seed=1, num_samples=num_samples):
-        for text, piece in zip(texts, pieces):
-            text.append(piece)
+    for i, piece in lm.stream_batch(length=length, temperature=0.8, seed=1, num_samples=num_samples):
+        texts[i].append(piece)
     out = ["".join(text) for text in texts]
     seconds = time.perf_counter() - t
     assert all(len(s) == length for s in out)

@@ -21,6 +21,7 @@ from .corpus.text import Corpus
 from .devices import resolve_device
 from .errors import ConfigError, CorpusError, NumericError
 from .evaluation import EvalResult, evaluate_ids
+from .events import ProgressCallback
 from .export import export_model
 from .records import separator_id
 from .sampling import generate, sample_text
@@ -51,20 +52,32 @@ class LanguageModel:
 
     def stream(self, prime: str = "", length: int = 500, temperature: float = 0.8,
                top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
-               num_samples: int = 1, beam: Optional[int] = None,
-               stop: Sequence[str] | str = (), records: Optional[bool] = None) -> Iterator[list[str]]:
-        """Yield the new text of each sample as it is generated (a list of num_samples per step).
+               beam: Optional[int] = None, stop: Sequence[str] | str = (),
+               records: Optional[bool] = None) -> Iterator[str]:
+        """Yield the new text of one sample as it is generated: non-empty strings whose join is
+        exactly what ``sample()`` returns for the same options and seed.
 
         ``length`` counts characters as displayed; ``temperature=0`` is greedy; ``beam=N`` runs a
         beam search (the whole text arrives at the end); ``stop`` ends a sample just before a stop
-        string (not included). Sample i has the text a single sample with ``seed + i`` gives.
-        ``records`` (default: as the model was trained) makes each sample one record: from a fresh
-        state, ending at the record separator (charlm.records).
+        string (not included). ``records`` (default: as the model was trained) makes the sample one
+        record: from a fresh state, ending at the record separator (charlm.records). For several
+        samples generated together use ``stream_batch``.
         Options are checked here, before any work: a bad one raises ConfigError.
+        """
+        pairs = self.stream_batch(prime, length, temperature, top_k, top_p, seed, 1, beam, stop, records)
+        return (piece for _, piece in pairs)   # not a generator function: options are checked now
+
+    def stream_batch(self, prime: str = "", length: int = 500, temperature: float = 0.8,
+                     top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
+                     num_samples: int = 1, beam: Optional[int] = None, stop: Sequence[str] | str = (),
+                     records: Optional[bool] = None) -> Iterator[tuple[int, str]]:
+        """Generate ``num_samples`` samples together (one batch, faster than one after another) and
+        yield ``(index, text)`` pairs as their text arrives, interleaved; ``text`` is never empty.
+        Sample i has the text a single sample with ``seed + i`` gives. Options as ``stream``.
         """
         cfg = self._sample_config(prime, length, temperature, top_k, top_p, seed, num_samples, beam, stop,
                                   self.record_sep(records))
-        return generate(self.model, self.tokenizer, cfg, self.device)
+        return _pairs(generate(self.model, self.tokenizer, cfg, self.device))
 
     def sample(self, prime: str = "", length: int = 500, temperature: float = 0.8,
                top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
@@ -91,12 +104,14 @@ class LanguageModel:
                             seed=seed, num_samples=num_samples, beam=beam, stop=stops,
                             record_sep=record_sep).validate()
 
-    def evaluate(self, text: str, records: Optional[bool] = None) -> EvalResult:
+    def evaluate(self, text: str, records: Optional[bool] = None,
+                 progress: Optional[ProgressCallback] = None) -> EvalResult:
         """Loss (nats/token), bits per character and perplexity over text, evaluated statefully.
 
         Refuses (CharLMError, one line) what would give a figure that means nothing: fewer than two
         tokens, text mostly outside the model's vocabulary, a loss that overflows. ``records``
-        (default: as the model was trained) zeroes the state at every record start."""
+        (default: as the model was trained) zeroes the state at every record start.
+        ``progress(done, total)`` is called as the work goes (for a progress bar)."""
         if not isinstance(text, str):
             raise ConfigError(f"evaluate() takes the text as a str, got {type(text).__name__} "
                               f"(use evaluate_file() for a path)")
@@ -108,14 +123,14 @@ class LanguageModel:
                                   f"model's vocabulary: this is not text of the kind it was trained on")
         sep = self.record_sep(records)
         separator = None if sep is None else separator_id(True, sep, self.tokenizer)
-        result = evaluate_ids(self.model, ids, len(text), self.device, separator=separator)
+        result = evaluate_ids(self.model, ids, len(text), self.device, separator=separator, progress=progress)
         if not result.finite:
             raise NumericError("the model's loss over this text is not finite (its outputs overflow): "
                                "the checkpoint is damaged or training diverged")
         return result
 
     def evaluate_file(self, path: str | Path, tail: Optional[float] = None,
-                      records: Optional[bool] = None) -> EvalResult:
+                      records: Optional[bool] = None, progress: Optional[ProgressCallback] = None) -> EvalResult:
         """Evaluate a UTF-8 file (or folder); with ``tail``, only that last fraction of its characters."""
         if not isinstance(path, (str, os.PathLike)):
             raise ConfigError(f"evaluate_file() takes a file path, got {type(path).__name__}")
@@ -124,21 +139,29 @@ class LanguageModel:
         text = "".join(Corpus.resolve(str(path)).blocks())
         if tail is not None:
             text = text[len(text) - int(round(len(text) * tail)):]
-        return self.evaluate(text, records=records)
+        return self.evaluate(text, records=records, progress=progress)
 
-    def score(self, text: str, top: int = 3):
+    def score(self, text: str, top: int = 3, progress: Optional[ProgressCallback] = None):
         """Surprisal of each character of text, in bits, and the model's ``top`` guesses at each.
 
         Returns a charlm.scoring.ScoreResult: ``.bits`` per character (None where nothing was
         predicted: the first), ``.top``, ``.next``, ``.total_bits``, ``.bits_per_char`` (the figure
-        ``evaluate`` gives for the same text) and ``.to_json()``.
+        ``evaluate`` gives for the same text) and ``.to_json()``. ``progress`` as for ``evaluate``.
         """
-        return score_text(self.model, self.tokenizer, text, self.device, top=top)
+        return score_text(self.model, self.tokenizer, text, self.device, top=top, progress=progress)
 
     def export(self, path: str | Path, format: str = "onnx", force: bool = False) -> tuple[Path, Path]:
         """Write the step function (ids, state) -> (logits, state) as ONNX or TorchScript to path,
         and the vocabulary to path + ".vocab.json"; return both paths (charlm.export explains)."""
         return export_model(self.model, self.tokenizer, path, format=format, force=force)
+
+
+def _pairs(steps: Iterator[list[str]]) -> Iterator[tuple[int, str]]:
+    """generate()'s per-step lists (one piece per sample, often empty) as (index, piece) pairs."""
+    for pieces in steps:
+        for i, piece in enumerate(pieces):
+            if piece:
+                yield i, piece
 
 
 def load(path: str | Path, device: str = "auto") -> LanguageModel:

@@ -12,7 +12,7 @@ import difflib
 import inspect
 import json
 import textwrap
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
@@ -56,6 +56,22 @@ def _check(ok: bool, message: str) -> None:
 # numpy's default_rng (non-negative only): one range that suits both, checked before any use.
 MAX_SEED = 2**63 - 1
 
+# The groups of `charlm train`'s options, as its --help shows them (one panel each). Each field of
+# ModelConfig and TrainConfig names its group in its metadata, beside its default and docstring.
+MODEL = "Model"
+DATA = "Data and tokenizer"
+OPTIM = "Optimisation and schedule"
+BUDGET = "Budget and evaluation"
+OUTPUT = "Output and logging"
+DEVICES_GROUP = "Devices"
+FINETUNE = "Fine-tuning"
+OPTION_GROUPS = (MODEL, DATA, OPTIM, BUDGET, OUTPUT, DEVICES_GROUP, FINETUNE)
+
+
+def grouped(group: str, default: Any) -> Any:
+    """A dataclass field with this default, filed under an option group (its metadata)."""
+    return field(default=default, metadata={"group": group})
+
 
 def check_seed(value: Any, option: str = "--seed", allow_none: bool = False) -> None:
     """Refuse a seed that some generator would reject later with a traceback."""
@@ -78,29 +94,29 @@ class ModelConfig:
 
     # GRU is the default: on tiny shakespeare it reached a lower validation loss than LSTM for
     # the same tokens and time (BENCHMARKS.md).
-    cell: str = "gru"
+    cell: str = grouped(MODEL, "gru")
     """Recurrent cell: 'lstm', 'gru', 'rnn' (tanh), or 'mingru' / 'minlstm' (gates from the input
     only, trained with a parallel scan over time)."""
-    vocab_size: int = 0
+    vocab_size: int = grouped(DATA, 0)
     """Number of token ids; set from the tokenizer, never by hand."""
-    embedding_size: int = 64
+    embedding_size: int = grouped(MODEL, 64)
     """Width of the input embedding."""
     # 320 units: on a 2-core CPU in fp32 a 135 s run is bound by tokens per second, so the width
     # is a trade of capacity against tokens seen. With weight decay 0.1 and lr 5e-3, GRU 1x320
     # reached a median of 1.483 nats/char on tiny shakespeare in 135 s, against 1.488 at 256, one
     # run of 1.488 at 384, and 1.593 for the old 1x512 default (BENCHMARKS.md, issue 15).
     # A longer run or a faster machine can afford a wider model.
-    hidden_size: int = 320
+    hidden_size: int = grouped(MODEL, 320)
     """Units per recurrent layer (H)."""
-    layers: int = 1
+    layers: int = grouped(MODEL, 1)
     """Number of stacked recurrent layers."""
-    dropout: float = 0.0
+    dropout: float = grouped(MODEL, 0.0)
     """Dropout on the embedding, between layers and before the output layer; in [0, 1)."""
-    weight_drop: float = 0.0
+    weight_drop: float = grouped(MODEL, 0.0)
     """DropConnect on the hidden-to-hidden weights (AWD-LSTM's weight drop): in training, this
     fraction of them is zeroed, with one mask for every step of a chunk; in [0, 1); rnn, lstm and
     gru only."""
-    tie_weights: bool = False
+    tie_weights: bool = grouped(MODEL, False)
     """Use the embedding matrix as the output layer's weights too (Press & Wolf 2017); needs
     --embedding-size equal to --hidden-size."""
 
@@ -128,91 +144,91 @@ class ModelConfig:
 class TrainConfig:
     """Everything about one training run besides the model's shape."""
 
-    corpus: Optional[str] = None
+    corpus: Optional[str] = grouped(DATA, None)
     """UTF-8 text file, folder of text files, or catalog name; none: the built-in corpus (Python's
     standard library source)."""
-    tokenizer: str = "char"
+    tokenizer: str = grouped(DATA, "char")
     """'char' (Unicode code points), or a sentencepiece model: 'spm-char', 'bpe', 'unigram'."""
-    vocab_size: Optional[int] = None
+    vocab_size: Optional[int] = grouped(DATA, None)
     """Vocabulary size for sentencepiece tokenizers (default 2000 for bpe/unigram)."""
-    min_char_count: int = 1
+    min_char_count: int = grouped(DATA, 1)
     """Characters seen fewer times than this map to <unk> (char tokenizer)."""
-    normalize: str = "none"
+    normalize: str = grouped(DATA, "none")
     """Unicode normalisation before tokenising: 'none', 'nfc' or 'nfd' (splits Hangul into jamo)."""
-    seq_len: int = 64
+    seq_len: int = grouped(OPTIM, 64)
     """BPTT chunk length k: the gradient reaches back at most k steps."""
-    batch_size: int = 32
+    batch_size: int = grouped(OPTIM, 32)
     """Number of parallel contiguous streams B (per process under torchrun)."""
-    state_reset: str = "epoch"
+    state_reset: str = grouped(OPTIM, "epoch")
     """When the carried hidden state starts again from zero: 'epoch' (at each epoch start, so the
     forward pass remembers the whole stream) or 'chunk' (every chunk, as random-window training does:
     nothing beyond k tokens is ever seen)."""
-    records: bool = False
+    records: bool = grouped(DATA, False)
     """The corpus is a list of records (names, titles, chat lines) separated by --record-sep: the
     state is zeroed at every record start, in training, evaluation and sampling (char tokenizer)."""
-    record_sep: str = "\n"
+    record_sep: str = grouped(DATA, "\n")
     """The one character that separates records under --records (a newline by default)."""
     # 1e-2, with the 320-unit default and weight decay 0.1: medians of three 135 s runs on tiny
     # shakespeare 1.475 against 1.481 at 7e-3 and 1.483 at 5e-3; one run at 1.5e-2 gave 1.486
     # (BENCHMARKS.md, issue 15).
-    lr: float = 1e-2
-    """Peak learning rate (Adam)."""
-    min_lr_ratio: float = 0.1
+    lr: float = grouped(OPTIM, 1e-2)
+    """Peak learning rate (AdamW)."""
+    min_lr_ratio: float = grouped(OPTIM, 0.1)
     """The learning rate decays (cosine) to lr * min_lr_ratio at the end of the budget."""
-    warmup_steps: int = 50
+    warmup_steps: int = grouped(OPTIM, 50)
     """Linear warm-up from 0 to lr over this many steps."""
     # 0.1: medians of three 135 s runs on tiny shakespeare, 1.483 against 1.491 without it at 320
     # units (1.488 against 1.504 at 256) (BENCHMARKS.md, issue 15). It applies to every
     # parameter, as torch's AdamW does.
-    weight_decay: float = 0.1
+    weight_decay: float = grouped(OPTIM, 0.1)
     """AdamW weight decay (decoupled, on every parameter)."""
-    grad_clip: float = 1.0
+    grad_clip: float = grouped(OPTIM, 1.0)
     """Clip the global gradient norm to this value (0 disables clipping)."""
-    epochs: Optional[float] = None
+    epochs: Optional[float] = grouped(BUDGET, None)
     """Stop after this many passes over the training streams (the whole run, across resumes)."""
-    max_steps: Optional[int] = None
+    max_steps: Optional[int] = grouped(BUDGET, None)
     """Stop after this many optimizer steps (the whole run, across resumes)."""
-    max_time: Optional[float] = None
+    max_time: Optional[float] = grouped(BUDGET, None)
     """Stop after this many seconds of training (the whole run, across resumes). A run that names
     no stopping rule at all trains for 180 s."""
-    val_fraction: float = 0.1
+    val_fraction: float = grouped(DATA, 0.1)
     """Fraction of the corpus (its tail, in characters) held out for validation."""
-    eval_every: int = 500
+    eval_every: int = grouped(BUDGET, 500)
     """Evaluate on the validation split every this many steps."""
-    eval_tokens: int = 32768
+    eval_tokens: int = grouped(BUDGET, 32768)
     """Validation tokens scored by each evaluation during training: the same evenly spread pieces
     of the split every time, so the figures compare (0: the whole split). Bounds the cost of an
     evaluation on a large corpus; `charlm evaluate` always scores the whole split."""
-    out: Optional[str] = None
+    out: Optional[str] = grouped(OUTPUT, None)
     """Run directory; a fresh one under runs/ by default."""
-    resume: bool = False
+    resume: bool = grouped(OUTPUT, False)
     """Continue the run in --out from its last.pt."""
-    force: bool = False
+    force: bool = grouped(OUTPUT, False)
     """Replace an existing run directory."""
-    seed: int = 1337
+    seed: int = grouped(OPTIM, 1337)
     """Seed for weights, dropout, and everything random."""
-    device: str = "auto"
+    device: str = grouped(DEVICES_GROUP, "auto")
     """'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda' or 'mps'."""
-    precision: str = "auto"
+    precision: str = grouped(DEVICES_GROUP, "auto")
     """'auto' (bf16 autocast on a CPU with native bf16 instructions, else fp32), 'fp32', or autocast
     'bf16' (CUDA, or such a CPU) / 'fp16' (CUDA, loss-scaled)."""
-    grad_report_every: int = 0
+    grad_report_every: int = grouped(BUDGET, 0)
     """Every N steps, log a gradient-through-time summary to metrics.jsonl (0: never)."""
-    tensorboard: bool = False
+    tensorboard: bool = grouped(OUTPUT, False)
     """Also write TensorBoard event files into the run directory."""
-    max_bad_steps: int = 3
+    max_bad_steps: int = grouped(OPTIM, 3)
     """Non-finite steps in a row before rolling back to the last good checkpoint."""
-    sample_length: int = 300
+    sample_length: int = grouped(BUDGET, 300)
     """Characters of sample text printed at the end of training (0: none)."""
-    init_from: Optional[str] = None
+    init_from: Optional[str] = grouped(FINETUNE, None)
     """Fine-tune: start from this run's (or checkpoint file's) weights on the new corpus, with its
     architecture and tokenizer (a char vocabulary gains the new text's characters)."""
-    eval_sample_length: int = 200
+    eval_sample_length: int = grouped(BUDGET, 200)
     """Characters of a sample generated at every evaluation (the same seed each time), shown and
     appended to RUN/samples.txt (0: none)."""
     # On a machine that is doing something else, one thread can be 4x faster than two, and on an
     # idle one two are faster (docs/threads.md): no fixed count is right, so auto measures.
-    threads: Union[str, int] = "auto"
+    threads: Union[str, int] = grouped(DEVICES_GROUP, "auto")
     """CPU threads: 'auto' times 1 thread against all usable CPUs (affinity and cgroup quota) early
     in a time-budgeted run and every 45 s, keeping the faster (a step-budgeted run keeps one
     count, so it is reproducible); a number pins that count. No effect on a GPU."""
@@ -405,6 +421,7 @@ class Option:
     type: type      # int, float, str or bool (Optional[...] unwrapped)
     default: Any    # the dataclass default; None means "unset" (the run decides)
     help: str       # the field's docstring, folded to one paragraph
+    group: str      # its group in `charlm train --help` (OPTION_GROUPS), from the field's metadata
 
 
 def field_help(cls: type) -> dict[str, str]:
@@ -447,7 +464,7 @@ def train_options() -> list[Option]:
                 continue
             name = inverse.get(f.name, f.name) if cls is ModelConfig else f.name
             options.append(Option(name, cls, f.name, _base_type(types[f.name]),
-                                  getattr(defaults, f.name), docs.get(f.name, "")))
+                                  getattr(defaults, f.name), docs.get(f.name, ""), f.metadata.get("group", OUTPUT)))
     return options
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import CorpusError
+from .events import ProgressCallback
 from .model import CharRNN, detach_state
 from .records import reset_mask
 
@@ -56,7 +57,8 @@ class EvalResult:
 @torch.inference_mode()
 def evaluate_ids(model: CharRNN, ids: np.ndarray, chars: int, device: torch.device,
                  streams: int = 64, chunk: int = 256, context: int = 128,
-                 max_tokens: Optional[int] = None, separator: Optional[int] = None) -> EvalResult:
+                 max_tokens: Optional[int] = None, separator: Optional[int] = None,
+                 progress: Optional[ProgressCallback] = None) -> EvalResult:
     """Loss over ids (N,), whose text had ``chars`` original characters.
 
     The N - 1 targets are cut into ``streams`` contiguous pieces run side by side (a wide batch
@@ -67,6 +69,7 @@ def evaluate_ids(model: CharRNN, ids: np.ndarray, chars: int, device: torch.devi
     (tests/test_evaluation.py checks both ways). ``max_tokens`` scores only that many targets, in
     ``streams`` evenly spread pieces: the same pieces every time, so estimates compare.
     ``separator`` (--records): the state is zeroed before each separator is read, as in training.
+    ``progress(done, total)`` is called after each chunk (a display's hook; the core draws nothing).
     """
     n = len(ids)
     if n < 2:  # nothing to predict: a loss of 0 here would read as a perfect model
@@ -105,5 +108,7 @@ def evaluate_ids(model: CharRNN, ids: np.ndarray, chars: int, device: torch.devi
                                  torch.from_numpy(y).to(device).reshape(-1),
                                  ignore_index=IGNORE, reduction="sum").double()
         state = detach_state(state)
+        if progress is not None:
+            progress(start + width, steps)
     model.train(was_training)
     return EvalResult(nats=float(total), tokens=scored, chars=chars * scored / n)

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
+
+# A long computation's progress: called with (work done, total work), in units of its own. The
+# core calls it between pieces of work; the CLI draws a bar from it on a terminal.
+ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass

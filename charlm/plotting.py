@@ -31,6 +31,7 @@ def load_curves(run_dir: str | Path) -> dict[str, Any]:
     curves: dict[str, Any] = {"name": run_dir.name if run_dir.is_dir() else run_dir.parent.name,
                               "chunk": [], "eval": [], "skipped": 0}
     records, curves["skipped"] = scan_metrics(path)
+    curves["model"] = next((str(r["model"]) for r in records if r.get("type") == "start" and r.get("model")), None)
     for rec in records:
         kind = rec.get("type")
         if kind not in ("chunk", "eval") or (kind == "chunk" and rec.get("skipped")):
@@ -63,6 +64,11 @@ def _smooth(values: Sequence[float], weight: float = 0.9) -> list[float]:
     return out
 
 
+def _label(run: dict[str, Any]) -> str:
+    """A run as the figure names it: its folder, and its model when metrics.jsonl says."""
+    return f"{run['name']} ({run['model']})" if run.get("model") else run["name"]
+
+
 def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, title: str | None = None) -> Path:
     """Draw every run's curves into one image (png, svg or pdf, by out's suffix)."""
     try:
@@ -75,7 +81,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, title: str | None
     axes = fig.subplots(2, 2)
     colours = [f"C{i % 10}" for i in range(len(runs))]
     for run, colour in zip(runs, colours):
-        name = literal(run["name"])
+        name = literal(_label(run))
         if run["chunk"]:
             steps, secs, losses = zip(*run["chunk"])
             smooth = _smooth(losses)
@@ -99,7 +105,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, title: str | None
             ax.grid(True, alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize="small")
-    fig.suptitle(literal(title or "charlm: " + ", ".join(r["name"] for r in runs)))
+    fig.suptitle(literal(title or "charlm: " + ", ".join(_label(r) for r in runs)))
     return save_figure(fig, out)
 
 

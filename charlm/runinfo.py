@@ -224,6 +224,30 @@ def _summarise_records(records: list[dict[str, Any]], out: dict[str, Any]) -> No
             out["elapsed_s"] = finite_or_none(rec.get("elapsed")) or out["elapsed_s"]
 
 
+DEFAULT_RUNS = Path("runs")
+
+
+def find_default_runs(here: Path = Path(".")) -> tuple[list[Path], list[str]]:
+    """The runs `charlm runs` lists with no folder given: those under runs/ (where `train` puts
+    them), and the immediate subfolders of ``here`` that carry charlm's run marker (a run trained
+    with `--out NAME`). Returns the runs and the places looked, in words."""
+    runs_dir = here / DEFAULT_RUNS
+    found = find_runs(runs_dir) if runs_dir.is_dir() else []
+    try:
+        children = sorted(c for c in here.iterdir() if c.name != DEFAULT_RUNS.name)
+    except OSError as e:
+        raise RunDirError(f"cannot read {here}: {e.strerror or e}") from None
+    for child in children:
+        try:
+            if is_run_dir(child) and child not in found:
+                found.append(child)
+        except OSError:   # an unreadable folder: not a run we can list
+            continue
+    looked = [f"{runs_dir}/" + ("" if runs_dir.is_dir() else " (absent)"),
+              f"the subfolders of {'the current folder' if here == Path('.') else here} with a {RUN_MARKER} marker"]
+    return found, looked
+
+
 def find_runs(root: str | Path) -> list[Path]:
     """Run directories under root (root itself, its children, and one level below them).
 

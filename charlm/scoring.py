@@ -35,6 +35,7 @@ import torch
 
 from .corpus.tokenizers import CharTokenizer, Tokenizer, _is_starter, normalize_text
 from .errors import ConfigError
+from .events import ProgressCallback
 from .model import CharRNN
 from .threads import torch_threads
 
@@ -87,7 +88,8 @@ class ScoreResult:
 
 @torch.inference_mode()
 def token_predictions(model: CharRNN, ids: np.ndarray, device: torch.device | str,
-                      top: int, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      top: int, chunk: int = CHUNK, progress: Optional[ProgressCallback] = None,
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bits of each predicted token, and the model's top guesses at every position.
 
     Returns bits (N-1,) for tokens 1..N-1, and top ids / probabilities (N, k): row j is the
@@ -113,20 +115,23 @@ def token_predictions(model: CharRNN, ids: np.ndarray, device: torch.device | st
             if k:
                 p, i = logp.topk(k, dim=-1)                              # (T, k)
                 top_ids[start:start + len(x)], top_p[start:start + len(x)] = i.numpy(), p.exp().numpy()
+            if progress is not None:
+                progress(start + len(x), n)
     model.train(was_training)
     return bits, top_ids, top_p
 
 
 def score_text(model: CharRNN, tokenizer: Tokenizer, text: str, device: torch.device | str = "cpu",
-               top: int = 3) -> ScoreResult:
-    """Score text (see the module docstring for how tokens map to characters)."""
+               top: int = 3, progress: Optional[ProgressCallback] = None) -> ScoreResult:
+    """Score text (see the module docstring for how tokens map to characters); ``progress(done,
+    total)`` hears of each chunk of tokens scored."""
     if top < 0:
         raise ConfigError(f"--top must be 0 or more, got {top}")
     ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
     if len(ids) < 2:
         raise ConfigError("nothing to score: the text needs at least two tokens (two characters for a "
                           "character model), as the first one has no prediction")
-    bits, top_ids, top_p = token_predictions(model, ids, device, top)
+    bits, top_ids, top_p = token_predictions(model, ids, device, top, progress=progress)
     spans = token_spans(tokenizer, text, len(ids))                      # (N, 2) over text's characters
     names = token_names(tokenizer)
     guesses = [[(names[i], float(p)) for i, p in zip(row_i, row_p)] for row_i, row_p in zip(top_ids, top_p)]

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
@@ -21,6 +22,7 @@ from rich.markup import escape
 from typing_extensions import Annotated
 
 from .._version import __version__
+from ..config import TrainConfig, field_help
 from ..errors import CharLMError
 from ..util import json_safe
 
@@ -98,10 +100,16 @@ def _sane_environment() -> None:
             setattr(sys, name, _ClosedStream() if name == "stdout" else open(os.devnull, "w"))
 
 
+def device_option() -> Any:
+    """The `--device` option of every command that runs a model, in `train --device`'s words
+    (TrainConfig.device's docstring); each command gives its own default."""
+    return typer.Option(help=field_help(TrainConfig)["device"])
+
+
 def json_option(what: str) -> Any:
     """The `--json FILE` option every command shares."""
-    return typer.Option("--json", metavar="FILE", show_default=False,
-                        help=f"Write {what} as one JSON document to FILE ('-': stdout, and nothing else there).")
+    return typer.Option("--json", metavar="<file>", show_default=False,
+                        help=f"Write {what} as one JSON document to <file> ('-': stdout, and nothing else there).")
 
 
 def threads_option() -> Any:
@@ -132,6 +140,21 @@ def stdout_taken(*dests: Optional[str]) -> bool:
     if len(wanting) > 1:
         raise typer.BadParameter("only one of --json - and --csv - can write to stdout")
     return bool(wanting)
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as charlm prints it: relative to the current folder when it lies below it
+    (runs/a/best.pt rather than /home/.../runs/a/best.pt), else as it is."""
+    try:
+        return os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd().resolve()) else str(path)
+    except (OSError, ValueError):
+        return str(path)
+
+
+def is_rank_zero() -> bool:
+    """False on every torchrun worker but rank 0: what a run shows, it shows once (read from the
+    environment, so that --help never imports torch)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -178,9 +201,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+    version: Annotated[Optional[bool], typer.Option("--version", metavar="", callback=_version, is_eager=True,
                                                     help="Print the version and exit.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="Print only results and errors.")] = False,
 ) -> None:
     cli_state["quiet"] = quiet
 

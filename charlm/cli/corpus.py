@@ -69,7 +69,7 @@ def corpus_get(
     name: Annotated[str, typer.Argument(help="Catalog name (see `charlm corpus list`).")],
     sha256: Annotated[Optional[str], typer.Option(help="Expected sha256 of the download, when the catalog has none.")] = None,
     allow_unverified: Annotated[bool, typer.Option(
-        "--allow-unverified", help="Accept a download with no known sha256 after a size check.")] = False,
+        "--allow-unverified", metavar="", help="Accept a download with no known sha256 after a size check.")] = False,
 ) -> None:
     """Download a named corpus into the cache, verify its sha256, print the text file's path.
 
@@ -138,7 +138,7 @@ def corpus_make(
     keys: Annotated[int, typer.Option(help="Distinct key symbols (chance = 1/keys).")] = 8,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="File to write. \\[default: echo-dD.txt]")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace the file if it exists.")] = False,
+    force: Annotated[bool, typer.Option("--force", metavar="", help="Replace the file if it exists.")] = False,
 ) -> None:
     """Write a synthetic long-range corpus for the truncation experiment.
 

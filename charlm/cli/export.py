@@ -15,9 +15,9 @@ from .app import CONTEXT, app, cli_state, get_console, handles_errors
 @handles_errors
 def export_command(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint file, or run directory (its best.pt).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="File to write (its vocabulary goes to FILE.vocab.json).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write (its vocabulary goes beside it, to <path>.vocab.json).")],
     format: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript.")] = "onnx",
-    force: Annotated[bool, typer.Option(help="Replace FILE (and FILE.vocab.json) when they exist.")] = False,
+    force: Annotated[bool, typer.Option(metavar="", help="Replace the output file (and its .vocab.json) when they exist.")] = False,
 ) -> None:
     """Write a step function (ids (B, T), state) -> (logits (B, T, V), state) that runs without charlm.
 

@@ -10,7 +10,7 @@ from rich.markup import escape
 from typing_extensions import Annotated
 
 from ..plotting import plot_runs
-from .app import CONTEXT, app, get_console, handles_errors, json_option, stdout_taken, write_document
+from .app import CONTEXT, app, get_console, handles_errors, json_option, shown_path, stdout_taken, write_document
 from .tables import compact_table, kv_table
 
 
@@ -46,41 +46,58 @@ def info(
     get_console().print(kv_table(f"charlm info {escape(checkpoint)}", rows))
 
 
+# `charlm runs` columns, and which to leave out first on a narrow terminal (a larger number).
+RUN_COLUMNS = ["run", "model", "corpus", "steps", "val loss", "bpc", "time", "status"]
+RUN_PRIORITY = [0, 3, 6, 2, 0, 1, 5, 4]
+
+
 @app.command(context_settings=CONTEXT)
 @handles_errors
 def runs(
-    folder: Annotated[Path, typer.Argument(help="Folder of run directories (or one run).")] = Path("runs"),
+    folder: Annotated[Optional[Path], typer.Argument(
+        help="Folder of run directories (or one run). Default: runs/ and the current folder's "
+             "subfolders that are charlm runs.", show_default=False)] = None,
     json_out: Annotated[Optional[str], json_option("the list of runs")] = None,
 ) -> None:
     """List run directories with their best validation figures (reads metrics.jsonl, not weights).
 
     Examples: `charlm runs`, `charlm runs experiments/ --json -`.
     """
-    from ..runinfo import find_runs, run_summary
+    from ..runinfo import find_default_runs, find_runs, run_summary
 
-    summaries = [run_summary(d) for d in find_runs(folder)]
+    if folder is None:
+        found, looked = find_default_runs()
+        where, base = " and ".join(looked), Path(".")
+    else:
+        found, where, base = find_runs(folder), str(folder), folder
+    summaries = [run_summary(d) for d in found]
     if json_out is not None:
-        write_document({"schema": "charlm.runs/1", "folder": str(folder), "runs": summaries}, json_out)
+        write_document({"schema": "charlm.runs/1", "folder": str(folder if folder is not None else "."),
+                        "runs": summaries}, json_out)
         if stdout_taken(json_out):
             return
     if not summaries:
-        get_console().print(f"no run directories in {folder}", markup=False)
+        get_console().print(f"no run directories in {where}", markup=False, soft_wrap=True)
         return
+    _print_runs(summaries, base, where)
+
+
+def _print_runs(summaries: list[dict], base: Path, where: str) -> None:
     def short(run: str) -> str:  # the run's path below the folder: "lstm" rather than "runs/lstm"
         p = Path(run)
-        return str(p.relative_to(folder)) if p != folder and p.is_relative_to(folder) else p.name
+        return str(p.relative_to(base)) if p != base and p.is_relative_to(base) else p.name
 
     rows = [[escape(short(s["run"])), escape(s["model"] or "-"), escape(Path(str(s["corpus"])).name) if s["corpus"] else "-",
              _fmt(s["step"]), _fmt(s["best_val_loss"]), _fmt(s["best_val_bpc"]),
              f"{s['elapsed_s']:.0f}s" if s["elapsed_s"] is not None else "-",
              "done" if s["status"] in ("max_steps", "max_time", "epochs") else escape(s["status"])]
             for s in summaries]
-    get_console().print(compact_table(f"runs in {escape(str(folder))}", ["run", "model", "corpus", "steps", "val loss",
-                                                         "bpc", "time", "status"],
-                                   rows, text_columns=3, flexible=2))
+    console = get_console()
+    console.print(compact_table(f"runs in {escape(where)}", RUN_COLUMNS, rows, text_columns=3,
+                                priorities=RUN_PRIORITY, width=console.width))
     for s in summaries:  # what was skipped in a damaged run, one line per run
         if s.get("notes"):
-            get_console().print(f"note: {short(s['run'])}: {s['notes']}", markup=False, soft_wrap=True)
+            console.print(f"note: {short(s['run'])}: {s['notes']}", markup=False, soft_wrap=True)
 
 
 @app.command(context_settings=CONTEXT)
@@ -95,4 +112,4 @@ def plot(
     Example: `charlm plot runs/lstm runs/gru -o curves.png`.
     """
     path = plot_runs(run_dirs, output, title=title)
-    typer.echo(str(path))
+    typer.echo(shown_path(path))

@@ -18,8 +18,8 @@ import typer
 from rich.markup import escape
 from typing_extensions import Annotated
 
-from ..config import ModelConfig, to_toml, train_options
-from .app import CONTEXT, app, cli_state, get_console, handles_errors
+from ..config import OPTION_GROUPS, ModelConfig, to_toml, train_options
+from .app import CONTEXT, app, cli_state, get_console, handles_errors, is_rank_zero, shown_path
 from .training_view import TrainingView
 
 POSITIONAL = "corpus"    # the one field given as an argument: `charlm train input.txt`
@@ -31,7 +31,8 @@ def _help(option) -> str:
     value = option.default
     if value is None or isinstance(value, bool):
         return text
-    shown = format(value, "g") if isinstance(value, float) else str(value)
+    # A string default is shown escaped, so a newline reads "\\n" rather than a blank.
+    shown = format(value, "g") if isinstance(value, float) else str(value).encode("unicode_escape").decode()
     return f"{text} \\[default: {escape(shown)}]"
 
 
@@ -42,11 +43,12 @@ def _parameter(option) -> inspect.Parameter:
         info = typer.Argument(help=help_text, show_default=False)
     else:
         flag = "--" + option.name.replace("_", "-")
-        panel = "Model" if option.owner is ModelConfig else "Training"
-        # A bool field is a switch that is given or not (--resume); None keeps "not given" apart
-        # from False, so a TOML file's `resume = true` is not overridden by an absent flag.
-        decls = (flag,) if option.type is bool else ()
-        info = typer.Option(*decls, help=help_text, show_default=False, rich_help_panel=panel)
+        # A bool field is a switch that is given or not (--resume), with no value to show; None
+        # keeps "not given" apart from False, so a TOML file's `resume = true` is not overridden
+        # by an absent flag.
+        flag_only = option.type is bool
+        info = typer.Option(*((flag,) if flag_only else ()), help=help_text, show_default=False,
+                            rich_help_panel=option.group, **({"metavar": ""} if flag_only else {}))
     return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                              annotation=Annotated[Optional[option.type], info])
 
@@ -57,7 +59,9 @@ def options_signature(fixed: int, leave_out: tuple[str, ...] = ()):
     def decorate(func) -> Any:
         own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
                for p in list(inspect.signature(func, eval_str=True).parameters.values())[:fixed]]
-        options = [_parameter(o) for o in train_options() if o.name not in leave_out]
+        # Grouped as --help shows them (sorted is stable: each group keeps the fields' order).
+        ordered = sorted(train_options(), key=lambda o: OPTION_GROUPS.index(o.group))
+        options = [_parameter(o) for o in ordered if o.name not in leave_out]
         positional = [p for p in options if p.name == POSITIONAL]
         func.__signature__ = inspect.Signature(positional + own + [p for p in options if p not in positional])
         return func
@@ -69,7 +73,7 @@ def options_signature(fixed: int, leave_out: tuple[str, ...] = ()):
 @options_signature(fixed=2)      # config, print_config
 def train(
     config: Annotated[Optional[Path], typer.Option(help="TOML file of options (flags override it).")] = None,
-    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved TOML and exit.")] = False,
+    print_config: Annotated[bool, typer.Option("--print-config", metavar="", help="Print the resolved TOML and exit.")] = False,
     **options: Any,
 ) -> None:
     """Train a language model with truncated BPTT; checkpoints go to the run directory.
@@ -98,7 +102,8 @@ def train(
                                resume_from=launch.resume_from)
     finally:
         view.close()
-    if train_config.sample_length and not cli_state["quiet"] and not view.stdout_closed:
+    # Under torchrun every rank returns here with the same run: only rank 0 shows its sample.
+    if train_config.sample_length and not cli_state["quiet"] and not view.stdout_closed and is_rank_zero():
         _closing_sample(console, run_dir, train_config)
 
 
@@ -107,8 +112,8 @@ def _closing_sample(console, run_dir: Path, train_config) -> None:
     from ..api import load
 
     lm = load(run_dir, device="cpu")
-    console.print(f"[bold]sample[/] (temperature 0.8, from {lm.path}/best.pt):", highlight=False)
-    for pieces in lm.stream(length=train_config.sample_length, temperature=0.8, seed=train_config.seed):
-        sys.stdout.write(pieces[0])
+    console.print(f"[bold]sample[/] (temperature 0.8, from {escape(shown_path(lm.path))}/best.pt):", highlight=False)
+    for piece in lm.stream(length=train_config.sample_length, temperature=0.8, seed=train_config.seed):
+        sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

@@ -17,22 +17,65 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 from rich.table import Table
 from rich.text import Text
 
-from .app import silence_stdout
+from .app import shown_path, silence_stdout
 from ..events import (ChunkTrained, Evaluated, Event, Finished, GradientReport,
                      Notice, RunStarted, Sampled)
 
 
 SPARK = "▁▂▃▄▅▆▇█"
+# "train" is Evaluated.train_loss, one definition in the table and in the plain log alike.
+EVAL_CAPTION = "train: mean chunk loss since the previous evaluation; * best val so far"
+SPARK_MAX = 48        # the recent losses the sparkline shows, at most
+SPARK_SCALE = 1000   # the sparkline's scale: the range of this many recent losses, slow to change
+SPARK_MIN = 8         # narrower than this, the sparkline is left out rather than shown
+RATE_SECONDS = 5.0    # tokens/s is smoothed over about this many seconds of training
+SAMPLE_WIDTH = 80     # the sample panel's width (less on a narrower terminal), fixed for the run
 
 
-def sparkline(values: Sequence[float]) -> str:
+def sparkline(values: Sequence[float], lo: Optional[float] = None, hi: Optional[float] = None) -> str:
+    """One block per value, scaled to [lo, hi] (by default the values' own range). The view passes
+    range of a long window of losses, so a bar's height means the same loss from one frame to the next."""
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
         return ""
-    lo, hi = min(finite), max(finite)
+    lo = min(finite) if lo is None else lo
+    hi = max(finite) if hi is None else hi
     span = hi - lo or 1.0
-    return "".join(SPARK[min(len(SPARK) - 1, int((v - lo) / span * len(SPARK)))] if math.isfinite(v) else "!"
+    top = len(SPARK) - 1
+    return "".join(SPARK[max(0, min(top, int((v - lo) / span * len(SPARK))))] if math.isfinite(v) else "!"
                    for v in values)
+
+
+class Smoothed:
+    """An exponential moving average in time: each new reading weighs by the training time it
+    covers, so a rate that is measured per report interval does not swing from frame to frame."""
+
+    def __init__(self, seconds: float = RATE_SECONDS):
+        self.seconds = seconds
+        self.value: Optional[float] = None
+
+    def update(self, reading: float, dt: float) -> float:
+        if not math.isfinite(reading):
+            return self.value if self.value is not None else reading
+        if self.value is None:
+            self.value = reading
+        else:
+            weight = 1.0 - math.exp(-max(dt, 0.0) / self.seconds)
+            self.value += weight * (reading - self.value)
+        return self.value
+
+
+def fit_fields(fields: Sequence[tuple[int, str, str]], width: int) -> list[tuple[str, str]]:
+    """The (text, style) fields, in their order, that fit in width joined by two spaces: fields
+    of lower priority (a larger number) are dropped whole first; a field is never cut."""
+    keep = set()
+    used = -2
+    for i in sorted(range(len(fields)), key=lambda i: fields[i][0]):
+        need = len(fields[i][1]) + 2
+        if used + need <= width:
+            keep.add(i)
+            used += need
+    return [(text, style) for i, (_, text, style) in enumerate(fields) if i in keep]
 
 
 def human(n: float) -> str:
@@ -54,11 +97,17 @@ class TrainingView:
         self.plain_every = plain_every
         self.recent: deque[float] = deque(maxlen=48)
         self.clips = 0
+        self.chunks = 0           # chunks seen by this view (clips and skips are a share of them)
         self.skipped = 0
+        # The sparkline's scale: the range of a long window, so a bar's height means about the same
+        # loss from frame to frame (the first, untrained losses leave it after a while).
+        self.scale_window: deque[float] = deque(maxlen=SPARK_SCALE)
+        self.rate = Smoothed()
+        self._rate_elapsed: Optional[float] = None
         self.last_chunk: Optional[ChunkTrained] = None
         self.last_sample: Optional[Sampled] = None
         self.start: Optional[RunStarted] = None
-        self.evals = Table(title="evaluations", expand=False, header_style="bold")
+        self.evals = Table(title="evaluations", expand=False, header_style="bold", caption=EVAL_CAPTION)
         for col in ("step", "train loss", "val loss", "val bits/char", "elapsed"):
             self.evals.add_column(col, justify="right")
         self.live: Optional[Live] = None
@@ -114,7 +163,7 @@ class TrainingView:
             + f", {e.steps_per_epoch} chunks per epoch; stop at "
             + " or ".join(s for s in (f"{e.max_steps} steps" if e.max_steps else "",
                                       f"{e.max_time:g} s" if e.max_time else "") if s)
-            + f"\nrun directory {e.run_dir}", highlight=False)
+            + f"\nrun directory {shown_path(e.run_dir)}", highlight=False)
         if self.plain:
             return
         by_steps = e.max_steps is not None and e.max_time is None
@@ -133,8 +182,14 @@ class TrainingView:
     def _on_chunk(self, e: ChunkTrained) -> None:
         self.last_chunk = e
         self.recent.append(e.loss)
+        self.chunks += 1
         self.clips += e.clipped
         self.skipped += e.skipped
+        if math.isfinite(e.loss):
+            self.scale_window.append(e.loss)
+        dt = 0.0 if self._rate_elapsed is None else e.elapsed - self._rate_elapsed
+        self._rate_elapsed = e.elapsed
+        self.rate.update(e.tokens_per_s, dt)
         if self.plain:
             now = time.monotonic()
             if now - self._last_plain >= self.plain_every:
@@ -150,7 +205,7 @@ class TrainingView:
                 if self.start and self.start.max_steps and budget:
                     completed = max(e.elapsed, e.step / self.start.max_steps * budget)
                 completed = min(completed, budget or completed)
-            self.progress.update(self.task, completed=completed, rate=f"{human(e.tokens_per_s)} tok/s")
+            self.progress.update(self.task, completed=completed, rate=self._rate_text())
             self._refresh()
 
     def _on_eval(self, e: Evaluated) -> None:
@@ -158,7 +213,7 @@ class TrainingView:
         self.evals.add_row(str(e.step), f"{e.train_loss:.4f}", f"{e.val_loss:.4f}{mark}",
                            f"{e.val_bpc:.4f}", f"{e.elapsed:.0f}s")
         if self.plain:
-            self.console.print(f"eval step {e.step}: train {e.train_loss:.4f} | val {e.val_loss:.4f} "
+            self.console.print(f"eval step {e.step}: train {e.train_loss:.4f} (mean since last eval) | val {e.val_loss:.4f} "
                                f"nats/token | {e.val_bpc:.4f} bits/char | {e.elapsed:.0f}s{mark}",
                                highlight=False)
         else:
@@ -201,42 +256,61 @@ class TrainingView:
         best = (f"best val {e.best_val_loss:.4f} nats/token, {e.best_val_bpc:.4f} bits/char"
                 if e.best_val_loss is not None else "no evaluation yet")
         # A run stopped before its first evaluation has no best.pt: name only what exists.
-        saved = f"{e.run_dir}/last.pt" + (f", {e.run_dir}/best.pt" if e.best_val_loss is not None else "")
+        run_dir = shown_path(e.run_dir)
+        saved = f"{run_dir}/last.pt" + (f", {run_dir}/best.pt" if e.best_val_loss is not None else "")
         self.console.print(f"[bold green]done[/] ({e.reason}) at step {e.step} after {e.elapsed:.0f}s; {best}\n"
                            f"checkpoints: {saved}", highlight=False)
 
     # -- rendering --------------------------------------------------------------------------------
+    def _rate_text(self) -> str:
+        return f"{human(self.rate.value)} tok/s" if self.rate.value is not None else ""
+
+    def _share(self, count: int) -> str:
+        """A count of chunks as a share of those seen, e.g. '12% of steps' ('<1%' when rare)."""
+        pct = 100 * count / max(self.chunks, 1)
+        return f"{pct:.0f}% of steps" if pct >= 1 else "<1% of steps"
+
     def _chunk_line(self, e: ChunkTrained) -> str:
-        clip = f", clipped {self.clips}x" if self.clips else ""
-        skip = f", skipped {self.skipped}" if self.skipped else ""
+        clip = f", clipped {self._share(self.clips)}" if self.clips else ""
+        skip = f", skipped {self.skipped} so far" if self.skipped else ""
         return (f"step {e.step} | chunk loss {e.loss:.4f} | grad norm {e.grad_norm:.3f}{clip}{skip} | "
-                f"lr {e.lr:.2e} | {human(e.tokens_per_s)} tok/s | {e.elapsed:.0f}s")
+                f"lr {e.lr:.2e} | {self._rate_text()} | {e.elapsed:.0f}s")
+
+    def _step_line(self, e: ChunkTrained, width: int) -> Text:
+        """The live step line, fitted to width: fields are dropped whole, by priority, never cut
+        or wrapped. The sparkline is a field at least SPARK_MIN wide that takes the room left."""
+        spark = " " * SPARK_MIN      # a stand-in while fitting; the style marks it
+        fields = [(0, f"step {e.step}", "bold"), (0, f"loss {e.loss:.4f}", "bold magenta"),
+                  (2, spark, "spark"), (1, f"grad norm {e.grad_norm:.3f}", "")]
+        if self.skipped:
+            fields.append((1, f"skipped {self.skipped} so far", "red"))
+        if self.clips:
+            fields.append((2, f"clipped {self._share(self.clips)}", "yellow"))
+        fields.append((3, f"lr {e.lr:.2e}", ""))
+        shown = fit_fields(fields, width)
+        left = width - (sum(len(t) for t, _ in shown) + 2 * (len(shown) - 1))
+        line = Text(no_wrap=True, overflow="crop")
+        for i, (text, style) in enumerate(shown):
+            if style == "spark":
+                lo, hi = (min(self.scale_window), max(self.scale_window)) if self.scale_window else (None, None)
+                text, style = sparkline(list(self.recent)[-min(SPARK_MIN + left, SPARK_MAX):], lo, hi), "magenta"
+            line.append(("  " if i else "") + text, style=style)
+        return line
 
     def _renderable(self) -> Group:
         parts: list[Any] = []
         if self.progress is not None:
             parts.append(self.progress)
         if self.last_chunk is not None:
-            e = self.last_chunk
-            line = Text()
-            line.append(f"step {e.step}  ", style="bold")
-            line.append("chunk loss ")
-            line.append(f"{e.loss:.4f} ", style="bold magenta")
-            line.append(sparkline(list(self.recent)), style="magenta")
-            line.append(f"  grad norm {e.grad_norm:.3f}")
-            if self.clips:
-                line.append(f" (clipped {self.clips}x)", style="yellow")
-            if self.skipped:
-                line.append(f" skipped {self.skipped}", style="red")
-            line.append(f"  lr {e.lr:.2e}")
-            parts.append(line)
+            parts.append(self._step_line(self.last_chunk, self.console.width))
         if getattr(self, "last_grad", None) is not None:
             parts.append(Text(self._grad_line(self.last_grad), style="cyan"))
         if self.evals.row_count:
             parts.append(self.evals)
         if self.last_sample is not None:
+            # A fixed width: the panel does not grow and shrink with each evaluation's text.
             parts.append(Panel(Text(self.last_sample.text.strip("\n")), title=f"sample at step {self.last_sample.step}",
-                               title_align="left", expand=False))
+                               title_align="left", width=min(self.console.width, SAMPLE_WIDTH)))
         return Group(*parts)
 
     def _refresh(self) -> None:

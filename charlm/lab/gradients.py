@@ -546,6 +546,19 @@ def horizon_summary(model, x: torch.Tensor, y: torch.Tensor, state: Optional[tup
     return out
 
 
+def _plot_limits(study: GradientStudy) -> tuple[float, float]:
+    """The y range that holds every curve and band, and the horizon line: from the data, with no
+    floor, so a fresh RNN's gradient that falls to 1e-60 stays in the frame."""
+    values = [HORIZON_RATIO, 1.0]
+    for m in study.models:
+        for c in m.curves:
+            ref = c.gmean[0] or 1.0
+            values += [v for v in c.relative if v > 0]
+            values += [v / ref for v in (*c.p10, *c.p90) if v > 0]
+    finite = [v for v in values if math.isfinite(v)]
+    return min(finite) / 2, max(finite) * 2
+
+
 def plot_study(study: GradientStudy, path: str | Path) -> None:
     """Draw log-norm (relative to lag 0) against lag, with the p10-p90 band; PNG or SVG."""
     try:
@@ -572,14 +585,14 @@ def plot_study(study: GradientStudy, path: str | Path) -> None:
     for k in ks:
         ax.axvline(k, color="grey", linestyle=":", label=f"training chunk k={k}")
     ax.axhline(HORIZON_RATIO, color="red", linewidth=0.8, linestyle=":", label="horizon threshold 1e-3")
-    lo = min((min(v for v in c.relative if v > 0) for m in study.models for c in m.curves), default=1e-12)
-    ax.set_ylim(max(lo, 1e-30) / 2, None)
+    ax.set_ylim(*_plot_limits(study))
     ax.set_xlabel("lag (steps back from the loss)")
     ax.set_ylabel("||dL/dh|| relative to lag 0")
     inputs = study.inputs
     if inputs.startswith("text: "):
         inputs = "text: " + Path(inputs[6:]).name
-    ax.set_title(f"Gradient through time: {inputs}\n{study.samples} windows, geometric mean, "
+    models = ", ".join(m.name for m in study.models)
+    ax.set_title(f"Gradient through time: {models}\non {inputs}; {study.samples} windows, geometric mean, "
                  f"band p10-p90", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(True, which="major", alpha=0.3)

@@ -442,7 +442,9 @@ def finish(run: Setup, sinks: Sinks, reports: Reports, clock: Clock, cadence: Ev
     if not interrupted and should_stop is not None and reason is None:
         reason = "stopped"
     elapsed = clock.elapsed()
-    if p.since_eval or not cadence.evaluated(p.step):
+    # A run ending a few steps after an evaluation adds none (its row would nearly repeat that
+    # one); last.pt keeps the losses since, as after Ctrl-C, so a resume goes on exactly.
+    if (p.since_eval or not cadence.evaluated(p.step)) and not cadence.recent(p.step):
         if interrupted or reason == "stopped":
             # Quick, and exact: an evaluation here would add a best-val record that the
             # uninterrupted run never has, so a resumed run would diverge from it.

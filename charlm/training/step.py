@@ -87,6 +87,12 @@ class EvalCadence:
         """Whether step had its evaluation (by the step cadence, or by the clock in this launch)."""
         return step % self.every_steps == 0 or step == self.last_step
 
+    def recent(self, step: int) -> bool:
+        """Whether an evaluation ran at most a few steps before ``step`` (5% of --eval-every, at
+        least 1), by the step cadence or by the clock in this launch."""
+        last = max(step - step % self.every_steps if step >= self.every_steps else -1, self.last_step)
+        return last >= 0 and step - last <= max(1, self.every_steps // 20)
+
 
 @dataclass
 class StepResult:

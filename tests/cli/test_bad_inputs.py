@@ -151,6 +151,10 @@ ROWS = [
         "--num-samples must be a positive"),
     Row("prime-unknown-chars", "a prime of characters the model never saw",
         ["sample", "{ws}/run", "--prime", "Ωψ"], 1, "vocabulary lacks: 'Ω', 'ψ'"),
+    Row("prime-unknown-chars-several", "sample --num-samples 2 --prime with unknown characters",
+        ["sample", "{ws}/run", "--num-samples", "2", "--prime", "the Ω"], 1, "vocabulary lacks: 'Ω'"),
+    Row("prime-unknown-chars-beam", "sample --beam 2 --prime with unknown characters",
+        ["sample", "{ws}/run", "--beam", "2", "--prime", "the Ω"], 1, "vocabulary lacks: 'Ω'"),
     Row("prime-file-missing", "--prime-file that does not exist",
         ["sample", "{ws}/run", "--prime-file", "{ws}/nope.txt"], 1, "cannot read --prime-file"),
     Row("prime-file-not-utf8", "--prime-file in Latin-1",
@@ -365,6 +369,7 @@ def test_bad_input(row: Row, workspace: Path, tmp_path: Path, monkeypatch):
     if row.code == 1:
         assert len(err.splitlines()) == 1, err
         assert err.startswith("error: ")
+        assert r.stdout == "", "a command that fails its checks writes nothing to stdout"
     assert row.fragment in " ".join(err.split()), err
     assert snapshot(workspace) == before, "a user file changed"
     out = tmp_path / "out"

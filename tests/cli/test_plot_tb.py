@@ -46,7 +46,7 @@ def test_plot_several_runs_on_one_chart(tmp_path):
     svg = tmp_path / "curves.svg"
     assert runner.invoke(app, ["plot", str(a), "-o", str(svg), "--title", "one run"]).exit_code == 0
     text = svg.read_text()
-    assert "one run" in text and "lstm val" in text and "wall time (s)" in text and "bits per character" in text
+    assert "one run" in text and "lstm (lstm 1x16) val" in text and "wall time (s)" in text and "bits per character" in text
 
 
 def test_plot_series_from_metrics(tmp_path):
@@ -116,3 +116,20 @@ def test_tensorboard_missing_is_a_clear_error_before_anything_is_written(tmp_pat
     result = runner.invoke(app, ["train", str(corpus_file), *TINY, "--max-steps", "2", "--out", str(out),
                                  "--tensorboard"])
     assert result.exit_code == 1 and "pip install" in result.stderr and not out.exists()
+
+
+def test_plot_names_each_run_and_model_and_prints_a_relative_path(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from charlm.plotting import _label, load_curves
+
+    run = fake_run(tmp_path / "lstm")
+    assert _label(load_curves(run)) == "lstm (lstm 1x16)"
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["plot", str(run), "-o", str(tmp_path / "figs" / "c.svg")])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == "figs/c.svg"                  # below the current folder: relative
+    assert "lstm (lstm 1x16)" in (tmp_path / "figs" / "c.svg").read_text()
+    outside = tmp_path.parent / f"{tmp_path.name}-elsewhere.svg"
+    r = runner.invoke(app, ["plot", str(run), "-o", str(outside)])
+    assert r.stdout.strip() == str(outside)                  # not below it: as given
+    outside.unlink()

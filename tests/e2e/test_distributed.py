@@ -30,9 +30,9 @@ ARGS = ["--model", "lstm", "--hidden-size", "16", "--embedding-size", "8", "--ba
 
 
 def torchrun(corpus: Path, out: Path, max_steps: int, *extra: str, nproc: int = 2,
-             timeout: float = 180) -> subprocess.CompletedProcess:
+             timeout: float = 180, quiet: bool = True) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "charlm", "-q", "train", str(corpus), "--out", str(out), "--max-steps", str(max_steps),
+           "-m", "charlm", *(["-q"] if quiet else []), "train", str(corpus), "--out", str(out), "--max-steps", str(max_steps),
            *ARGS, *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -92,6 +92,13 @@ def test_only_rank_zero_writes(full_run):
     assert start["world_size"] == 2
     # Only rank 0 drives the display: one summary line, not two.
     assert proc.stdout.count("done (max_steps)") == 1, proc.stdout
+
+
+def test_the_closing_sample_is_printed_once(corpus, tmp_path):
+    # The later --sample-length overrides ARGS' 0; not quiet, so the closing sample is shown.
+    proc = torchrun(corpus, tmp_path / "run", 4, "--sample-length", "40", quiet=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("sample (temperature 0.8") == 1, proc.stdout
 
 
 def test_two_process_resume_is_exact(corpus, full_run, tmp_path):

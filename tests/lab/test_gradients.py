@@ -232,3 +232,17 @@ def test_issue_command_is_fast_and_shows_the_rnn_forgetting_first():
     horizon = {(m.name, c.state): c.horizon for m in study.models for c in m.curves}
     assert horizon[("rnn", "h")] * 2 <= horizon[("lstm", "h")]
     assert horizon[("rnn", "h")] * 3 <= horizon[("lstm", "c")]
+
+
+def test_plot_limits_hold_every_curve_however_far_it_falls(tmp_path):
+    from charlm.lab.gradients import _plot_limits
+
+    study = inspect_gradients(models=["rnn"], hidden_size=8, embedding_size=4, lags=10, samples=2, warmup=0)
+    curve = study.models[0].curves[0]
+    curve.relative = [1.0] + [10.0 ** (-8 * i) for i in range(1, len(curve.relative))]   # down to 1e-72
+    lo, hi = _plot_limits(study)
+    assert lo <= min(curve.relative) and hi >= 1.0
+    pytest.importorskip("matplotlib")
+    plot_study(study, tmp_path / "g.svg")
+    svg = (tmp_path / "g.svg").read_text()
+    assert "rnn" in svg     # the title names the model

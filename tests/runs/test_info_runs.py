@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import charlm
 from charlm.checkpoint import load_checkpoint
 from charlm.cli import app
 from charlm.devices import resolve_precision
+from charlm.util import RUN_MARKER
 from helpers import make_text
 
 runner = CliRunner()
@@ -94,6 +96,50 @@ def test_runs_lists_best_figures(runs_root):
     assert all(len(line) <= 80 for line in lines)  # fits a standard terminal
     assert any(line.lstrip().startswith("lstm ") and "lstm 1x16" in line and "done" in line for line in lines)
     assert any("group/gru" in line and "1.9000" in line and "2.7400" in line and "running?" in line for line in lines)
+
+
+def fake_run(folder, name="a-fairly-long-experiment-name", marker=True):
+    """A run known by its marker and metrics only, with a long name and long figures."""
+    folder.mkdir(parents=True)
+    if marker:
+        (folder / RUN_MARKER).write_text(json.dumps({"run_id": "x", "created": 0}))
+    records = [{"type": "start", "model": "minlstm 3x1024", "corpus": "a-very-long-corpus-file-name.txt"},
+               {"type": "chunk", "step": 123456, "elapsed": 98765.0, "loss": 2.0, "tokens_per_s": 100.0},
+               {"type": "eval", "step": 123456, "train_loss": 2.0, "val_loss": 2.8612345, "val_bpc": 4.1278,
+                "elapsed": 98765.0, "best": True}]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_runs_at_80_columns_drops_whole_columns_never_cuts_a_number(tmp_path):
+    for i in range(3):
+        fake_run(tmp_path / f"a-fairly-long-experiment-name-{i}")
+    r = runner.invoke(app, ["runs", str(tmp_path)], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), r.stdout
+    assert "…" not in r.stdout
+    rows = [line for line in lines if line.lstrip().startswith("a-fairly-long-experiment-name-")]
+    assert len(rows) == 3 and all("2.8612" in row and "123,456" in row for row in rows), r.stdout
+    assert "left out for width:" in r.stdout
+    wide = runner.invoke(app, ["runs", str(tmp_path)], env={"COLUMNS": "200"})
+    assert "left out" not in wide.stdout and "a-very-long-corpus-file-name.txt" in wide.stdout
+
+
+def test_runs_without_a_folder_also_finds_marked_subfolders(tmp_path, monkeypatch):
+    fake_run(tmp_path / "runs" / "in-runs")
+    fake_run(tmp_path / "by-out")                      # `charlm train --out by-out`
+    fake_run(tmp_path / "stranger", marker=False)      # not marked: not looked at outside runs/
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["runs", "--json", "-"])
+    assert r.exit_code == 0, r.output
+    assert sorted(Path(x["run"]).name for x in json.loads(r.stdout)["runs"]) == ["by-out", "in-runs"]
+    r = runner.invoke(app, ["runs"], env={"COLUMNS": "100"})
+    assert "runs/ and the subfolders of the current folder" in " ".join(r.stdout.split())
+    assert "in-runs" in r.stdout and "by-out" in r.stdout
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path / "empty")
+    r = runner.invoke(app, ["runs"])
+    assert r.exit_code == 0 and "no run directories in runs/ (absent)" in r.stdout
 
 
 def test_runs_errors_and_empty(tmp_path):

@@ -140,7 +140,8 @@ def test_train_options_come_from_the_dataclasses():
         doc = field_help(o.owner)[o.field]
         assert doc and " ".join(p.help.split()).startswith(" ".join(escape(doc).split()))
         if o.default is not None and not isinstance(o.default, bool):
-            shown = format(o.default, "g") if isinstance(o.default, float) else str(o.default)
+            # A string default is shown escaped: record_sep's newline reads \n, not a blank.
+            shown = format(o.default, "g") if isinstance(o.default, float) else str(o.default).encode("unicode_escape").decode()
             assert p.help.endswith(f"\\[default: {shown}]"), p.help
     names = {o.name for o in options}
     assert "model" in names and "cell" not in names and "vocab_size" in names   # ModelConfig.vocab_size is not

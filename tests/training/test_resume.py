@@ -170,3 +170,18 @@ def test_exact_resume_on_cuda_within_tolerance(tmp_path, small_corpus):
     ca, cb = load_checkpoint(full / "last.pt"), load_checkpoint(part / "last.pt")
     for k in ca["model"]:
         torch.testing.assert_close(ca["model"][k], cb["model"][k], rtol=1e-4, atol=1e-4)
+
+
+def test_a_run_ending_just_after_an_evaluation_adds_none_and_resumes_exactly(tmp_path, small_corpus):
+    # Constant lr, so a run stopped by --max-steps and extended follows the longer run's schedule.
+    flat = dict(warmup_steps=0, min_lr_ratio=1.0, eval_every=10)
+    model = ModelConfig(cell="lstm", hidden_size=8, embedding_size=8, dropout=0.1)
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(tiny_config(small_corpus, full, **flat), model)
+    train(tiny_config(small_corpus, part, max_steps=21, **flat), model)
+    # Step 21 is one step after the evaluation at 20: no near-duplicate row of a one-chunk mean.
+    assert [r[0] for r in eval_records(part)] == [10, 20]
+    assert load_checkpoint(part / "last.pt")["progress"]["step"] == 21
+    train(tiny_config(small_corpus, part, resume=True, **flat), None)
+    assert eval_records(part) == eval_records(full)
+    assert_same_checkpoint(part / "last.pt", full / "last.pt")

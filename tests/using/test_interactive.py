@@ -63,7 +63,8 @@ def test_clirunner_top_pick_and_mistakes(tiny_run):
     assert out[4] == picked                               # the second choice was appended
     # An empty line continues from there: the greedy continuation after the pick.
     assert out[5] == greedy(lm, "\nthe " + out[0] + picked, 5)
-    assert "needs a number" in r.stderr and "unknown command '/bogus'" in r.stderr
+    assert "/temp takes a temperature >= 0 (0 is greedy), got 'abc'" in r.stderr
+    assert "unknown command '/bogus'" in r.stderr
     assert "Traceback" not in r.output
 
 
@@ -93,3 +94,46 @@ def test_interactive_refuses_beam_and_several_samples(tiny_run):
         r = runner.invoke(app, ["sample", str(tiny_run), "--interactive", *extra], input="the \n")
         assert r.exit_code == 1 and "drop --beam and --num-samples" in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and r.stdout == ""
+
+
+# --- on a terminal (stdin.isatty() patched: CliRunner's stdin is not one) ----------------------
+
+def as_terminal(monkeypatch):
+    from charlm.cli import generate
+
+    monkeypatch.setattr(generate, "_stdin_is_terminal", lambda: True)
+
+
+def test_every_command_says_what_it_did_and_errors_speak_of_what_was_typed(tiny_run, monkeypatch):
+    as_terminal(monkeypatch)
+    lines = "/temp 0\n/length 7\n/reset\n/temp -1\n/length x\n/top 0\n"
+    r = runner.invoke(app, ["sample", str(tiny_run), "--interactive", "--length", "5"], input=lines)
+    assert r.exit_code == 0, r.output
+    for said in ("temperature 0 (greedy)", "length 7 characters per reply", "reset: back to the prime",
+                 "/temp takes a temperature >= 0 (0 is greedy), got '-1'",
+                 "/length takes a whole number of characters >= 0, got 'x'", "/top takes a whole number >= 1, got '0'"):
+        assert said in r.stderr, r.stderr
+    assert "--temperature" not in r.stderr and "--length" not in r.stderr
+    r = runner.invoke(app, ["sample", str(tiny_run), "--interactive"], input="ZQ§\n")
+    error = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "what you typed has characters the model's vocabulary lacks" in error[0]
+    assert "prime" not in error[0]
+
+
+def test_ctrl_d_ends_on_a_fresh_line(tiny_run, monkeypatch):
+    as_terminal(monkeypatch)
+    r = runner.invoke(app, ["sample", str(tiny_run), "--interactive"], input="")
+    assert r.exit_code == 0 and r.stdout == "> \n"
+
+
+def test_ctrl_c_stops_the_reply_not_the_session(tiny_run, monkeypatch):
+    as_terminal(monkeypatch)
+
+    def interrupted_reply(self):
+        yield "ab"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Session, "reply", interrupted_reply)
+    r = runner.invoke(app, ["sample", str(tiny_run), "--interactive"], input="the \nthe \n")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.count("ab\n") == 2 and "reply stopped" in r.stderr

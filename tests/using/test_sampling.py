@@ -112,6 +112,31 @@ def test_cli_bad_seed_is_one_line(tiny_run, seed):
     assert len(r.stderr.strip().splitlines()) == 1 and "--seed must be a whole number" in r.stderr
 
 
+# --- streaming --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw", [{}, {"prime": "the "}, {"temperature": 0}, {"beam": 2}, {"stop": "at"}])
+def test_stream_yields_nonempty_strings_that_join_to_the_sample(kw):
+    lm = tiny_lm()
+    pieces = list(lm.stream(length=60, seed=3, **kw))
+    assert pieces and all(isinstance(p, str) and p for p in pieces)
+    assert "".join(pieces) == lm.sample(length=60, seed=3, **kw)
+
+
+def test_stream_batch_yields_index_and_text_per_sample():
+    lm = tiny_lm()
+    texts = ["", "", ""]
+    for i, piece in lm.stream_batch(length=40, seed=5, num_samples=3):
+        assert isinstance(piece, str) and piece
+        texts[i] += piece
+    assert texts == lm.sample(length=40, seed=5, num_samples=3)
+    assert texts[1] == lm.sample(length=40, seed=6)
+
+
+def test_stream_checks_options_before_it_is_iterated():
+    with pytest.raises(ConfigError):
+        tiny_lm().stream(length=-1)
+
+
 # --- stop strings ----------------------------------------------------------------------------
 
 def test_stop_string_ends_the_sample_before_it():
@@ -121,7 +146,7 @@ def test_stop_string_ends_the_sample_before_it():
         first = min((i for i in (free.find(s) for s in (".", "at")) if i >= 0), default=len(free))
         stopped = lm.sample(prime="the ", length=300, seed=seed, stop=[".", "at"])
         assert stopped == free[:first]
-        streamed = "".join(p[0] for p in lm.stream(prime="the ", length=300, seed=seed, stop=["at", "."]))
+        streamed = "".join(lm.stream(prime="the ", length=300, seed=seed, stop=["at", "."]))
         assert streamed == stopped
 
 

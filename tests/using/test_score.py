@@ -227,3 +227,27 @@ def test_python_m_charlm_score(run_file):
                           input="the dog ran to the house.", capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["characters"] == len("the dog ran to the house.")
+
+
+def test_without_colour_a_line_of_shades_carries_the_surprisal(tiny_run):
+    from charlm.cli.score import SURPRISAL_SHADES
+
+    text = "the cat sat on the mat.\nthe end"
+    r = CliRunner().invoke(app, ["score", str(tiny_run), text, "--rows", "0"],
+                           env={"NO_COLOR": "1", "COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    for line in text.split("\n"):
+        i = lines.index(line)
+        under = lines[i + 1]
+        assert 0 < len(under) <= len(line) and set(under) <= set(SURPRISAL_SHADES) | {"·"}, under
+    assert lines[lines.index("the cat sat on the mat.") + 1][0] == "·"      # the first token: no prediction
+    legend = " ".join(r.stdout.split())
+    assert "bits (the line under the text):" in legend and "'▓' 4-8" in legend
+
+
+def test_shaded_lines_wrap_at_the_width_and_shade_every_cell():
+    from charlm.cli.score import shaded_lines
+
+    lines = shaded_lines("ab한c\tdef", [None, 0.5, 3.0, 9.0, 1.5, 5.0, 5.0, 5.0], width=4)
+    assert lines == ["ab한", "· ▒▒", "c→de", "█░▓▓", "f", "▓"]

@@ -17,7 +17,8 @@ from rich.text import Text
 from typing_extensions import Annotated
 
 from ...threads import use
-from ..app import (CONTEXT, app, cli_state, get_console, handles_errors, json_option, stdout_taken, threads_option,
+from ..app import (CONTEXT, app, device_option, cli_state, get_console, handles_errors, json_option, stdout_taken,
+                   threads_option,
                    write_document)
 
 
@@ -29,7 +30,7 @@ def inspect_context(
         help="UTF-8 text to read (default: the validation tail of the checkpoint's corpus).",
         show_default=False)] = None,
     tail: Annotated[Optional[float], typer.Option(
-        help="Read only this last fraction of FILE's characters (default: all of FILE; the "
+        help="Read only this last fraction of the text's characters (default: all of it; the "
              "checkpoint's --val-fraction for its own corpus).")] = None,
     targets: Annotated[int, typer.Option(help="Target positions scored, evenly spread.")] = 96,
     max_context: Annotated[int, typer.Option(help="Longest context n (the grid is 1, 2, 4, ... up to it).")] = 2048,
@@ -39,11 +40,11 @@ def inspect_context(
     grad_lags: Annotated[int, typer.Option(help="Lags for the gradient horizon (0: skip it).")] = 100,
     seed: Annotated[int, typer.Option(help="Seed for the shuffles and the gradient windows.")] = 0,
     threads: Annotated[str, threads_option()] = "auto",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    device: Annotated[str, device_option()] = "auto",
     json_out: Annotated[Optional[str], json_option("every number")] = None,
     csv_out: Annotated[Optional[str], typer.Option(
-        "--csv", metavar="FILE", help="Write one row per curve point as CSV to FILE ('-': stdout, and nothing else there).")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Draw the curves to FILE.png or FILE.svg (needs matplotlib).")] = None,
+        "--csv", metavar="<file>", help="Write one row per curve point as CSV to <file> ('-': stdout, and nothing else there).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Draw the curves to this .png or .svg file (needs matplotlib).")] = None,
 ) -> None:
     """How many tokens of the past the model uses: loss given only the last n tokens, and when the
     past beyond d is replaced or shuffled, beside its chunk length k and gradient horizon.

@@ -40,8 +40,8 @@ def inspect_gradients(
     seed: Annotated[int, typer.Option(help="Seed for weights and windows.")] = 0,
     json_out: Annotated[Optional[str], json_option("every number")] = None,
     csv_out: Annotated[Optional[str], typer.Option(
-        "--csv", metavar="FILE", help="Write one row per lag as CSV to FILE ('-': stdout, and nothing else there).")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Draw the curves to FILE.png or FILE.svg (needs matplotlib).")] = None,
+        "--csv", metavar="<file>", help="Write one row per lag as CSV to <file> ('-': stdout, and nothing else there).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Draw the curves to this .png or .svg file (needs matplotlib).")] = None,
     threads: Annotated[str, threads_option()] = "auto",
 ) -> None:
     """Measure ||dL/dh|| against lag: why a tanh RNN forgets and an LSTM remembers longer.

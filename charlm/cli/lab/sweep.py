@@ -68,13 +68,13 @@ def sweep_table(result, inspect: bool):
 @options_signature(fixed=4, leave_out=("resume", "force"))      # grid, inspect, json_out, plot
 def sweep(
     grid: Annotated[list[str], typer.Option(
-        "--grid", metavar="NAME=V1,V2", show_default=False,
+        "--grid", metavar="<name=v1,v2>", show_default=False,
         help="An axis: a train option and its values (repeat for more axes; every combination runs).")],
     inspect: Annotated[bool, typer.Option(
-        "--inspect", help="Also measure each run's gradient horizon and effective context.")] = False,
+        "--inspect", metavar="", help="Also measure each run's gradient horizon and effective context.")] = False,
     json_out: Annotated[Optional[str], json_option("every point's values and figures")] = None,
     plot: Annotated[Optional[Path], typer.Option(
-        help="Draw the best validation loss against each axis to FILE (needs matplotlib).")] = None,
+        help="Draw the best validation loss against each axis to this file (needs matplotlib).")] = None,
     **options: Any,
 ) -> None:
     """Train the same run at every point of a grid (same seed, same budget), then one table.
