@@ -94,7 +94,7 @@ def charlm_loop(corpus: Path, emb: int, hidden: int, layers: int, batch: int, se
     of the loop, with every evaluation and checkpoint the default cadence puts inside it; seconds
     of the end-of-run evaluation and saves, a one-time cost like start-up, reported apart)."""
     from rich.console import Console
-    from charlm.display import TrainingView
+    from charlm.cli.training_view import TrainingView
 
     view = TrainingView(Console(file=io.StringIO(), force_terminal=False), plain=True)
     seen = {}

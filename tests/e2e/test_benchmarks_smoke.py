@@ -35,6 +35,15 @@ def test_sampling_speed_quick(tmp_path):
     assert set(rec["batch_chars_per_s"]) == {"1", "4"}
 
 
+@pytest.mark.skipif(not (CORPORA / "tinyshakespeare.txt").exists(), reason="needs ../shared/corpora")
+def test_throughput_quick(tmp_path):
+    """The whole training loop against the reference loop (it once imported a display module
+    that had moved, and nothing ran it)."""
+    out, rec = run_quick("throughput.py", tmp_path)
+    assert "charlm" in out and "reference loop" in out and "ratio" in out
+    assert rec["benchmark"] == "throughput"
+
+
 @pytest.mark.skipif(not (CORPORA / "korean-chatbot.txt").exists(), reason="needs ../shared/corpora")
 def test_tokenize_speed_quick(tmp_path):
     out, rec = run_quick("tokenize_speed.py", tmp_path)
