@@ -101,11 +101,10 @@ class ModelConfig:
     """Number of token ids; set from the tokenizer, never by hand."""
     embedding_size: int = grouped(MODEL, 64)
     """Width of the input embedding."""
-    # 320 units: on a 2-core CPU in fp32 a 135 s run is bound by tokens per second, so the width
-    # is a trade of capacity against tokens seen. With weight decay 0.1 and lr 5e-3, GRU 1x320
-    # reached a median of 1.483 nats/char on tiny shakespeare in 135 s, against 1.488 at 256, one
-    # run of 1.488 at 384, and 1.593 for the old 1x512 default (BENCHMARKS.md, issue 15).
-    # A longer run or a faster machine can afford a wider model.
+    # 320 units: on a 2-core CPU a short run is bound by tokens per second, so the width is a
+    # trade of capacity against tokens seen; 320 won the 135 s sweep on tiny shakespeare (the
+    # figures: benchmarks/HISTORY.md, "Quality per minute, round two"). A longer run or a faster
+    # machine can afford a wider model.
     hidden_size: int = grouped(MODEL, 320)
     """Units per recurrent layer (H)."""
     layers: int = grouped(MODEL, 1)
@@ -168,18 +167,16 @@ class TrainConfig:
     state is zeroed at every record start, in training, evaluation and sampling (char tokenizer)."""
     record_sep: str = grouped(DATA, "\n")
     """The one character that separates records under --records (a newline by default)."""
-    # 1e-2, with the 320-unit default and weight decay 0.1: medians of three 135 s runs on tiny
-    # shakespeare 1.475 against 1.481 at 7e-3 and 1.483 at 5e-3; one run at 1.5e-2 gave 1.486
-    # (BENCHMARKS.md, issue 15).
+    # 1e-2: the best of the learning rates tried with the 320-unit default and weight decay 0.1 in
+    # the same sweep (benchmarks/HISTORY.md).
     lr: float = grouped(OPTIM, 1e-2)
     """Peak learning rate (AdamW)."""
     min_lr_ratio: float = grouped(OPTIM, 0.1)
     """The learning rate decays (cosine) to lr * min_lr_ratio at the end of the budget."""
     warmup_steps: int = grouped(OPTIM, 50)
     """Linear warm-up from 0 to lr over this many steps."""
-    # 0.1: medians of three 135 s runs on tiny shakespeare, 1.483 against 1.491 without it at 320
-    # units (1.488 against 1.504 at 256) (BENCHMARKS.md, issue 15). It applies to every
-    # parameter, as torch's AdamW does.
+    # 0.1: better than none in the same sweep, at 256 and at 320 units (benchmarks/HISTORY.md). It
+    # applies to every parameter, as torch's AdamW does.
     weight_decay: float = grouped(OPTIM, 0.1)
     """AdamW weight decay (decoupled, on every parameter)."""
     grad_clip: float = grouped(OPTIM, 1.0)

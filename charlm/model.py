@@ -100,8 +100,8 @@ class CharRNN(nn.Module):
                        for name, w in self.rnn.named_parameters() if name.startswith("weight_hh")}
         if cpu_gru_applies(self.rnn, emb):
             # Training a GRU on a CPU: the same weights and equations with a cheaper backward
-            # (charlm/cpugru.py): 0.98-1.26x the tokens per second of torch's own loop, most for
-            # two layers and older CPUs, about even for one layer on a Zen 3 (BENCHMARKS.md).
+            # (charlm/cpugru.py), faster than torch's own loop, most for two layers and older
+            # CPUs (benchmarks/gru_speed.py; the figures are in benchmarks/HISTORY.md).
             out, new_state = gru_forward(self.rnn, emb, rnn_state, dropped)
         elif dropped:
             out, new_state = torch.func.functional_call(self.rnn, dropped, (emb, rnn_state))

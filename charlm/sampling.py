@@ -36,8 +36,7 @@ DEFAULT_PRIME = "\n"
 PRIME_CHUNK = 4096
 # Batch x hidden size up to which a CPU generation step runs on one thread. Such a step is a few
 # small products and a dozen tiny ops; on a 2-core machine shared with other work a second thread
-# made every op wait for it (64 samples at 512 units: 885 characters/s on two threads, 8,489 on one,
-# at load 6-9; benchmarks/sampling_speed.py).
+# made every op wait for it, about ten times slower than one thread (benchmarks/sampling_speed.py).
 SINGLE_THREAD_WORK = 64 * 512
 SEED_SPACE = MAX_SEED + 1   # seeds are whole numbers in [0, 2**63), as config.check_seed says
 # Temperatures below this take the careful path in filter_logits: logits of a few hundred divided

@@ -103,8 +103,8 @@ def token_predictions(model: CharRNN, ids: np.ndarray, device: torch.device | st
     top_ids = np.empty((n, k), dtype=np.int64)
     top_p = np.empty((n, k), dtype=np.float64)
     state = None
-    # One stream is a chain of batch-1 steps: on CPU a second thread only waits on the first
-    # (10k Korean characters, GRU 16: 5.5-6.3 s on one thread, 15.5-16.8 s on two, at load 17).
+    # One stream is a chain of batch-1 steps: on CPU a second thread only waits on the first, and
+    # on a busy machine makes scoring several times slower.
     with torch_threads(1 if torch.device(device).type == "cpu" else None):
         for start in range(0, n, chunk):
             x = x_all[start:start + chunk]                               # (T,)
