@@ -134,6 +134,21 @@ def write_document(doc: Any, dest: str, what: str = "--json") -> None:
         raise CharLMError(f"cannot write {what} {dest}: {e.strerror or e}") from None
 
 
+def write_study(study: Any, json_out: Optional[str], csv_out: Optional[str]) -> None:
+    """A lab study's --json and --csv documents (it has to_json() and csv_text())."""
+    if json_out is not None:
+        write_document(study.to_json(), json_out)
+    if csv_out is not None:
+        write_document(study.csv_text(), csv_out, "--csv")
+
+
+def say_written(console: Console, **paths: Any) -> None:
+    """'wrote json FILE' for each document a command wrote (nothing under --quiet)."""
+    for label, path in paths.items():
+        if path is not None and not cli_state["quiet"]:
+            console.print(f"wrote {label} {path}", highlight=False)
+
+
 def stdout_taken(*dests: Optional[str]) -> bool:
     """True when a document goes to stdout, so the human report must not (usage error for two)."""
     wanting = [d for d in dests if d is not None and str(d) == "-"]

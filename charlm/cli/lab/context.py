@@ -17,9 +17,8 @@ from rich.text import Text
 from typing_extensions import Annotated
 
 from ...threads import use
-from ..app import (CONTEXT, app, device_option, cli_state, get_console, handles_errors, json_option, stdout_taken,
-                   threads_option,
-                   write_document)
+from ..app import (CONTEXT, app, cli_state, device_option, get_console, handles_errors, json_option,
+                   say_written, stdout_taken, threads_option, write_study)
 
 
 @app.command("inspect-context", context_settings=CONTEXT)
@@ -64,17 +63,12 @@ def inspect_context(
                     grad_lags=grad_lags, threads=pinned)
     if plot is not None:
         plot_context(study, plot)
-    if json_out is not None:
-        write_document(study.to_json(), json_out)
-    if csv_out is not None:
-        write_document(study.csv_text(), csv_out, "--csv")
+    write_study(study, json_out, csv_out)
     if not report:
         return
     console = get_console()
     console.print(context_report(study, verbose=not cli_state["quiet"]))
-    for label, path in (("json", json_out), ("csv", csv_out), ("plot", plot)):
-        if path is not None and not cli_state["quiet"]:
-            console.print(f"wrote {label} {path}", highlight=False)
+    say_written(console, json=json_out, csv=csv_out, plot=plot)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from typing_extensions import Annotated
 
 from ...config import check_seed
 from ...threads import use
-from ..app import (CONTEXT, app, cli_state, get_console, handles_errors, json_option, stdout_taken, threads_option,
-                   write_document)
+from ..app import (CONTEXT, app, cli_state, get_console, handles_errors, json_option, say_written,
+                   stdout_taken, threads_option, write_study)
 
 
 @app.command("inspect-gradients", context_settings=CONTEXT)
@@ -64,10 +64,7 @@ def inspect_gradients(
         from ...lab.gradients import plot_study
 
         plot_study(study, plot)
-    if json_out is not None:
-        write_document(study.to_json(), json_out)
-    if csv_out is not None:
-        write_document(study.csv_text(), csv_out, "--csv")
+    write_study(study, json_out, csv_out)
     if not report:
         return
     console = get_console()
@@ -84,9 +81,7 @@ def inspect_gradients(
     console.print(gradient_summary_table(study))
     if not cli_state["quiet"]:
         console.print(log_chart(study))
-    for label, path in (("json", json_out), ("csv", csv_out), ("plot", plot)):
-        if path is not None and not cli_state["quiet"]:
-            console.print(f"wrote {label} {path}", highlight=False)
+    say_written(console, json=json_out, csv=csv_out, plot=plot)
 
 
 CURVE_STYLES = [("●", "red"), ("▲", "green"), ("■", "blue"), ("◆", "magenta"), ("✚", "cyan"),
