@@ -292,6 +292,14 @@ class TrainConfig:
         return any(v is not None for v in (self.epochs, self.max_steps, self.max_time))
 
 
+# The longest prime: it is run through the model at evaluation speed (a megabyte in seconds), but
+# a longer one would mostly be a mistake (a whole corpus, a stream that never ends).
+MAX_PRIME_CHARS = 1_000_000
+# The longest text `score` shows character by character (each keeps its bits and top guesses, so
+# memory grows with the text); `evaluate` gives the figures of any length.
+MAX_SCORE_CHARS = 1_000_000
+
+
 @dataclass
 class SampleConfig:
     """How to generate text from a trained model."""
@@ -323,6 +331,8 @@ class SampleConfig:
 
     def validate(self) -> "SampleConfig":
         _check(isinstance(self.prime, str), f"the prime must be text, got {type(self.prime).__name__}")
+        _check(len(self.prime) <= MAX_PRIME_CHARS, f"the prime has {len(self.prime):,} characters, more "
+               f"than the {MAX_PRIME_CHARS:,} a prime may have: give its last part")
         _check(isinstance(self.length, int) and not isinstance(self.length, bool) and self.length >= 0,
                f"--length must be >= 0, got {self.length!r}")
         _check(is_finite_number(self.temperature) and self.temperature >= 0,

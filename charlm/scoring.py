@@ -33,6 +33,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .config import MAX_SCORE_CHARS
 from .corpus.tokenizers import CharTokenizer, Tokenizer, _is_starter, normalize_text
 from .errors import ConfigError
 from .events import ProgressCallback
@@ -127,6 +128,9 @@ def score_text(model: CharRNN, tokenizer: Tokenizer, text: str, device: torch.de
     total)`` hears of each chunk of tokens scored."""
     if top < 0:
         raise ConfigError(f"--top must be 0 or more, got {top}")
+    if len(text) > MAX_SCORE_CHARS:   # per-character detail: memory grows with the text
+        raise ConfigError(f"the text has {len(text):,} characters, more than the {MAX_SCORE_CHARS:,} "
+                          f"score shows one by one; `charlm evaluate` gives the figures of any length")
     ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
     if len(ids) < 2:
         raise ConfigError("nothing to score: the text needs at least two tokens (two characters for a "

@@ -12,11 +12,12 @@ import typer
 from rich.markup import escape
 from typing_extensions import Annotated
 
-from ..config import SampleConfig
-from ..threads import use
+from ..config import MAX_PRIME_CHARS, SampleConfig
 from ..errors import CharLMError, ConfigError
-from .app import (CONTEXT, app, device_option, get_console, handles_errors, json_option, stdout_taken, threads_option,
-                  write_document)
+from ..textio import read_limited
+from ..threads import use
+from .app import (CONTEXT, app, device_option, get_console, handles_errors, json_option, stdout_taken,
+                  threads_option, write_document)
 from .progress import progress_bar
 from .tables import metrics_table
 
@@ -83,10 +84,11 @@ def sample(
 
 
 def _read_prime(path: Path) -> str:
+    """The prime file's text, read in blocks and refused past the longest prime (a pipe or a
+    device that never ends costs one block)."""
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"--prime-file {path} is not UTF-8 text (bad byte at offset {e.start})") from None
+        with open(path, "rb") as f:
+            return read_limited(f, MAX_PRIME_CHARS, f"--prime-file {path}")
     except OSError as e:
         raise ConfigError(f"cannot read --prime-file {path}: {e.strerror or e}") from None
 

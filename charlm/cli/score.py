@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -14,10 +13,12 @@ from rich.table import Table
 from rich.text import Text
 from typing_extensions import Annotated
 
+from ..config import MAX_SCORE_CHARS
 from ..errors import ConfigError
+from ..textio import read_limited
 from ..threads import use
-from .app import (CONTEXT, app, device_option, get_console, handles_errors, json_option, stdout_taken, threads_option,
-                  write_document)
+from .app import (CONTEXT, app, device_option, get_console, handles_errors, json_option, stdout_taken,
+                  threads_option, write_document)
 from .progress import progress_bar
 
 
@@ -27,12 +28,11 @@ def _read_text(text: Optional[str], file: Optional[str]) -> str:
         raise typer.BadParameter("give the text to score as TEXT or with --file F (one of them; '-' reads stdin)")
     if text is not None and text != "-":
         return text
-    if text == "-" or file == "-":
-        return sys.stdin.read()
+    if text == "-" or file == "-":   # read in blocks: `yes | charlm score RUN -` stops at the cap
+        return read_limited(sys.stdin.buffer, MAX_SCORE_CHARS, "the text on stdin")
     try:
-        return Path(file).read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"--file {file} is not UTF-8 text (bad byte at offset {e.start})") from None
+        with open(file, "rb") as f:
+            return read_limited(f, MAX_SCORE_CHARS, f"--file {file}")
     except OSError as e:
         raise ConfigError(f"cannot read --file {file}: {e.strerror or e}") from None
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ SCHEMA = "charlm.sweep/1"
 MANIFEST = "sweep.json"
 # Options that belong to the sweep itself, not to one of its runs.
 NOT_AN_AXIS = ("out", "resume", "force")
+MAX_POINTS = 1000   # runs in one sweep: each is a whole training run
 FINISHED = ("max_steps", "max_time", "epochs")
 
 
@@ -135,7 +137,13 @@ def point_name(values: dict[str, Any]) -> str:
 
 
 def grid_points(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """Every combination, the last axis varying fastest."""
+    """Every combination, the last axis varying fastest; refused before any is built when there
+    are more than MAX_POINTS (a typed 300x300x300 grid would be 27 million runs)."""
+    count = math.prod(len(values) for values in axes.values())
+    if count > MAX_POINTS:
+        sizes = " x ".join(f"{len(v)} {name}" for name, v in axes.items())
+        raise ConfigError(f"the grid has {count:,} points ({sizes}), more than the {MAX_POINTS:,} a sweep "
+                          f"may run; give fewer values")
     names = list(axes)
     return [dict(zip(names, combo)) for combo in itertools.product(*(axes[n] for n in names))]
 

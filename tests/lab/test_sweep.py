@@ -103,3 +103,14 @@ def test_the_command_trains_the_grid_prints_one_table_and_writes_json(corpus_fil
         [p["best_val_loss"] for p in doc["points"]]
     bad = CliRunner().invoke(app, ["sweep", str(corpus_file), "--grid", "seq_len=8", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "budget" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_a_grid_too_big_to_run_is_refused_before_it_is_built():
+    """300 x 300 x 300 values would be 27 million points: one line, and nothing allocated."""
+    from charlm.errors import ConfigError
+    from charlm.lab.sweep import MAX_POINTS
+
+    axes = {"seq_len": list(range(1, 301)), "batch_size": list(range(1, 301)), "hidden_size": list(range(1, 301))}
+    with pytest.raises(ConfigError, match="27,000,000 points"):
+        grid_points(axes)
+    assert len(grid_points({"seq_len": list(range(MAX_POINTS))})) == MAX_POINTS
