@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import signal
+import threading
 import re
 import sys
 import tempfile
@@ -28,9 +30,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -198,7 +201,8 @@ def fetch(name: str, progress: Optional[ProgressCallback] = None, sha256: Option
             f"size-only check with `charlm corpus get {name} --allow-unverified`, or download "
             f"{r.url} yourself and pass the extracted file's path")
     folder = _cache_folder(target)
-    archive = _download(source_url(r), folder, expected, r.size if expected is None else None, progress)
+    archive = _download(source_url(r), folder, expected, r.size if expected is None else None, progress,
+                        limit=r.size)
     try:
         if r.member is None:
             os.replace(archive, target)
@@ -216,8 +220,10 @@ def fetch(name: str, progress: Optional[ProgressCallback] = None, sha256: Option
 # Downloads.
 
 def _download(url: str, folder: Path, sha256: Optional[str], size: Optional[int],
-              progress: Optional[ProgressCallback]) -> Path:
-    """Stream url into a temporary file in folder; return it once its checksum (or size) matches."""
+              progress: Optional[ProgressCallback], limit: Optional[int] = None) -> Path:
+    """Stream url into a temporary file in folder; return it once its checksum (or size) matches.
+    More than ``limit`` bytes (the recipe's published size) is refused as they arrive, and the
+    temporary file is removed on any failure, Ctrl-C and SIGTERM included."""
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in SCHEMES:
         raise DownloadError(f"cannot download {url!r}: only {', '.join(SCHEMES)} addresses are supported")
@@ -227,8 +233,8 @@ def _download(url: str, folder: Path, sha256: Optional[str], size: Optional[int]
         raise DownloadError(f"cannot write to the cache folder {folder}: {e.strerror or e}") from None
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            got, done = _stream(url, f, progress)
+        with os.fdopen(fd, "wb") as f, _terminate_as_exit():
+            got, done = _stream(url, f, progress, limit)
         if sha256 is not None and got != sha256:
             raise DownloadError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}; "
                                 f"the file was refused and deleted")
@@ -241,7 +247,24 @@ def _download(url: str, folder: Path, sha256: Optional[str], size: Optional[int]
         raise
 
 
-def _stream(url: str, f, progress: Optional[ProgressCallback]) -> tuple[str, int]:
+@contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """SIGTERM raises SystemExit(143) inside the block (main thread only), so the block's clean-up
+    runs as it does on Ctrl-C; by default SIGTERM ends the process with nothing cleaned."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _stream(url: str, f, progress: Optional[ProgressCallback], limit: Optional[int] = None) -> tuple[str, int]:
     """Copy url into the open file f; return the sha256 and the byte count. Errors are one line."""
     digest = hashlib.sha256()
     done = 0
@@ -254,9 +277,12 @@ def _stream(url: str, f, progress: Optional[ProgressCallback]) -> tuple[str, int
                 block = response.read(1 << 16)
                 if not block:
                     break
+                done += len(block)
+                if limit is not None and done > limit:   # a wrong mirror, or /dev/zero: stop now
+                    raise DownloadError(f"{url} sent more than the {limit:,} bytes the recipe publishes; "
+                                        f"refused and deleted (is the address right?)")
                 f.write(block)
                 digest.update(block)
-                done += len(block)
                 if progress is not None:
                     progress(done, total)
             if total is not None and done < total:

@@ -109,7 +109,7 @@ def test_zip_archive_is_extracted_to_its_text_file(server, cache, monkeypatch):
 def test_checksum_mismatch_is_refused_and_nothing_kept(server, cache, monkeypatch):
     base, files = server
     files["/tiny.txt"] = b"not the text the recipe promises\n"
-    _recipe(monkeypatch, "tiny", base + "/tiny.txt", b"x", sha256="0" * 64)
+    _recipe(monkeypatch, "tiny", base + "/tiny.txt", files["/tiny.txt"], sha256="0" * 64)   # the right size
     with pytest.raises(DownloadError, match="checksum mismatch"):
         catalog.fetch("tiny")
     assert _leftovers(cache) == []
@@ -153,8 +153,11 @@ def test_no_known_checksum_is_refused_unless_asked(server, cache, monkeypatch):
     # ...or accepts a size-only check, which still refuses a wrong size.
     assert catalog.fetch("unverified", allow_unverified=True).read_bytes() == body
     (cache / "corpora" / "unverified.txt").unlink()
-    files["/u.txt"] = body + b"more"
+    files["/u.txt"] = body[:-4]
     with pytest.raises(DownloadError, match="size mismatch"):
+        catalog.fetch("unverified", allow_unverified=True)
+    files["/u.txt"] = body + b"more"   # more than the recipe's size: refused as it arrives
+    with pytest.raises(DownloadError, match="sent more than the 1,000 bytes"):
         catalog.fetch("unverified", allow_unverified=True)
 
 
@@ -401,3 +404,41 @@ def test_a_wheel_carries_the_recipes(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, timeout=60)
     assert out.returncode == 0, out.stderr
     assert str(tmp_path / "site" / "charlm" / "_corpora") in out.stdout and "tinyshakespeare" in out.stdout
+
+
+def test_a_download_stops_at_the_recipes_size(cache, monkeypatch):
+    """A mirror set to /dev/zero wrote 1.76 GB in 10 s: the download now stops one block past the
+    published size, refused, with nothing left in the cache."""
+    r = catalog.recipe("tinyshakespeare")
+    monkeypatch.setenv("CHARLM_CATALOG_URL_TINYSHAKESPEARE", "file:///dev/zero")
+    with pytest.raises(DownloadError, match=f"sent more than the {r.size:,} bytes"):
+        catalog.fetch("tinyshakespeare")
+    assert _leftovers(cache) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a FIFO")
+def test_sigterm_during_a_download_leaves_no_temporary_file(tmp_path):
+    """A download waiting on a source that sends nothing (a FIFO nobody writes), killed with
+    SIGTERM: exit 143 and no .download-*.tmp left in the cache (it stayed forever before)."""
+    import signal
+    import subprocess
+    import time
+
+    fifo = tmp_path / "never"
+    os.mkfifo(fifo)
+    cache_dir = tmp_path / "cache"
+    env = {**os.environ, "CHARLM_CACHE": str(cache_dir), "CHARLM_CATALOG_URL_TINYSHAKESPEARE": f"file://{fifo}",
+           "PYTHONPATH": str(REPO)}
+    p = subprocess.Popen([sys.executable, "-m", "charlm", "corpus", "get", "tinyshakespeare"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(cache_dir.rglob(".download-*.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list(cache_dir.rglob(".download-*.tmp")), "the download never started"
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=30)
+    finally:
+        p.kill()
+    assert p.returncode in (143, 1), p.stderr
+    assert list(cache_dir.rglob(".download-*.tmp")) == []
