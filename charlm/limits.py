@@ -21,6 +21,11 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 FLOAT_BYTES = 4
 # Training keeps, per parameter, the weight, its gradient and Adam's two moments.
 TRAIN_COPIES = 4
+# Reading a text (evaluation, a prime) makes (streams, T, V) logits per forward call. With a
+# vocabulary of hundreds of thousands of characters a full chunk would take tens of GB (a
+# 300,000-character corpus was OOM-killed at 24 GB at its first evaluation), so T shrinks to keep
+# them under this many floats (128 MiB).
+LOGIT_BUDGET = 1 << 25
 
 
 def parameter_count(model_config: ModelConfig, vocab_size: int) -> int:

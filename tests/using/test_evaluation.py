@@ -158,3 +158,53 @@ def test_cli_evaluate_refuses_one_char_and_a_vanishing_tail(tmp_path, corpus_fil
         assert "at least two are needed" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = runner.invoke(app, ["evaluate", str(run), str(corpus_file), "--tail", "0.1", "--json", "-", "--device", "cpu"])
     assert r.exit_code == 0 and '"loss"' in r.stdout
+
+
+def test_a_huge_vocabulary_is_evaluated_in_chunks_that_fit(monkeypatch):
+    """The logits of a chunk stay under LOGIT_BUDGET floats whatever the vocabulary (300,000
+    characters were OOM-killed at 24 GB), and the figure is the one a wide chunk gives."""
+    import charlm.evaluation as ev
+    from charlm.config import ModelConfig
+    from charlm.model import CharRNN
+
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=500, embedding_size=4, hidden_size=8)).eval()
+    ids = np.random.default_rng(0).integers(0, 500, size=3000)
+    wide = ev.evaluate_ids(model, ids, len(ids), torch.device("cpu"))
+    shapes = []
+    real = model.forward
+
+    def spy(x, *a, **k):
+        shapes.append(tuple(x.shape))
+        return real(x, *a, **k)
+    monkeypatch.setattr(model, "forward", spy)
+    monkeypatch.setattr(ev, "LOGIT_BUDGET", 46 * 7 * 500)    # room for 7 steps of the 46 streams
+    narrow = ev.evaluate_ids(model, ids, len(ids), torch.device("cpu"))
+    assert shapes and all(s * t * 500 <= ev.LOGIT_BUDGET for s, t in shapes)
+    assert max(t for _, t in shapes) == 7
+    assert narrow.tokens == wide.tokens and narrow.nats == pytest.approx(wide.nats, rel=1e-5)
+
+
+def test_a_prime_is_read_in_chunks_that_fit_the_vocabulary(monkeypatch):
+    """The prime's (1, T, V) logits are bounded the same way, and the state it leaves is the one a
+    single pass leaves."""
+    import charlm.sampling as sampling
+    from charlm.config import ModelConfig
+    from charlm.model import CharRNN
+
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=500, embedding_size=4, hidden_size=8)).eval()
+    ids = np.random.default_rng(1).integers(0, 500, size=400)
+    whole_logits, whole_state = sampling.run_prime(model, ids, "cpu")
+    widths = []
+    real = model.forward
+
+    def spy(x, *a, **k):
+        widths.append(x.shape[1])
+        return real(x, *a, **k)
+    monkeypatch.setattr(model, "forward", spy)
+    monkeypatch.setattr(sampling, "LOGIT_BUDGET", 30 * 500)
+    logits, state = sampling.run_prime(model, ids, "cpu")
+    assert max(widths) == 30 and sum(widths) == 400
+    torch.testing.assert_close(logits, whole_logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(state[0], whole_state[0], rtol=1e-5, atol=1e-6)
