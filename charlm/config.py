@@ -297,7 +297,7 @@ class TrainConfig:
 MAX_PRIME_CHARS = 1_000_000
 # The longest text `score` shows character by character (each keeps its bits and top guesses, so
 # memory grows with the text); `evaluate` gives the figures of any length.
-MAX_SCORE_CHARS = 1_000_000
+MAX_SCORE_CHARS = 100_000
 
 
 @dataclass

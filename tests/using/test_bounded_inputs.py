@@ -88,7 +88,7 @@ def test_an_endless_stdin_to_score_stops_at_the_bound(tiny_run):
                            capture_output=True, text=True, timeout=120, cwd=REPO)
     finally:
         yes.kill()
-    assert p.returncode == 1 and "longer than 1,000,000 characters" in p.stderr and p.stdout == "", p.stderr
+    assert p.returncode == 1 and f"longer than {MAX_SCORE_CHARS:,} characters" in p.stderr and p.stdout == "", p.stderr
 
 
 @pytest.mark.slow
