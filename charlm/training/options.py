@@ -15,6 +15,7 @@ from ..checkpoint import Checkpoint, check_resumable, read_checkpoint, resolve_c
 from ..config import ModelConfig, TrainConfig, config_keys, load_toml, option_name, split_options
 from ..errors import CheckpointError, ConfigError, RunDirError
 from ..rundir import is_unstarted_run
+from .finetune import refuse_other_tokenizer
 
 
 def explicit_options(config: TrainConfig, model: Optional[ModelConfig] = None) -> dict[str, Any]:
@@ -148,7 +149,13 @@ def _init_from_options(options: dict) -> dict:
     """Fine-tuning: the source checkpoint's model options under the given ones (read once here;
     the set-up refuses a named architecture that differs from it)."""
     path = resolve_checkpoint(options["init_from"])
-    saved = read_checkpoint(path).model_config
+    ckpt = read_checkpoint(path)
+    saved = ckpt.model_config
+    kind = ckpt.tokenizer.get("kind")
+    if isinstance(kind, str):   # a damaged record is the set-up's to report, with the whole check
+        # Here a given "--tokenizer char" is told from the default, as the API cannot.
+        refuse_other_tokenizer(path, kind, saved.get("vocab_size"), options.get("tokenizer"),
+                               options.get("vocab_size"))
     base = {option_name(k): v for k, v in saved.items()
             if k != "vocab_size" and option_name(k) in config_keys()}
     return {**base, **options}
