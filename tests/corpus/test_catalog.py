@@ -401,3 +401,13 @@ def test_a_wheel_carries_the_recipes(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, timeout=60)
     assert out.returncode == 0, out.stderr
     assert str(tmp_path / "site" / "charlm" / "_corpora") in out.stdout and "tinyshakespeare" in out.stdout
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "https://[zz]/x", "ftp://example.org/input.txt", "input.txt"])
+def test_a_malformed_catalog_url_in_the_environment_is_one_line_naming_the_variable(cache, url):
+    env = {"CHARLM_CATALOG_URL_TINYSHAKESPEARE": url}
+    r = runner.invoke(app, ["corpus", "get", "tinyshakespeare", "--allow-unverified"], env=env)
+    assert r.exit_code == 1, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert len(r.stderr.strip().splitlines()) == 1 and "$CHARLM_CATALOG_URL_TINYSHAKESPEARE" in r.stderr
+    assert _leftovers(cache) == []
