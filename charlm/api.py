@@ -148,6 +148,11 @@ class LanguageModel:
         predicted: the first), ``.top``, ``.next``, ``.total_bits``, ``.bits_per_char`` (the figure
         ``evaluate`` gives for the same text) and ``.to_json()``. ``progress`` as for ``evaluate``.
         """
+        if not isinstance(text, str):
+            raise ConfigError(f"score() takes the text as a str, got {type(text).__name__}")
+        if not isinstance(top, int) or isinstance(top, bool):
+            raise ConfigError(f"top must be a whole number of guesses, got {top!r:.80}")
+        _check_callable("progress", progress)
         return score_text(self.model, self.tokenizer, text, self.device, top=top, progress=progress)
 
     def export(self, path: str | Path, format: str = "onnx", force: bool = False) -> tuple[Path, Path]:
@@ -162,6 +167,24 @@ def _pairs(steps: Iterator[list[str]]) -> Iterator[tuple[int, str]]:
         for i, piece in enumerate(pieces):
             if piece:
                 yield i, piece
+
+
+def _check_callable(name: str, value: Any) -> None:
+    if value is not None and not callable(value):
+        raise ConfigError(f"{name} must be a function or None, got {type(value).__name__}")
+
+
+def _check_train_args(config: Any, model: Any, **callbacks: Any) -> None:
+    """train()'s arguments by type, so a mistake is one ConfigError line, not an AttributeError
+    from deep inside the set-up."""
+    if not isinstance(config, (TrainConfig, dict, str, os.PathLike)):
+        raise ConfigError(f"train() takes a TrainConfig, a dict of options or a TOML file's path, "
+                          f"got {type(config).__name__}")
+    if model is not None and not isinstance(model, ModelConfig):
+        raise ConfigError(f"train()'s model must be a ModelConfig or None, got {type(model).__name__} "
+                          f"(model options in a dict go into the config dict)")
+    for name, value in callbacks.items():
+        _check_callable(name, value)
 
 
 def load(path: str | Path, device: str = "auto") -> LanguageModel:
@@ -189,8 +212,9 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, model: Optional[Mod
     ``grad_probe`` measures the chunk every ``grad_report_every`` steps: pass
     ``charlm.lab.gradients.horizon_summary`` (the product does not import the lab).
     """
+    _check_train_args(config, model, on_event=on_event, should_stop=should_stop, grad_probe=grad_probe)
     launch = None
-    if isinstance(config, (str, Path)):
+    if isinstance(config, (str, os.PathLike)):
         launch = plan_launch({}, str(config))
     elif isinstance(config, dict):
         launch = plan_launch(dict(config))
