@@ -92,6 +92,8 @@ class LanguageModel:
     def record_sep(self, records: Optional[bool] = None) -> Optional[str]:
         """The record separator when records are on (``records``, by default as the model was
         trained with --records); None when they are off."""
+        if records is not None and not isinstance(records, bool):
+            raise ConfigError(f"records must be True, False or None, got {records!r:.80}")
         if records is None:
             records = bool(self.checkpoint.trained("records", False))
         return str(self.checkpoint.trained("record_sep", "\n")) if records else None
@@ -115,6 +117,7 @@ class LanguageModel:
         if not isinstance(text, str):
             raise ConfigError(f"evaluate() takes the text as a str, got {type(text).__name__} "
                               f"(use evaluate_file() for a path)")
+        _check_callable("progress", progress)
         ids = self.tokenizer.encode(text)
         if self.tokenizer.kind == "char" and len(ids) >= 2:
             unknown = int((ids[1:] == 0).sum())  # id 0 is <unk>: the model never saw these characters
@@ -158,6 +161,8 @@ class LanguageModel:
     def export(self, path: str | Path, format: str = "onnx", force: bool = False) -> tuple[Path, Path]:
         """Write the step function (ids, state) -> (logits, state) as ONNX or TorchScript to path,
         and the vocabulary to path + ".vocab.json"; return both paths (charlm.export explains)."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise ConfigError(f"export() takes a file path, got {type(path).__name__}")
         return export_model(self.model, self.tokenizer, path, format=format, force=force)
 
 

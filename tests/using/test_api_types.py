@@ -78,3 +78,16 @@ def test_score_with_top_of_the_wrong_type(lm, top):
     with pytest.raises(ConfigError) as e:
         lm.score("to be or not", top=top)
     assert "top must be" in _one_line(e)
+
+
+@settings(max_examples=20, deadline=None)
+@given(call=st.sampled_from(["evaluate progress", "export path", "sample records"]), value=NOT_A_FUNCTION)
+def test_other_methods_with_arguments_of_the_wrong_type(lm, call, value):
+    calls = {"evaluate progress": lambda: lm.evaluate("to be or not", progress=value),
+             "export path": lambda: lm.export(value),
+             "sample records": lambda: lm.sample(length=3, records=value)}
+    if (call == "sample records" and isinstance(value, bool)) or (call == "export path" and isinstance(value, str)):
+        return   # True and False are what records takes; a str is a path export would write
+    with pytest.raises(ConfigError) as e:
+        calls[call]()
+    _one_line(e)
