@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..checkpoint import Checkpoint, check_resumable, read_checkpoint, resolve_checkpoint
-from ..config import ModelConfig, TrainConfig, config_keys, load_toml, option_name, split_options
+from ..config import (ModelConfig, TrainConfig, check_contradictions, config_keys, load_toml, option_name,
+                      split_options)
 from ..errors import CheckpointError, ConfigError, RunDirError
 from ..rundir import is_unstarted_run
 from .finetune import refuse_other_tokenizer
@@ -89,6 +90,7 @@ def plan_launch(explicit: dict, config_file: Optional[str] = None) -> Launch:
     """
     file_options = load_toml(config_file) if config_file else {}
     options = {**file_options, **{k: v for k, v in explicit.items() if v is not None}}
+    check_contradictions(options.get("resume"), options.get("force"), options.get("init_from"))
     if options.get("resume", False):
         return _resume_options(options)
     if options.get("init_from"):
