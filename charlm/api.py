@@ -92,6 +92,8 @@ class LanguageModel:
     def record_sep(self, records: Optional[bool] = None) -> Optional[str]:
         """The record separator when records are on (``records``, by default as the model was
         trained with --records); None when they are off."""
+        if records is not None and not isinstance(records, bool):
+            raise ConfigError(f"records must be True, False or None, got {records!r:.80}")
         if records is None:
             records = bool(self.checkpoint.trained("records", False))
         return str(self.checkpoint.trained("record_sep", "\n")) if records else None
@@ -115,6 +117,7 @@ class LanguageModel:
         if not isinstance(text, str):
             raise ConfigError(f"evaluate() takes the text as a str, got {type(text).__name__} "
                               f"(use evaluate_file() for a path)")
+        _check_callable("progress", progress)
         ids = self.tokenizer.encode(text)
         if self.tokenizer.kind == "char" and len(ids) >= 2:
             unknown = int((ids[1:] == 0).sum())  # id 0 is <unk>: the model never saw these characters
@@ -148,11 +151,18 @@ class LanguageModel:
         predicted: the first), ``.top``, ``.next``, ``.total_bits``, ``.bits_per_char`` (the figure
         ``evaluate`` gives for the same text) and ``.to_json()``. ``progress`` as for ``evaluate``.
         """
+        if not isinstance(text, str):
+            raise ConfigError(f"score() takes the text as a str, got {type(text).__name__}")
+        if not isinstance(top, int) or isinstance(top, bool):
+            raise ConfigError(f"top must be a whole number of guesses, got {top!r:.80}")
+        _check_callable("progress", progress)
         return score_text(self.model, self.tokenizer, text, self.device, top=top, progress=progress)
 
     def export(self, path: str | Path, format: str = "onnx", force: bool = False) -> tuple[Path, Path]:
         """Write the step function (ids, state) -> (logits, state) as ONNX or TorchScript to path,
         and the vocabulary to path + ".vocab.json"; return both paths (charlm.export explains)."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise ConfigError(f"export() takes a file path, got {type(path).__name__}")
         return export_model(self.model, self.tokenizer, path, format=format, force=force)
 
 
@@ -162,6 +172,24 @@ def _pairs(steps: Iterator[list[str]]) -> Iterator[tuple[int, str]]:
         for i, piece in enumerate(pieces):
             if piece:
                 yield i, piece
+
+
+def _check_callable(name: str, value: Any) -> None:
+    if value is not None and not callable(value):
+        raise ConfigError(f"{name} must be a function or None, got {type(value).__name__}")
+
+
+def _check_train_args(config: Any, model: Any, **callbacks: Any) -> None:
+    """train()'s arguments by type, so a mistake is one ConfigError line, not an AttributeError
+    from deep inside the set-up."""
+    if not isinstance(config, (TrainConfig, dict, str, os.PathLike)):
+        raise ConfigError(f"train() takes a TrainConfig, a dict of options or a TOML file's path, "
+                          f"got {type(config).__name__}")
+    if model is not None and not isinstance(model, ModelConfig):
+        raise ConfigError(f"train()'s model must be a ModelConfig or None, got {type(model).__name__} "
+                          f"(model options in a dict go into the config dict)")
+    for name, value in callbacks.items():
+        _check_callable(name, value)
 
 
 def load(path: str | Path, device: str = "auto") -> LanguageModel:
@@ -189,8 +217,9 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, model: Optional[Mod
     ``grad_probe`` measures the chunk every ``grad_report_every`` steps: pass
     ``charlm.lab.gradients.horizon_summary`` (the product does not import the lab).
     """
+    _check_train_args(config, model, on_event=on_event, should_stop=should_stop, grad_probe=grad_probe)
     launch = None
-    if isinstance(config, (str, Path)):
+    if isinstance(config, (str, os.PathLike)):
         launch = plan_launch({}, str(config))
     elif isinstance(config, dict):
         launch = plan_launch(dict(config))

@@ -81,6 +81,15 @@ def check_seed(value: Any, option: str = "--seed", allow_none: bool = False) -> 
            f"{option} must be a whole number from 0 to 2**63 - 1, got {value!r}")
 
 
+def check_contradictions(resume: Any, force: Any, init_from: Any) -> None:
+    """Options that cannot go together. Option resolution asks this before it looks for the run
+    to resume, so the user hears of the contradiction, not of a missing last.pt."""
+    _check(not (resume and init_from),
+           "--init-from starts a new run from another run's weights; --resume continues a run "
+           "that has its own: choose one")
+    _check(not (resume and force), "--resume and --force contradict each other: choose one")
+
+
 def _positive_int(name: str, value: Optional[int], allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -279,11 +288,7 @@ class TrainConfig:
         _check(isinstance(self.eval_sample_length, int) and not isinstance(self.eval_sample_length, bool)
                and self.eval_sample_length >= 0,
                f"--eval-sample-length must be >= 0 (0: no samples), got {self.eval_sample_length!r}")
-        _check(not (self.resume and self.init_from),
-               "--init-from starts a new run from another run's weights; --resume continues a run "
-               "that has its own: choose one")
-        _check(not (self.resume and self.force),
-               "--resume and --force contradict each other: choose one")
+        check_contradictions(self.resume, self.force, self.init_from)
         pinned = parse_threads(self.threads)
         self.threads = "auto" if pinned is None else str(pinned)   # one spelling, for TOML and checkpoints
         return self
@@ -475,6 +480,27 @@ def train_options() -> list[Option]:
     return options
 
 
+def _flatten_toml(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """The top level and the [model], [train], [data] and [optim] tables as one {key: value}.
+    A key given twice (in two places, or as hidden-size and hidden_size) is refused: which one
+    won would be an accident of the order, not the user's choice."""
+    flat: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict) and key in ("model", "train", "data", "optim"):
+            entries = [(sub, v, f"[{key}]") for sub, v in value.items()]
+        else:
+            entries = [(key, value, "the top level")]
+        for sub, v, place in entries:
+            name = sub.replace("-", "_")
+            if name in where:
+                raise ConfigError(f"{source}: '{sub}' is set twice (in {where[name]} and in {place}); "
+                                  f"keep one")
+            where[name] = place
+            flat[sub] = v
+    return flat
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a config file into {option_name: value}, validating names and types."""
     path = Path(path)
@@ -490,13 +516,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{source} is not a UTF-8 TOML file (bad byte at offset {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source} is not valid TOML: {e}") from None
-    flat: dict[str, Any] = {}
-    for key, value in raw.items():
-        if isinstance(value, dict) and key in ("model", "train", "data", "optim"):
-            for sub, v in value.items():
-                flat[sub] = v
-        else:
-            flat[key] = value
+    flat = _flatten_toml(raw, source)
     keys = config_keys()
     types = {**_field_types(ModelConfig), **_field_types(TrainConfig)}
     out: dict[str, Any] = {}

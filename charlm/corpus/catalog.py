@@ -150,7 +150,20 @@ def cache_dir() -> Path:
 
 
 def source_url(r: Recipe) -> str:
-    return os.environ.get(f"CHARLM_CATALOG_URL_{re.sub(r'[^A-Z0-9]', '_', r.name.upper())}", r.url)
+    """The recipe's address, or the one its environment variable gives (checked here, so a
+    malformed one is named by the variable rather than met deep inside a download)."""
+    variable = f"CHARLM_CATALOG_URL_{re.sub(r'[^A-Z0-9]', '_', r.name.upper())}"
+    url = os.environ.get(variable)
+    if url is None:
+        return r.url
+    try:
+        scheme = urllib.parse.urlsplit(url).scheme
+    except ValueError as e:   # e.g. "http://[::1": an unclosed IPv6 bracket
+        raise DownloadError(f"${variable} is not a valid address ({e}): {url!r}; fix or unset it") from None
+    if scheme not in SCHEMES:
+        raise DownloadError(f"${variable} must start with {', '.join(s + '://' for s in SCHEMES)}, got {url!r}; "
+                            f"fix or unset it")
+    return url
 
 
 def cached_path(name: str) -> Path:

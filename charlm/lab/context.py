@@ -40,10 +40,11 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import Checkpoint
+from ..config import check_seed
 from ..corpus.text import Corpus
 from ..errors import CharLMError, ConfigError, CorpusError, MissingExtra
 from ..threads import torch_threads
-from ..util import csv_text, finite_or_none, json_safe
+from ..util import csv_text, finite_or_none, is_finite_number, json_safe
 from .gradients import study_of_trained
 
 SCHEMA = "charlm.inspect-context/1"
@@ -369,6 +370,25 @@ class ContextStudy:
         return csv_text(self.csv_rows())
 
 
+def _whole(option: str, value: Any, least: int) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+        raise ConfigError(f"{option} must be a whole number >= {least}, got {value!r}")
+
+
+def check_options(targets: Any = 1, max_context: Any = 1, tolerance: Any = 0.0, shuffle_max: Any = 0,
+                  seed: Any = 0, grad_lags: Any = 0, grad_samples: Any = 1) -> None:
+    """The study's settings, checked before any text is read: a value of the wrong type (from
+    the Python API) or a seed numpy or torch would reject is one line, not a traceback later."""
+    _whole("--targets", targets, 1)
+    _whole("--max-context", max_context, 1)
+    _whole("--shuffle-max", shuffle_max, 0)
+    _whole("--grad-lags", grad_lags, 0)
+    _whole("--grad-samples", grad_samples, 1)
+    if not (is_finite_number(tolerance) and tolerance >= 0):
+        raise ConfigError(f"--tolerance must be a number >= 0, got {tolerance!r}")
+    check_seed(seed)
+
+
 def measure_context(model, ids: np.ndarray, positions: Optional[Sequence[int]] = None,
                     targets: int = 96, max_context: int = 2048, tolerance: float = 0.01,
                     shuffle_max: int = 256, lead: Optional[int] = None, seed: int = 0,
@@ -380,12 +400,8 @@ def measure_context(model, ids: np.ndarray, positions: Optional[Sequence[int]] =
     skips the shuffle curve (it is capped at max_context). ``lead``: tokens of carried history for the full-history reading
     (default 2 * max_context).
     """
-    if max_context < 1:
-        raise ConfigError(f"--max-context must be at least 1, got {max_context}")
-    if not (math.isfinite(tolerance) and tolerance >= 0):
-        raise ConfigError(f"--tolerance must be a number >= 0, got {tolerance}")
-    if shuffle_max < 0:
-        raise ConfigError(f"--shuffle-max must be >= 0, got {shuffle_max}")
+    check_options(targets=targets, max_context=max_context, tolerance=tolerance, shuffle_max=shuffle_max,
+                  seed=seed)
     shuffle_max = min(shuffle_max, max_context)       # the shuffled window lies within the longest
     lead = 2 * max_context if lead is None else lead
     ids = np.asarray(ids, dtype=np.int64)
@@ -488,6 +504,7 @@ def inspect_context(model, tokenizer, ckpt: Checkpoint, source: str, file: Optio
     """`charlm inspect-context`: the curves on ``text``, else ``file``, else the checkpoint's
     validation text, beside the training chunk length k and the gradient horizon
     (``grad_lags`` 0 skips the latter)."""
+    check_options(targets, max_context, tolerance, shuffle_max, seed, grad_lags, grad_samples)
     if text is None:
         text, inputs = evaluation_text(ckpt, file, tail)
     else:

@@ -122,6 +122,8 @@ def parse_grid(specs: list[str]) -> dict[str, list[Any]]:
         if name in axes:
             raise ConfigError(f"--grid {name} is given twice; put all its values in one --grid")
         parsed = [_parse_value(v.strip(), types[name], name) for v in values.split(",") if v.strip()]
+        if not parsed:   # "seq_len=," would make a grid of zero points and an empty table
+            raise ConfigError(f"--grid {name} has no values; give at least one (e.g. {name}=V1,V2)")
         if len(set(map(repr, parsed))) != len(parsed):
             raise ConfigError(f"--grid {name} repeats a value: {values}")
         axes[name] = parsed
@@ -152,11 +154,12 @@ def grid_points(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
 # Planning: validate every point before anything is written
 
 
-def _check_base(base: dict[str, Any]) -> None:
+def _check_base(base: dict[str, Any], axes: dict[str, list[Any]]) -> None:
     for key in NOT_AN_AXIS:
         if base.get(key):
             raise ConfigError(f"--{key} is the sweep's own business: give the sweep folder as --out")
-    if not any(base.get(k) is not None for k in ("max_steps", "max_time", "epochs")):
+    # A budget may be an axis (--grid max_steps=100,200): every point then has one of its own.
+    if not any(base.get(k) is not None or k in axes for k in FINISHED):
         raise ConfigError("a sweep needs a budget for every run: --max-steps, --max-time or --epochs")
 
 
@@ -176,6 +179,9 @@ def _check_manifest(folder: Path, axes: dict[str, list[Any]], base: dict[str, An
         saved_base = saved["base"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise RunDirError(f"{manifest} is unreadable ({e}); choose another --out") from None
+    if not isinstance(saved_base, dict):
+        raise RunDirError(f"{manifest} is not a charlm sweep's manifest (its base is not a table of "
+                          "options); choose another --out")
     if saved_base != json_safe(base):
         differ = sorted(k for k in set(saved_base) | set(base) if saved_base.get(k) != base.get(k))
         raise RunDirError(f"{folder} holds a sweep with other options (they differ in: "
@@ -185,7 +191,7 @@ def _check_manifest(folder: Path, axes: dict[str, list[Any]], base: dict[str, An
 def plan(axes: dict[str, list[Any]], base: dict[str, Any], folder: Path) -> list[tuple[PointResult, dict]]:
     """Each point with its full option dict, validated (configs built) before any run starts."""
 
-    _check_base(base)
+    _check_base(base, axes)
     _check_manifest(folder, axes, base)
     planned = []
     for values in grid_points(axes):

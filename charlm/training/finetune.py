@@ -51,6 +51,9 @@ def load_source(config: TrainConfig, model_config: Optional[ModelConfig],
     path = resolve_checkpoint(config.init_from)
     ckpt = read_checkpoint(path)
     saved, tokenizer = check_model_record(ckpt, device)
+    # Through the API "char" is also the default, so only a tokenizer other than it counts as given.
+    refuse_other_tokenizer(path, tokenizer.kind, tokenizer.vocab_size,
+                           None if config.tokenizer == "char" else config.tokenizer, config.vocab_size)
     if model_config is not None:
         for key in ARCHITECTURE:
             if getattr(model_config, key) != getattr(saved, key):
@@ -67,6 +70,22 @@ def load_source(config: TrainConfig, model_config: Optional[ModelConfig],
     step = (ckpt.progress or {}).get("step")
     record = {"path": str(path.resolve()), "run_id": ckpt.run_id, "step": step if isinstance(step, int) else None}
     return Source(path, ckpt.model, tokenizer, record), config, model_config
+
+
+def refuse_other_tokenizer(path: Path, kind: str, vocab_size: int,
+                           given_kind: Optional[str], given_vocab: Optional[int]) -> None:
+    """A fine-tuned run keeps its source's tokenizer (the weights' rows are its ids), so a
+    --tokenizer or --vocab-size that says otherwise is refused rather than silently dropped."""
+    named = []
+    if given_kind is not None and given_kind != kind:
+        named.append(f"--tokenizer {given_kind}")
+    # A char vocabulary is the texts' characters: no size can be asked of it.
+    if given_vocab is not None and (kind == "char" or given_vocab != vocab_size):
+        named.append(f"--vocab-size {given_vocab}")
+    if named:
+        size = "" if kind == "char" else f" of {vocab_size} tokens"
+        raise ConfigError(f"cannot fine-tune {path} with {' and '.join(named)}: a fine-tuned run keeps its "
+                          f"source's tokenizer ({kind}{size}); drop the option")
 
 
 def extend_chars(tokenizer: CharTokenizer, counts, min_count: int) -> CharTokenizer:

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..checkpoint import Checkpoint, check_resumable, read_checkpoint, resolve_checkpoint
-from ..config import ModelConfig, TrainConfig, config_keys, load_toml, option_name, split_options
+from ..config import (ModelConfig, TrainConfig, check_contradictions, config_keys, load_toml, option_name,
+                      split_options)
 from ..errors import CheckpointError, ConfigError, RunDirError
 from ..rundir import is_unstarted_run
+from .finetune import refuse_other_tokenizer
 
 
 def explicit_options(config: TrainConfig, model: Optional[ModelConfig] = None) -> dict[str, Any]:
@@ -88,6 +90,7 @@ def plan_launch(explicit: dict, config_file: Optional[str] = None) -> Launch:
     """
     file_options = load_toml(config_file) if config_file else {}
     options = {**file_options, **{k: v for k, v in explicit.items() if v is not None}}
+    check_contradictions(options.get("resume"), options.get("force"), options.get("init_from"))
     if options.get("resume", False):
         return _resume_options(options)
     if options.get("init_from"):
@@ -148,7 +151,13 @@ def _init_from_options(options: dict) -> dict:
     """Fine-tuning: the source checkpoint's model options under the given ones (read once here;
     the set-up refuses a named architecture that differs from it)."""
     path = resolve_checkpoint(options["init_from"])
-    saved = read_checkpoint(path).model_config
+    ckpt = read_checkpoint(path)
+    saved = ckpt.model_config
+    kind = ckpt.tokenizer.get("kind")
+    if isinstance(kind, str):   # a damaged record is the set-up's to report, with the whole check
+        # Here a given "--tokenizer char" is told from the default, as the API cannot.
+        refuse_other_tokenizer(path, kind, saved.get("vocab_size"), options.get("tokenizer"),
+                               options.get("vocab_size"))
     base = {option_name(k): v for k, v in saved.items()
             if k != "vocab_size" and option_name(k) in config_keys()}
     return {**base, **options}

@@ -442,3 +442,13 @@ def test_sigterm_during_a_download_leaves_no_temporary_file(tmp_path):
         p.kill()
     assert p.returncode in (143, 1), p.stderr
     assert list(cache_dir.rglob(".download-*.tmp")) == []
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "https://[zz]/x", "ftp://example.org/input.txt", "input.txt"])
+def test_a_malformed_catalog_url_in_the_environment_is_one_line_naming_the_variable(cache, url):
+    env = {"CHARLM_CATALOG_URL_TINYSHAKESPEARE": url}
+    r = runner.invoke(app, ["corpus", "get", "tinyshakespeare", "--allow-unverified"], env=env)
+    assert r.exit_code == 1, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert len(r.stderr.strip().splitlines()) == 1 and "$CHARLM_CATALOG_URL_TINYSHAKESPEARE" in r.stderr
+    assert _leftovers(cache) == []

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
@@ -19,7 +20,7 @@ from charlm.config import ModelConfig, TrainConfig
 from charlm.lab.context import study as context_study
 from charlm.lab.context import (SCHEMA, context_grid, first_within, full_history, lattice_targets,
                             measure_context, pair_rows, run_rows, shuffled_history)
-from charlm.errors import CharLMError
+from charlm.errors import CharLMError, ConfigError
 from charlm.model import CharRNN
 from charlm.lab.truncation import CUE, echo_text
 
@@ -136,6 +137,13 @@ def echo_run(tmp_path_factory) -> Path:
     return _train(tmp_path_factory.mktemp("echo"), "echo", echo_text(2, records=20_000, keys=4), steps=200)
 
 
+@pytest.fixture(scope="module")
+def echo_lm(echo_run):
+    import charlm
+
+    return charlm.load(echo_run, device="cpu")
+
+
 def _echo_positions(text: str, first: int) -> list[int]:
     return [i + 1 for i, ch in enumerate(text[:-1]) if ch == CUE and i + 1 >= first]
 
@@ -235,3 +243,26 @@ def test_python_dash_m_json_to_stdout(echo_run, tmp_path):
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["schema"] == SCHEMA
+
+
+@pytest.mark.parametrize("seed", ["-1", "18446744073709551616"])
+def test_cli_seed_out_of_range_is_one_line(echo_run, seed):
+    from charlm.cli import app
+
+    res = CliRunner().invoke(app, ["inspect-context", str(echo_run), "--seed", seed, "--grad-lags", "5",
+                                   "--max-context", "8", "--targets", "4"])
+    assert res.exit_code == 1, res.output
+    assert "--seed must be a whole number from 0 to 2**63 - 1" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and res.stdout == ""
+
+
+@settings(max_examples=25, deadline=None)
+@given(option=st.sampled_from(["max_context", "targets", "shuffle_max", "tolerance", "seed", "grad_lags"]),
+       value=st.one_of(st.text(max_size=3), st.none(), st.booleans(), st.floats(allow_nan=True),
+                       st.lists(st.integers(), max_size=2), st.integers(max_value=-1)))
+def test_study_options_of_a_wrong_type_are_one_line(echo_lm, option, value):
+    if option == "tolerance" and isinstance(value, float) and value >= 0 and value == value and value != float("inf"):
+        return   # a finite tolerance >= 0 is a right one
+    with pytest.raises(ConfigError) as e:
+        context_study(echo_lm, text="x", **{option: value})
+    assert "\n" not in str(e.value) and f"--{option.replace('_', '-')}" in str(e.value)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from charlm.errors import ConfigError, RunDirError
-from charlm.lab.sweep import SweepPointStarted, grid_points, parse_grid, point_name, run_sweep
+from charlm.lab.sweep import SweepPointStarted, grid_points, parse_grid, plan, point_name, run_sweep
 from charlm.training import train, resolve_options
 from helpers import stop_after
 
@@ -30,6 +31,32 @@ def test_grid_values_take_the_option_types():
 def test_bad_grids_are_one_line_errors(spec, message):
     with pytest.raises(ConfigError, match=message):
         parse_grid([spec])
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=st.text(alphabet=", \t", min_size=1).filter(lambda t: "," in t),
+       axis=st.sampled_from(["seq_len", "model", "lr", "max_steps"]))
+def test_an_axis_with_no_values_is_refused_not_a_sweep_of_zero_points(values, axis):
+    with pytest.raises(ConfigError, match=f"--grid {axis} has no values"):
+        parse_grid([f"{axis}={values}"])
+
+
+@pytest.mark.parametrize("base", [[1, 2], "x", 3, None])
+def test_a_manifest_whose_base_is_not_a_table_is_one_line(base, corpus_file, tmp_path):
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    (folder / "sweep.json").write_text(json.dumps({"schema": "charlm.sweep/1", "axes": {}, "base": base}))
+    with pytest.raises(RunDirError, match="not a charlm sweep's manifest"):
+        plan({"seq_len": [8]}, {**BASE, "corpus": str(corpus_file)}, folder)
+
+
+def test_a_budget_given_as_an_axis_is_a_budget(corpus_file, tmp_path):
+    base = {**BASE, "max_steps": None, "corpus": str(corpus_file)}
+    planned = plan({"max_steps": [3, 6]}, base, tmp_path / "sweep")
+    assert [options["max_steps"] for _, options in planned] == [3, 6]
+    with pytest.raises(ConfigError, match="budget"):   # still required when no axis gives it
+        plan({"seq_len": [8]}, base, tmp_path / "sweep")
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_every_point_is_validated_before_anything_is_written(corpus_file, tmp_path):

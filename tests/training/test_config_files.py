@@ -4,6 +4,7 @@ naming the key and the file, and --print-config output that load_toml reads back
 import json
 
 import pytest
+from hypothesis import given, settings, strategies as st
 from typer.testing import CliRunner
 
 from charlm.cli import app
@@ -189,3 +190,34 @@ def test_non_utf8_and_binary_config_files(tmp_path):
         result = runner.invoke(app, ["train", "--config", str(tmp_path / name), "--print-config"])
         assert result.exit_code == 1 and "is not a UTF-8 TOML file" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(key=st.sampled_from(["hidden_size", "seq_len", "lr", "max_steps"]),
+       places=st.lists(st.sampled_from(["", "model", "train", "data", "optim"]), min_size=2, max_size=2),
+       dashed=st.booleans())
+def test_a_key_set_twice_in_a_file_is_one_line_not_a_silent_choice(tmp_path_factory, key, places, dashed):
+    """The top level and a section, two sections, or one place under both spellings."""
+    value = {"lr": "0.01"}.get(key, "8")
+    spellings = [key, key.replace("_", "-") if dashed else key]
+    tables: dict[str, list[str]] = {}
+    for place, spelling in zip(places, spellings):
+        tables.setdefault(place, []).append(f"{spelling} = {value}")
+    if len(tables) == 1 and spellings[0] == spellings[1]:
+        return   # the same key twice in one table: invalid TOML, reported as such
+    text = "\n".join(tables.pop("", [])) + "\n"
+    text += "".join(f"[{t}]\n" + "\n".join(lines) + "\n" for t, lines in tables.items())
+    cfg = tmp_path_factory.mktemp("dup") / "twice.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_toml(cfg)
+    assert "is set twice" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_resume_and_force_together_are_one_line_whatever_the_run(tmp_path):
+    cfg = tmp_path / "rf.toml"
+    cfg.write_text(f'resume = true\nforce = true\nout = "{(tmp_path / "nope").as_posix()}"\n')
+    for args in (["--config", str(cfg)], ["--resume", "--force", "--out", str(tmp_path / "nope")]):
+        r = runner.invoke(app, ["train", *args])
+        assert r.exit_code == 1 and "--resume and --force contradict each other" in r.stderr, r.output
+    assert not (tmp_path / "nope").exists()

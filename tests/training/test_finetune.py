@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from charlm.checkpoint import load_checkpoint
 from charlm.cli import app
 from charlm.config import ModelConfig, TrainConfig
+from charlm.errors import ConfigError
 from charlm.metrics import read_metrics
 from charlm.model import CharRNN
 from charlm.training import resolve_options, train
@@ -139,3 +140,23 @@ def test_sentencepiece_tokenizer_is_kept(tmp_path, new_text):
     assert b["tokenizer"] == a["tokenizer"]
     assert b["train_config"]["tokenizer"] == "spm-char"
     assert b["model_config"]["vocab_size"] == a["model_config"]["vocab_size"]
+
+
+@pytest.mark.parametrize("given, named", [
+    (["--tokenizer", "bpe"], "--tokenizer bpe"), (["--vocab-size", "50"], "--vocab-size 50"),
+    (["--tokenizer", "unigram", "--vocab-size", "60"], "--tokenizer unigram and --vocab-size 60"),
+])
+def test_a_tokenizer_option_with_init_from_is_refused_not_dropped(source, new_text, tmp_path, given, named):
+    out = tmp_path / "tuned"
+    r = runner.invoke(app, ["train", str(new_text), "--init-from", str(source), "--out", str(out),
+                            "--device", "cpu", *given])
+    assert r.exit_code == 1, r.output
+    assert len(r.stderr.strip().splitlines()) == 1 and named in r.stderr
+    assert "keeps its source's tokenizer (char)" in r.stderr
+    assert not out.exists()                                            # nothing written
+    with pytest.raises(ConfigError, match="keeps its source's tokenizer"):   # the API too
+        train(TrainConfig(**options(new_text, out, max_steps=5, init_from=str(source), tokenizer="bpe")), None)
+    assert not out.exists()
+    # The source's own tokenizer, named, is no contradiction.
+    model_config, config = resolve_options(options(new_text, out, init_from=str(source), tokenizer="char"))
+    assert config.tokenizer == "char"
