@@ -112,8 +112,8 @@ class ModelConfig:
     """Width of the input embedding."""
     # 320 units: on a 2-core CPU a short run is bound by tokens per second, so the width is a
     # trade of capacity against tokens seen; 320 won the 135 s sweep on tiny shakespeare (the
-    # figures: benchmarks/HISTORY.md, "Quality per minute, round two"). A longer run or a faster
-    # machine can afford a wider model.
+    # figures: benchmarks/HISTORY.md, the sweep of regularisation and model size). A longer run
+    # or a faster machine can afford a wider model.
     hidden_size: int = grouped(MODEL, 320)
     """Units per recurrent layer (H)."""
     layers: int = grouped(MODEL, 1)
