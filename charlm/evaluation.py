@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .errors import CorpusError
 from .events import ProgressCallback
-from .limits import LOGIT_BUDGET
+from .limits import steps_per_call
 from .model import CharRNN, detach_state
 from .records import reset_mask
 
@@ -93,7 +93,7 @@ def evaluate_ids(model: CharRNN, ids: np.ndarray, chars: int, device: torch.devi
     begin = np.maximum(first - context, 0)                       # (S,) where its inputs start
     steps = int((last - begin).max())
     scored = int(np.clip(last - first, 0, None).sum())
-    chunk = max(1, min(chunk, LOGIT_BUDGET // (streams * model.config.vocab_size)))
+    chunk = steps_per_call(streams, model.config.vocab_size, chunk)   # (S, T, V) logits bounded
     state = model.init_state(streams, device)
     total = torch.zeros((), dtype=torch.float64, device=device)
     for start in range(0, steps, chunk):

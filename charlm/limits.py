@@ -28,6 +28,12 @@ TRAIN_COPIES = 4
 LOGIT_BUDGET = 1 << 25
 
 
+def steps_per_call(rows: int, vocab_size: int, most: int) -> int:
+    """Time steps per forward call for ``rows`` sequences side by side: at most ``most``, and few
+    enough that the (rows, T, V) logits stay under LOGIT_BUDGET floats (at least one)."""
+    return max(1, min(most, LOGIT_BUDGET // (max(1, rows) * max(1, vocab_size))))
+
+
 def parameter_count(model_config: ModelConfig, vocab_size: int) -> int:
     """Parameters of Embedding -> recurrent stack -> Linear, from the shape alone (exact for the
     three built-in cells; Python ints, so absurd sizes cannot overflow)."""

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from .config import MAX_SEED, SampleConfig
 from .errors import NumericError, TokenizerError
-from .limits import LOGIT_BUDGET
+from .limits import steps_per_call
 from .threads import torch_threads
 from .model import CharRNN, State
 from .corpus.tokenizers import CharTokenizer, StreamDecoder, Tokenizer
@@ -136,7 +136,7 @@ def run_prime(model: CharRNN, ids: np.ndarray, device: torch.device | str,
     Returns the logits after the last id (1, V) and the state (each (layers, 1, H)).
     """
     last = None
-    chunk = max(1, min(PRIME_CHUNK, LOGIT_BUDGET // model.config.vocab_size))   # (1, T, V) logits bounded
+    chunk = steps_per_call(1, model.config.vocab_size, PRIME_CHUNK)   # (1, T, V) logits bounded
     with torch.no_grad(), torch_threads(_step_threads(device, 1, model.config.hidden_size)):
         for i in range(0, len(ids), chunk):
             x = torch.from_numpy(ids[i:i + chunk]).to(device).unsqueeze(0)   # (1, <= chunk)

@@ -37,6 +37,7 @@ from .config import MAX_SCORE_CHARS
 from .corpus.tokenizers import CharTokenizer, Tokenizer, _is_starter, normalize_text
 from .errors import ConfigError
 from .events import ProgressCallback
+from .limits import steps_per_call
 from .model import CharRNN
 from .threads import torch_threads
 
@@ -106,6 +107,7 @@ def token_predictions(model: CharRNN, ids: np.ndarray, device: torch.device | st
     state = None
     # One stream is a chain of batch-1 steps: on CPU a second thread only waits on the first, and
     # on a busy machine makes scoring several times slower.
+    chunk = steps_per_call(1, model.config.vocab_size, chunk)             # (1, T, V) logits bounded
     with torch_threads(1 if torch.device(device).type == "cpu" else None):
         for start in range(0, n, chunk):
             x = x_all[start:start + chunk]                               # (T,)

@@ -178,9 +178,9 @@ def test_a_huge_vocabulary_is_evaluated_in_chunks_that_fit(monkeypatch):
         shapes.append(tuple(x.shape))
         return real(x, *a, **k)
     monkeypatch.setattr(model, "forward", spy)
-    monkeypatch.setattr(ev, "LOGIT_BUDGET", 46 * 7 * 500)    # room for 7 steps of the 46 streams
+    monkeypatch.setattr("charlm.limits.LOGIT_BUDGET", 46 * 7 * 500)    # room for 7 steps of the 46 streams
     narrow = ev.evaluate_ids(model, ids, len(ids), torch.device("cpu"))
-    assert shapes and all(s * t * 500 <= ev.LOGIT_BUDGET for s, t in shapes)
+    assert shapes and all(s * t * 500 <= 46 * 7 * 500 for s, t in shapes)
     assert max(t for _, t in shapes) == 7
     assert narrow.tokens == wide.tokens and narrow.nats == pytest.approx(wide.nats, rel=1e-5)
 
@@ -203,7 +203,7 @@ def test_a_prime_is_read_in_chunks_that_fit_the_vocabulary(monkeypatch):
         widths.append(x.shape[1])
         return real(x, *a, **k)
     monkeypatch.setattr(model, "forward", spy)
-    monkeypatch.setattr(sampling, "LOGIT_BUDGET", 30 * 500)
+    monkeypatch.setattr("charlm.limits.LOGIT_BUDGET", 30 * 500)
     logits, state = sampling.run_prime(model, ids, "cpu")
     assert max(widths) == 30 and sum(widths) == 400
     torch.testing.assert_close(logits, whole_logits, rtol=1e-5, atol=1e-6)
