@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from .config import ModelConfig
 from .errors import ConfigError
+from .util import human_bytes
 
 # Gate blocks per recurrent layer: an LSTM has 4 (input, forget, cell, output), a GRU 3 (reset,
 # update, new), a tanh RNN 1. A cell this table does not know is costed like an LSTM, the largest.
@@ -83,14 +84,6 @@ def machine_memory(device: Any = "cpu") -> Optional[int]:
     except (OSError, ValueError, IndexError):
         pass
     return None
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
-        if n < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "bytes" or n >= 10 else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.0f} PB"  # not reached
 
 
 def check_model_fits(model_config: ModelConfig, vocab_size: int, device: Any = "cpu",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import CharLMError, MissingExtra, RunDirError
+from .errors import CharLMError, ConfigError, MissingExtra, RunDirError
 from .metrics import scan_metrics
 from .util import finite_or_none, is_finite_number
 
@@ -69,15 +69,42 @@ def _label(run: dict[str, Any]) -> str:
     return f"{run['name']} ({run['model']})" if run.get("model") else run["name"]
 
 
+FORMATS = (".png", ".svg", ".pdf")
+
+
+def check_plot_path(path: str | Path, command: str, option: str = "--plot") -> Path:
+    """The image file ``command`` will draw to, checked before any work: png, svg or pdf, not a
+    folder, and matplotlib installed (a missing extra found after a long sweep would waste it)."""
+    _matplotlib(command)
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise ConfigError(f"{option} {path}: the file name must end in .png, .svg or .pdf")
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder: give an image file name")
+    return path
+
+
+def new_figure(command: str, **kwargs: Any):
+    """A matplotlib Figure (no pyplot: no GUI backend, no global state) for ``command`` (e.g.
+    'charlm plot'), or the one message every command gives when the `plot` extra is missing."""
+    return _matplotlib(command).figure.Figure(layout="constrained", **kwargs)
+
+
+def _matplotlib(command: str):
+    """matplotlib, or the one message every command gives when the `plot` extra is missing."""
+    try:
+        import matplotlib
+        import matplotlib.figure
+    except ImportError:
+        raise MissingExtra(f"`{command}` draws with matplotlib, an optional extra: "
+                           "pip install 'charlm[plot]' (or pip install matplotlib)") from None
+    return matplotlib
+
+
 def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, title: str | None = None) -> Path:
     """Draw every run's curves into one image (png, svg or pdf, by out's suffix)."""
-    try:
-        from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
-    except ImportError:
-        raise MissingExtra("`charlm plot` needs matplotlib: pip install 'charlm[plot]' "
-                           "(or pip install matplotlib)") from None
+    fig = new_figure("charlm plot", figsize=(12, 8))
     runs = [load_curves(d) for d in run_dirs]
-    fig = Figure(figsize=(12, 8), layout="constrained")
     axes = fig.subplots(2, 2)
     colours = [f"C{i % 10}" for i in range(len(runs))]
     for run, colour in zip(runs, colours):
@@ -121,4 +148,6 @@ def save_figure(fig, out: str | Path) -> Path:
         raise CharLMError(f"cannot write {out}: {e.strerror or e}") from None
     except ValueError as e:  # an image format matplotlib does not know
         raise CharLMError(f"cannot write {out}: {str(e).splitlines()[0] if str(e) else 'unknown format'}") from None
+    finally:
+        fig.clear()   # free the drawing now: a long-lived caller (the API, a test) may draw many
     return out

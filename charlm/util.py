@@ -76,3 +76,12 @@ def csv_text(rows: list[list[Any]]) -> str:
     for row in rows:
         writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
     return buf.getvalue()
+
+
+def human_bytes(n: float) -> str:
+    """A size as every message gives it, in decimal units: '812 bytes', '3.4 MB', '12 GB'."""
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" or n >= 10 else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("not reached")

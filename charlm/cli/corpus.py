@@ -13,6 +13,7 @@ from typing_extensions import Annotated
 
 from ..corpus import catalog
 from ..errors import ConfigError
+from ..util import human_bytes
 from .app import (CONTEXT, app, cli_state, get_console, handles_errors, json_option, stdout_taken,
                   write_document)
 from .tables import kv_table
@@ -51,7 +52,7 @@ def corpus_list(
     for r in rows:
         sha = r["sha256"] or "[yellow]unknown (no published sha256 found): refused unless --sha256 or --allow-unverified[/]"
         entries.append([r["name"], f"{escape(r['description'])}\nsource   {escape(r['url'])} "
-                                   f"({r['size'] / 1e6:.1f} MB)\nsha256   {sha}\nlicence  {escape(r['licence'])}\n"
+                                   f"({human_bytes(r['size'])})\nsha256   {sha}\nlicence  {escape(r['licence'])}\n"
                                    f"cached   " + (escape(r["path"]) if r["cached"] else "no")])
     folder = str(catalog.cache_dir())
     home = os.path.expanduser("~")

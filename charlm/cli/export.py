@@ -8,6 +8,7 @@ import typer
 from typing_extensions import Annotated
 
 from ..errors import ConfigError
+from ..util import human_bytes
 from .app import CONTEXT, app, cli_state, get_console, handles_errors
 
 
@@ -38,5 +39,5 @@ def export_command(
     if not cli_state["quiet"]:
         c = lm.config
         get_console().print(f"exported {lm.path} ({c.cell}, {c.layers}x{c.hidden_size}, vocabulary "
-                         f"{c.vocab_size}) to {path} ({path.stat().st_size / 1024:.0f} KiB) and {vocab}",
+                         f"{c.vocab_size}) to {path} ({human_bytes(path.stat().st_size)}) and {vocab}",
                          soft_wrap=True, markup=False)

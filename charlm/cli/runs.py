@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from typing_extensions import Annotated
 
-from ..plotting import plot_runs
+from ..plotting import check_plot_path, plot_runs
 from .app import CONTEXT, app, get_console, handles_errors, json_option, shown_path, stdout_taken, write_document
 from .tables import compact_table, kv_table
 
@@ -111,5 +111,6 @@ def plot(
 
     Example: `charlm plot runs/lstm runs/gru -o curves.png`.
     """
+    check_plot_path(output, "charlm plot", "--output")
     path = plot_runs(run_dirs, output, title=title)
     typer.echo(shown_path(path))

@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import CorpusError, TokenizerError
-from ..util import open_no_follow
+from ..util import human_bytes, open_no_follow
 from .text import Corpus, CorpusStats, scan
 from .tokenizers import (MAX_CHAR_VOCAB, CharTokenizer, SentencePieceTokenizer, Tokenizer, id_dtype,
                          tokenizer_from_dict)
@@ -140,7 +140,7 @@ def _encode(corpus: Corpus, stats: CorpusStats, tokenizer: Tokenizer, train_char
     except OSError as e:
         need = sum(stats.counts.values()) * dtype.itemsize
         raise CorpusError(f"cannot write the encoded corpus to {folder}: {e.strerror or e} (it needs "
-                          f"about {_megabytes(need)}); nothing was kept") from None
+                          f"about {human_bytes(need)}); nothing was kept") from None
     finally:
         for path in (*tmp.values(), folder / "meta.json.tmp"):
             try:
@@ -176,10 +176,6 @@ def _write_ids(corpus: Corpus, tokenizer: Tokenizer, train_chars: int, dtype: np
             f.flush()
             os.fsync(f.fileno())  # a full disk can show only here, on some file systems
     return counts, {s: d.hexdigest() for s, d in digests.items()}
-
-
-def _megabytes(n: int) -> str:
-    return f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n:,} bytes"
 
 
 def _tokenizer_key(tokenizer: Tokenizer) -> str:

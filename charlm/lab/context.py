@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from ..checkpoint import Checkpoint
 from ..config import check_seed
 from ..corpus.text import Corpus
-from ..errors import CharLMError, ConfigError, CorpusError, MissingExtra
+from ..errors import ConfigError, CorpusError
+from ..plotting import check_plot_path, new_figure, save_figure
 from ..threads import torch_threads
 from ..util import csv_text, finite_or_none, is_finite_number, json_safe
 from .gradients import study_of_trained
@@ -547,14 +548,8 @@ def study(lm, file: Optional[str | Path] = None, text: Optional[str] = None,
 def plot_context(study: ContextStudy, path: str | Path) -> Path:
     """Loss against context length (left) and loss increase against the intact distance d when
     the past is replaced or shuffled (right); png, svg or pdf by the suffix."""
-    try:
-        from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
-    except ImportError:
-        raise MissingExtra("--plot needs matplotlib: pip install 'charlm[plot]' (or pip install matplotlib)") from None
-    path = Path(path)
-    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise ConfigError(f"--plot {path}: the file name must end in .png, .svg or .pdf")
-    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    path = check_plot_path(path, "charlm inspect-context --plot")
+    fig = new_figure("charlm inspect-context --plot", figsize=(11, 4.5))
     left, right = fig.subplots(1, 2)
     xs = [p["context"] for p in study.curve]
     left.plot(xs, [p["loss"] for p in study.curve], marker="o", label="last n tokens only (zero state before)")
@@ -586,8 +581,4 @@ def plot_context(study: ContextStudy, path: str | Path) -> Path:
         ax.legend(fontsize=7)
     inputs = re.sub(r"\S*/(\S+)", r"\1", study.inputs)               # file names, not folders
     fig.suptitle(f"{inputs}: {study.targets} targets", fontsize=10)
-    try:
-        fig.savefig(path, dpi=110)
-    except (OSError, ValueError) as e:
-        raise CharLMError(f"cannot write {path}: {e}") from None
-    return path
+    return save_figure(fig, path)

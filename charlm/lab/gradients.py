@@ -47,6 +47,7 @@ from ..corpus.tokenizers import CharTokenizer
 from ..errors import CharLMError, ConfigError
 from ..mincells import MinRNN
 from ..model import CharRNN
+from ..plotting import check_plot_path, new_figure, save_figure
 from ..threads import torch_threads
 from ..util import csv_text, json_safe
 
@@ -561,16 +562,9 @@ def _plot_limits(study: GradientStudy) -> tuple[float, float]:
 
 def plot_study(study: GradientStudy, path: str | Path) -> None:
     """Draw log-norm (relative to lag 0) against lag, with the p10-p90 band; PNG or SVG."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise CharLMError("--plot needs matplotlib, an optional extra: pip install 'charlm[plot]'") from None
-    path = Path(path)
-    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise ConfigError(f"--plot {path}: the file name must end in .png or .svg")
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    path = check_plot_path(path, "charlm inspect-gradients --plot")
+    ax = new_figure("charlm inspect-gradients --plot", figsize=(7.5, 4.5)).subplots()
+    fig = ax.figure
     ks = set()
     for m in study.models:
         for c in m.curves:
@@ -596,10 +590,4 @@ def plot_study(study: GradientStudy, path: str | Path) -> None:
                  f"band p10-p90", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(True, which="major", alpha=0.3)
-    fig.tight_layout()
-    try:
-        fig.savefig(path)
-    except OSError as e:
-        raise CharLMError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)

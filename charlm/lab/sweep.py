@@ -23,10 +23,10 @@ from typing import Any, Callable, Optional, get_args, get_origin, get_type_hints
 
 from ..api import load
 from ..config import ModelConfig, TrainConfig, config_keys
-from ..errors import CharLMError, ConfigError, MissingExtra, RunDirError
+from ..errors import CharLMError, ConfigError, RunDirError
 from ..events import Event, Notice
 from ..metrics import read_metrics
-from ..plotting import literal, save_figure
+from ..plotting import literal, new_figure, save_figure
 from ..training import resolve_options, train
 from ..util import is_finite_number, json_safe
 from .context import study as context_study
@@ -284,12 +284,8 @@ def run_sweep(axes: dict[str, list[Any]], base: dict[str, Any], folder: str | Pa
 def plot_sweep(result, out: str | Path) -> Path:
     """The best validation loss against each grid axis: one panel per axis, one line per
     combination of the other axes' values (a SweepResult)."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise MissingExtra("`charlm sweep --plot` needs matplotlib: pip install 'charlm[plot]'") from None
     axes_names = list(result.axes)
-    fig = Figure(figsize=(5.5 * len(axes_names), 4.2), layout="constrained")
+    fig = new_figure("charlm sweep --plot", figsize=(5.5 * len(axes_names), 4.2))
     panels = fig.subplots(1, len(axes_names), squeeze=False)[0]
     for ax, name in zip(panels, axes_names):
         values = result.axes[name]

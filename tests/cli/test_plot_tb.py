@@ -133,3 +133,23 @@ def test_plot_names_each_run_and_model_and_prints_a_relative_path(tmp_path, monk
     r = runner.invoke(app, ["plot", str(run), "-o", str(outside)])
     assert r.stdout.strip() == str(outside)                  # not below it: as given
     outside.unlink()
+
+
+@pytest.mark.parametrize("command", [
+    ["sweep", "{corpus}", "--grid", "seq_len=8,16", "--max-steps", "1", "--out", "{tmp}/sweep"],
+    ["inspect-gradients", "--models", "rnn", "--hidden-size", "8", "--lags", "4", "--samples", "2"],
+])
+def test_every_plotting_command_checks_its_image_and_extra_before_any_work(tmp_path, corpus_file, monkeypatch, command):
+    """One check for every --plot: a bad file name, a folder or a missing matplotlib is one line
+    before the first sweep point or measurement (nothing is written)."""
+    command = [c.format(corpus=corpus_file, tmp=tmp_path) for c in command]
+    (tmp_path / "folder.png").mkdir()
+    for plot, message in ((tmp_path / "out.txt", "must end in .png, .svg or .pdf"),
+                          (tmp_path / "folder.png", "is a folder")):
+        result = runner.invoke(app, [*command, "--plot", str(plot)])
+        assert result.exit_code != 0 and message in result.output, result.output
+        assert "Traceback" not in result.output and not (tmp_path / "sweep").exists()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = runner.invoke(app, [*command, "--plot", str(tmp_path / "g.png")])
+    assert result.exit_code != 0 and "pip install 'charlm[plot]'" in result.output, result.output
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "g.png").exists()

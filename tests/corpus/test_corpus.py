@@ -186,7 +186,7 @@ def test_disk_full_while_encoding_is_one_line_and_leaves_nothing(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(Path(text.__file__).parents[2])})
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr == (f"cannot write the encoded corpus to {out}: File too large (it needs about "
-                           f"120,000 bytes); nothing was kept\n")
+                           f"120 KB); nothing was kept\n")
     assert sorted(p.name for p in out.iterdir()) == []
 
 

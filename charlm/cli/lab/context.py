@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 from typing_extensions import Annotated
 
+from ...plotting import check_plot_path
 from ...threads import use
 from ..app import (CONTEXT, app, cli_state, device_option, get_console, handles_errors, json_option,
                    say_written, stdout_taken, threads_option, write_study)
@@ -52,6 +53,8 @@ def inspect_context(
 
     Example: `charlm inspect-context runs/NAME other.txt --json context.json --plot context.png`
     """
+    if plot is not None:
+        check_plot_path(plot, "charlm inspect-context --plot")
     pinned = use(threads)
     report = not stdout_taken(json_out, csv_out)   # the report, unless a document takes stdout
     from ...api import load

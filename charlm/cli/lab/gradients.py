@@ -17,6 +17,7 @@ from rich.text import Text
 from typing_extensions import Annotated
 
 from ...config import check_seed
+from ...plotting import check_plot_path
 from ...threads import use
 from ..app import (CONTEXT, app, cli_state, get_console, handles_errors, json_option, say_written,
                    stdout_taken, threads_option, write_study)
@@ -56,6 +57,8 @@ def inspect_gradients(
 
     report = not stdout_taken(json_out, csv_out)   # the tables, unless a document takes stdout
     check_seed(seed)
+    if plot is not None:
+        check_plot_path(plot, "charlm inspect-gradients --plot")
     use(threads)
     study = measure(checkpoint=checkpoint, corpus=corpus, models=models.split(","),
                     hidden_size=hidden_size, layers=layers, embedding_size=embedding_size, lags=lags,

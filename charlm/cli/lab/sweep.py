@@ -10,7 +10,9 @@ import typer
 from rich.markup import escape
 from typing_extensions import Annotated
 
-from ..app import CONTEXT, get_console, cli_state, app, handles_errors, json_option, stdout_taken, write_document
+from ...plotting import check_plot_path
+from ..app import (CONTEXT, app, cli_state, get_console, handles_errors, json_option, stdout_taken,
+                   write_document)
 from ..tables import compact_table
 from ..train import options_signature
 from ..training_view import TrainingView
@@ -88,6 +90,8 @@ def sweep(
     from ...lab.sweep import parse_grid, run_sweep
 
     axes = parse_grid(grid)
+    if plot is not None:
+        check_plot_path(plot, "charlm sweep --plot")
     base = {k: v for k, v in options.items() if v is not None}
     folder = Path(base.pop("out", None) or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
     to_stdout = stdout_taken(json_out)
