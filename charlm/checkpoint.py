@@ -25,7 +25,7 @@ from .config import NORMALIZATIONS, ModelConfig
 from .corpus.tokenizers import UNK, Tokenizer, tokenizer_from_dict
 from .errors import CheckpointError, ConfigError
 from .limits import check_model_fits
-from .model import CharRNN
+from .model import Model, build_model
 
 FORMAT = "charlm-checkpoint"
 FORMAT_VERSION = 1
@@ -228,7 +228,7 @@ class Checkpoint:
         return cls(**values)
 
     @classmethod
-    def of_model(cls, model: CharRNN, tokenizer: Tokenizer) -> "Checkpoint":
+    def of_model(cls, model: Model, tokenizer: Tokenizer) -> "Checkpoint":
         """The record of a model that lives in memory only (no training entries)."""
         return cls(model_config=dataclasses.asdict(model.config), tokenizer=tokenizer.to_dict(),
                    model={k: v.detach().cpu() for k, v in model.state_dict().items()})
@@ -271,7 +271,7 @@ def check_resumable(ckpt: Checkpoint, path: str | Path) -> None:
                               f"(it can still be sampled; start a new run to train further)")
 
 
-def model_from_checkpoint(ckpt: Checkpoint, device: str | torch.device = "cpu") -> tuple[CharRNN, Tokenizer]:
+def model_from_checkpoint(ckpt: Checkpoint, device: str | torch.device = "cpu") -> tuple[Model, Tokenizer]:
     """Rebuild the model (in eval mode, on device) and its tokenizer from a loaded checkpoint.
 
     Every size in the checkpoint's metadata is untrusted: it is checked against the weights the file
@@ -279,14 +279,14 @@ def model_from_checkpoint(ckpt: Checkpoint, device: str | torch.device = "cpu") 
     the machine's memory before a single parameter is allocated, and the weights must be finite.
     """
     config, tokenizer = check_model_record(ckpt, device)
-    model = CharRNN(config)
+    model = build_model(config)
     try:
         model.load_state_dict(ckpt.model)
     except RuntimeError as e:  # dtypes that do not convert, say; the shapes were checked above
         detail = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [str(e)]
         raise CheckpointError(f"checkpoint weights do not match its model config: {detail[0][:200]}") from None
     model.to(device).eval()
-    model.rnn.flatten_parameters()
+    model.flatten_parameters()
     return model, tokenizer
 
 
@@ -333,15 +333,16 @@ def _check_shapes(config: ModelConfig, weights: dict[str, Any]) -> None:
                               f"values, not floating point")
     stored = sum(v.numel() for v in weights.values())
     c = config
+    E = c.hidden_size if c.cell == "transformer" else c.embedding_size   # a transformer embeds at its width
     for name, claim, bound in (("layers", c.layers, len(weights)),
-                               ("vocab_size", c.vocab_size * c.embedding_size, stored),
-                               ("hidden_size", c.hidden_size * max(c.embedding_size, c.vocab_size), stored)):
+                               ("vocab_size", c.vocab_size * E, stored),
+                               ("hidden_size", c.hidden_size * max(E, c.vocab_size), stored)):
         if claim > bound:
             raise CheckpointError(f"{mismatch}: model_config.{name} is {getattr(c, name):,}, but the file "
                                   f"stores only {len(weights)} tensors of {stored:,} values in all")
     try:
         with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in CharRNN(config).state_dict().items()}
+            expected = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
     except Exception:  # pragma: no cover - a cell the meta device cannot build: the bounds above,
         return          # the memory check and load_state_dict's own shape check still stand
     missing = sorted(set(expected) - set(weights))
@@ -379,7 +380,7 @@ def _tokenizer(raw: dict[str, Any]) -> Tokenizer:
         raise CheckpointError(f"{bad} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[CharRNN, Tokenizer, Checkpoint]:
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Model, Tokenizer, Checkpoint]:
     """The model (eval mode, on device), its tokenizer and the checkpoint's record."""
     ckpt = read_checkpoint(path, map_location="cpu")
     model, tok = model_from_checkpoint(ckpt, device)

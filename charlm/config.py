@@ -20,7 +20,14 @@ from .errors import ConfigError
 from .threads import parse_threads
 from .util import is_finite_number, tomllib
 
-CELLS = ("lstm", "gru", "rnn", "mingru", "minlstm")
+CELLS = ("lstm", "gru", "rnn", "mingru", "minlstm", "transformer")
+RECURRENT = ("lstm", "gru", "rnn", "mingru", "minlstm")
+# ModelConfig fields that no one sets by hand: the tokenizer gives vocab_size, --seq-len the window.
+DERIVED = ("vocab_size", "window")
+# A transformer built outside a run (the lab's untrained models, a hand-made config) attends this far.
+DEFAULT_WINDOW = 64
+# The most remembered tokens: keys and values (layers, B, M, D) are state carried every chunk.
+MAX_MEMORY = 65536
 TOKENIZERS = ("char", "spm-char", "bpe", "unigram")
 NORMALIZATIONS = ("none", "nfc", "nfd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -99,25 +106,37 @@ def _positive_int(name: str, value: Optional[int], allow_none: bool = False) -> 
 
 @dataclass
 class ModelConfig:
-    """Shape of the recurrent language model: Embedding -> RNN/LSTM/GRU stack -> Linear."""
+    """Shape of the language model: Embedding -> RNN/LSTM/GRU/min-cell stack, or Transformer
+    blocks -> Linear."""
 
     # GRU is the default: on tiny shakespeare it reached a lower validation loss than LSTM for
     # the same tokens and time (BENCHMARKS.md).
     cell: str = grouped(MODEL, "gru")
     """Recurrent cell: 'lstm', 'gru', 'rnn' (tanh), or 'mingru' / 'minlstm' (gates from the input
-    only, trained with a parallel scan over time)."""
+    only, trained with a parallel scan over time); or 'transformer' (causal self-attention over a
+    window of --seq-len tokens, plus --memory)."""
     vocab_size: int = grouped(DATA, 0)
     """Number of token ids; set from the tokenizer, never by hand."""
     embedding_size: int = grouped(MODEL, 64)
-    """Width of the input embedding."""
+    """Width of the input embedding (a transformer's is --hidden-size)."""
     # 320 units: on a 2-core CPU a short run is bound by tokens per second, so the width is a
     # trade of capacity against tokens seen; 320 won the 135 s sweep on tiny shakespeare (the
     # figures: benchmarks/HISTORY.md, the sweep of regularisation and model size). A longer run
     # or a faster machine can afford a wider model.
     hidden_size: int = grouped(MODEL, 320)
-    """Units per recurrent layer (H)."""
+    """Units per recurrent layer (H); for a transformer, its width (the embedding's too)."""
     layers: int = grouped(MODEL, 1)
-    """Number of stacked recurrent layers."""
+    """Number of stacked recurrent layers, or transformer blocks."""
+    heads: int = grouped(MODEL, 4)
+    """Attention heads of a transformer; --hidden-size must be a multiple of twice this number
+    (rotary positions turn pairs of each head's dimensions)."""
+    memory: int = grouped(MODEL, 0)
+    """Transformer-XL memory: each layer's keys and values of this many previous tokens are
+    carried into the next chunk (detached), so a token sees up to --seq-len + memory tokens; 0: a
+    chunk is a window and nothing is carried."""
+    window: int = grouped(MODEL, 0)
+    """A transformer's attention window, the chunk length it trained with; set from --seq-len,
+    never by hand (0 for the recurrent cells)."""
     dropout: float = grouped(MODEL, 0.0)
     """Dropout on the embedding, between layers and before the output layer; in [0, 1)."""
     weight_drop: float = grouped(MODEL, 0.0)
@@ -128,10 +147,30 @@ class ModelConfig:
     """Use the embedding matrix as the output layer's weights too (Press & Wolf 2017); needs
     --embedding-size equal to --hidden-size."""
 
+    def describe(self) -> str:
+        """The model in a few words, as the first line of a run and `charlm runs` show it."""
+        shape = f"{self.cell} {self.layers}x{self.hidden_size}"
+        if self.cell != "transformer":
+            return shape
+        if self.memory:
+            return f"{shape} (window {self.window or DEFAULT_WINDOW} + memory {self.memory})"
+        return f"{shape} (window {self.window or DEFAULT_WINDOW}, nothing carried between chunks)"
+
     def validate(self) -> "ModelConfig":
         _check(self.cell in CELLS, f"--model must be one of {', '.join(CELLS)}, got {self.cell!r}")
-        for name in ("embedding_size", "hidden_size", "layers"):
+        for name in ("embedding_size", "hidden_size", "layers", "heads"):
             _positive_int(name, getattr(self, name))
+        _check(isinstance(self.memory, int) and not isinstance(self.memory, bool) and 0 <= self.memory <= MAX_MEMORY,
+               f"--memory must be a whole number from 0 to {MAX_MEMORY:,}, got {self.memory!r}")
+        _check(isinstance(self.window, int) and not isinstance(self.window, bool) and self.window >= 0,
+               f"window must be a whole number >= 0, got {self.window!r}")
+        if self.cell == "transformer":
+            _check(self.hidden_size % (2 * self.heads) == 0,
+                   f"--hidden-size {self.hidden_size} must be a multiple of 2 x --heads {self.heads} (each "
+                   f"head takes an even share of the width for its rotary positions)")
+        else:
+            _check(self.memory == 0, f"--memory is a transformer's; {self.cell} carries its hidden state "
+                                     f"instead (use --model transformer, or drop --memory)")
         _check(isinstance(self.vocab_size, int) and self.vocab_size >= 0,
                f"vocab_size must be >= 0, got {self.vocab_size!r}")
         _check(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
@@ -142,7 +181,7 @@ class ModelConfig:
                f"--weight-drop applies to the hidden-to-hidden weights of rnn, lstm and gru; "
                f"{self.cell} has none")
         _check(isinstance(self.tie_weights, bool), f"tie_weights must be true or false, got {self.tie_weights!r}")
-        _check(not self.tie_weights or self.embedding_size == self.hidden_size,
+        _check(not self.tie_weights or self.cell == "transformer" or self.embedding_size == self.hidden_size,
                f"--tie-weights needs --embedding-size equal to --hidden-size (the output layer reads "
                f"the hidden state), got {self.embedding_size} and {self.hidden_size}")
         return self
@@ -413,7 +452,7 @@ def config_keys() -> dict[str, tuple[type, str]]:
     keys: dict[str, tuple[type, str]] = _Keys()
     for cls in (ModelConfig, TrainConfig):
         for f in fields(cls):
-            if cls is ModelConfig and f.name == "vocab_size":
+            if cls is ModelConfig and f.name in DERIVED:
                 continue
             keys[f.name] = (cls, f.name)
     for alias, target in ALIASES.items():
@@ -472,7 +511,7 @@ def train_options() -> list[Option]:
     for cls in (ModelConfig, TrainConfig):
         types, docs, defaults = _field_types(cls), field_help(cls), cls()
         for f in fields(cls):
-            if cls is ModelConfig and f.name == "vocab_size":   # set from the tokenizer
+            if cls is ModelConfig and f.name in DERIVED:   # set from the tokenizer and --seq-len
                 continue
             name = inverse.get(f.name, f.name) if cls is ModelConfig else f.name
             options.append(Option(name, cls, f.name, _base_type(types[f.name]),
@@ -547,7 +586,7 @@ def to_toml(model: ModelConfig, train: TrainConfig) -> str:
     lines = ["# charlm resolved configuration", "", "[model]"]
     inverse = {v: k for k, v in ALIASES.items()}
     for f in fields(model):
-        if f.name == "vocab_size":
+        if f.name in DERIVED:
             continue
         lines.append(f"{inverse.get(f.name, f.name)} = {_toml_value(getattr(model, f.name))}")
     lines += ["", "[train]"]

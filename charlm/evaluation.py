@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .errors import CorpusError
 from .events import ProgressCallback
 from .limits import steps_per_call
-from .model import CharRNN, detach_state
+from .model import Model, detach_state
 from .records import reset_mask
 
 IGNORE = -100
@@ -56,7 +56,7 @@ class EvalResult:
 
 
 @torch.inference_mode()
-def evaluate_ids(model: CharRNN, ids: np.ndarray, chars: int, device: torch.device,
+def evaluate_ids(model: Model, ids: np.ndarray, chars: int, device: torch.device,
                  streams: int = 64, chunk: int = 256, context: int = 128,
                  max_tokens: Optional[int] = None, separator: Optional[int] = None,
                  progress: Optional[ProgressCallback] = None) -> EvalResult:
@@ -90,10 +90,12 @@ def evaluate_ids(model: CharRNN, ids: np.ndarray, chars: int, device: torch.devi
         length = max(1, max_tokens // streams)
         first = np.arange(streams) * targets // streams          # (S,) evenly spread pieces
     last = np.minimum(first + length, targets)                   # (S,) the stream's last target
+    # A transformer sees at most its window + memory: a lead-in that long fills its memory first.
+    context = max(context, model.reach or 0)
     begin = np.maximum(first - context, 0)                       # (S,) where its inputs start
     steps = int((last - begin).max())
     scored = int(np.clip(last - first, 0, None).sum())
-    chunk = steps_per_call(streams, model.config.vocab_size, chunk)   # (S, T, V) logits bounded
+    chunk = steps_per_call(streams, model.config.vocab_size, model.chunk_length(chunk))   # (S, T, V) bounded
     state = model.init_state(streams, device)
     total = torch.zeros((), dtype=torch.float64, device=device)
     for start in range(0, steps, chunk):

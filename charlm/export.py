@@ -34,7 +34,8 @@ from torch import nn
 
 from .corpus.tokenizers import UNK, CharTokenizer, Tokenizer
 from .errors import CharLMError, ConfigError, MissingExtra
-from .model import CharRNN
+from .model import Model
+from .transformer import CharTransformer
 from .rundir import RUN_FILES, is_run_dir
 
 FORMATS = ("onnx", "torchscript")
@@ -44,7 +45,7 @@ VOCAB_SCHEMA = "charlm.vocab/1"
 class RecurrentStep(nn.Module):
     """(ids, h0) -> (logits, hn): the model with its state as plain tensors (RNN and GRU)."""
 
-    def __init__(self, model: CharRNN):
+    def __init__(self, model: Model):
         super().__init__()
         self.model = model
 
@@ -56,7 +57,7 @@ class RecurrentStep(nn.Module):
 class LSTMStep(nn.Module):
     """(ids, h0, c0) -> (logits, hn, cn): the model with its state as plain tensors (LSTM)."""
 
-    def __init__(self, model: CharRNN):
+    def __init__(self, model: Model):
         super().__init__()
         self.model = model
 
@@ -66,15 +67,44 @@ class LSTMStep(nn.Module):
         return logits, hn, cn
 
 
-def state_names(model: CharRNN) -> tuple[list[str], list[str]]:
-    """The state's input and output names: (["h0"], ["hn"]), or with "c0"/"cn" for an LSTM."""
+class TransformerStep(nn.Module):
+    """(ids, keys, values, filled) -> (logits, keys, values, filled): the transformer's generation
+    cache as plain tensors, keys and values (L, B, P, D) and filled (L, B, P) with P = window +
+    memory - 1 (see CharTransformer.read: each token sees at most P tokens before it)."""
+
+    def __init__(self, model: CharTransformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                filled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        cache = [(keys[i], values[i], filled[i]) for i in range(keys.size(0))]
+        logits, cache = self.model.read(ids, cache)                      # (B, T, V)
+        return (logits, *(torch.stack([layer[j] for layer in cache]) for j in range(3)))
+
+
+def state_names(model: Model) -> tuple[list[str], list[str]]:
+    """The state's input and output names: (["h0"], ["hn"]), or with "c0"/"cn" for an LSTM, or the
+    transformer's cache (keys, values, filled)."""
+    if model.config.cell == "transformer":
+        return ["keys", "values", "filled"], ["keys_out", "values_out", "filled_out"]
     lstm = model.config.cell == "lstm"
     return (["h0", "c0"], ["hn", "cn"]) if lstm else (["h0"], ["hn"])
 
 
-def step_module(model: CharRNN) -> nn.Module:
+def initial_state(model: Model, batch: int) -> tuple[torch.Tensor, ...]:
+    """The state an exported step starts a text from, as its inputs take it (zeros; an empty cache)."""
+    if model.config.cell == "transformer":
+        cache = model.step_state(batch, "cpu")
+        return tuple(torch.stack([layer[j] for layer in cache]) for j in range(3))
+    return tuple(model.init_state(batch, "cpu"))
+
+
+def step_module(model: Model) -> nn.Module:
     """A CPU float32 copy of the model in eval mode (no dropout), wrapped as a step function."""
     m = copy.deepcopy(model).cpu().float().eval()
+    if model.config.cell == "transformer":
+        return TransformerStep(m).eval()
     return (LSTMStep if model.config.cell == "lstm" else RecurrentStep)(m).eval()
 
 
@@ -84,19 +114,25 @@ def vocab_path(path: str | Path) -> Path:
     return Path(f"{path}.vocab.json")
 
 
-def vocab_document(model: CharRNN, tokenizer: Tokenizer, format: str, model_file: str) -> dict:
+def vocab_document(model: Model, tokenizer: Tokenizer, format: str, model_file: str) -> dict:
     """The JSON written beside an exported model: enough to encode, decode and call the step."""
     c = model.config
     inputs, outputs = state_names(model)
     state_shape = f"(layers={c.layers}, batch, hidden={c.hidden_size}) float32"
+    shapes = {n: state_shape for n in inputs + outputs}
+    if c.cell == "transformer":
+        P = model.reach - 1
+        for n in inputs + outputs:
+            shapes[n] = (f"(layers={c.layers}, batch, {P}) float32, 1 where a slot holds a token" if n.startswith("filled")
+                         else f"(layers={c.layers}, batch, {P}, width={c.hidden_size}) float32")
     doc = {
         "schema": VOCAB_SCHEMA,
         "model_file": model_file,
         "format": format,
         "cell": c.cell, "layers": c.layers, "hidden_size": c.hidden_size, "vocab_size": c.vocab_size,
-        "inputs": {"ids": "(batch, seq) int64", **{n: state_shape for n in inputs}},
+        "inputs": {"ids": "(batch, seq) int64", **{n: shapes[n] for n in inputs}},
         "outputs": {"logits": f"(batch, seq, vocab={c.vocab_size}) float32, unnormalised",
-                    **{n: state_shape for n in outputs}},
+                    **{n: shapes[n] for n in outputs}},
         "state_inputs": inputs,
         "state_outputs": outputs,
         "tokenizer": tokenizer.kind,
@@ -126,7 +162,7 @@ def _normalize_note(form: str) -> str:
     return note
 
 
-def export_model(model: CharRNN, tokenizer: Tokenizer, path: str | Path, format: str = "onnx",
+def export_model(model: Model, tokenizer: Tokenizer, path: str | Path, format: str = "onnx",
                  force: bool = False) -> tuple[Path, Path]:
     """Write the step function to ``path`` and its vocabulary beside it; return both paths.
 
@@ -176,15 +212,18 @@ def _check_target(p: Path, force: bool) -> None:
         raise ConfigError(f"{p} already exists; pass --force to replace it")
 
 
-def example_inputs(model: CharRNN, batch: int = 1, seq: int = 2) -> tuple[torch.Tensor, ...]:
+def example_inputs(model: Model, batch: int = 1, seq: int = 2) -> tuple[torch.Tensor, ...]:
     """Zero ids and a zero state: what the exporters trace with."""
-    return (torch.zeros(batch, seq, dtype=torch.long), *model.init_state(batch, "cpu"))
+    return (torch.zeros(batch, seq, dtype=torch.long), *initial_state(model, batch))
 
 
-def _write_onnx(step: nn.Module, model: CharRNN, path: Path) -> None:
+def _write_onnx(step: nn.Module, model: Model, path: Path) -> None:
     inputs, outputs = state_names(model)
     axes = {"ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"},
             **{n: {1: "batch"} for n in inputs + outputs}}
+    if model.config.cell == "transformer":
+        # The attention masks are built from the traced shapes unless seq is marked free here too.
+        axes["ids"] = {0: "batch", 1: "seq"}
     # Traced with a batch of one: the exporter warns that an RNN traced with a larger batch may
     # fail at other batch sizes. Its deprecation and tracer warnings are about torch, not the user.
     with warnings.catch_warnings(), torch.no_grad():
@@ -193,7 +232,7 @@ def _write_onnx(step: nn.Module, model: CharRNN, path: Path) -> None:
                           output_names=["logits", *outputs], dynamic_axes=axes, dynamo=False)
 
 
-def _write_torchscript(step: nn.Module, model: CharRNN, path: Path) -> None:
+def _write_torchscript(step: nn.Module, model: Model, path: Path) -> None:
     # Tracing records the aten rnn/gru/lstm call, which takes any batch and sequence length.
     # torch 2.13 marks TorchScript deprecated (in favour of torch.export, which has no file a
     # C++ or Java program loads yet): that warning is torch's business, not the user's.

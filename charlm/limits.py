@@ -40,6 +40,11 @@ def parameter_count(model_config: ModelConfig, vocab_size: int) -> int:
     three built-in cells; Python ints, so absurd sizes cannot overflow)."""
     c = model_config
     V, E, H, L = int(vocab_size), int(c.embedding_size), int(c.hidden_size), int(c.layers)
+    if c.cell == "transformer":
+        # Per block: two LayerNorms (4H), qkv (3H^2 + 3H), the projection (H^2 + H), the MLP
+        # (8H^2 + 5H); then the embedding, the final norm and the head.
+        block = 12 * H * H + 13 * H
+        return V * H + L * block + 2 * H + (0 if c.tie_weights else H * V) + V
     g = GATES.get(c.cell, 4)
     first = g * H * (E + H) + 2 * g * H              # weight_ih (gH, E), weight_hh (gH, H), two biases
     others = (L - 1) * (g * H * (H + H) + 2 * g * H)  # deeper layers read H, not E
@@ -57,6 +62,10 @@ def estimate_model_bytes(model_config: ModelConfig, vocab_size: int, batch_size:
     c = model_config
     g = GATES.get(c.cell, 4)
     per_token = c.embedding_size + c.layers * c.hidden_size * (g + 2) + 2 * int(vocab_size)
+    if c.cell == "transformer":
+        # Per block and token: the residual stream, qkv, the attention output, the MLP's 4H twice,
+        # and one row of attention weights over the window and memory.
+        per_token = c.hidden_size + c.layers * (14 * c.hidden_size + int(seq_len) + c.memory) + 2 * int(vocab_size)
     total += int(batch_size) * int(seq_len) * per_token * FLOAT_BYTES
     return total
 

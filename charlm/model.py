@@ -1,4 +1,5 @@
-"""The language model: Embedding -> nn.RNN | nn.LSTM | nn.GRU | minGRU | minLSTM -> Linear.
+"""The language model: Embedding -> nn.RNN | nn.LSTM | nn.GRU | minGRU | minLSTM -> Linear, and
+``build_model``, which makes it or the Transformer (charlm/transformer.py) from a config.
 
 ``forward(x, state)`` takes ids (B, T) and the carried state, and returns logits (B, T, V) and the
 new state. The state is a tuple of tensors each (layers, B, H): (h,) for RNN/GRU, (h, c) for LSTM,
@@ -8,7 +9,7 @@ so callers treat every cell the same way (detach, save, slice by stream). minGRU
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -17,6 +18,7 @@ from torch.nn import functional as F
 from .config import ModelConfig
 from .cpugru import applies as cpu_gru_applies, gru_forward
 from .mincells import MODES as MIN_CELLS, MinRNN
+from .transformer import CharTransformer
 
 State = tuple[torch.Tensor, ...]
 
@@ -176,6 +178,40 @@ class CharRNN(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    # What reading a text by ``forward`` may assume: any chunk length works, and the state reaches
+    # back without bound (the transformer's answers differ).
+    reach: Optional[int] = None
+
+    def chunk_length(self, most: int) -> int:
+        """Tokens per ``forward`` call when reading a text: any length does, so ``most``."""
+        return most
+
+    def flatten_parameters(self) -> None:
+        """cuDNN wants the recurrent weights in one contiguous buffer (min cells have none)."""
+        if hasattr(self.rnn, "flatten_parameters"):
+            self.rnn.flatten_parameters()
+
+    def step_state(self, batch_size: int, device: torch.device | str = "cpu") -> list[State]:
+        """A zero state in the stepper's form (one tuple per layer): where generation starts."""
+        return self.split_state(self.init_state(batch_size, device))
+
+    def read(self, x: torch.Tensor, state: list[State]) -> tuple[torch.Tensor, list[State]]:
+        """``forward`` on ids x (B, T) with the state in the stepper's form: how generation reads a
+        prime (the transformer's counterpart reads with its own generation cache)."""
+        logits, new = self(x, self.join_state(state))
+        return logits, self.split_state(new)
+
+
+# Either kind of model: the same forward/init_state/step_state/read/stepper interface.
+Model = Union[CharRNN, CharTransformer]
+
+
+def build_model(config: ModelConfig) -> Model:
+    """The model a config describes: a recurrent net, or a transformer for --model transformer."""
+    if config.cell == "transformer":
+        return CharTransformer(config)
+    return CharRNN(config)
 
 
 def detach_state(state: State) -> State:

@@ -28,7 +28,7 @@ from .config import MAX_SEED, SampleConfig
 from .errors import NumericError, TokenizerError
 from .limits import steps_per_call
 from .threads import torch_threads
-from .model import CharRNN, State
+from .model import Model, State
 from .corpus.tokenizers import CharTokenizer, StreamDecoder, Tokenizer
 
 DEFAULT_PRIME = "\n"
@@ -129,18 +129,21 @@ def prime_ids(tokenizer: Tokenizer, prime: str) -> np.ndarray:
     return np.asarray([1 if isinstance(tokenizer, CharTokenizer) else 0], dtype=np.int64)
 
 
-def run_prime(model: CharRNN, ids: np.ndarray, device: torch.device | str,
-              state: Optional[State] = None) -> tuple[torch.Tensor, State]:
+def run_prime(model: Model, ids: np.ndarray, device: torch.device | str,
+              state: Optional[list[State]] = None) -> tuple[torch.Tensor, list[State]]:
     """Run ids through the model for one sequence, PRIME_CHUNK at a time with the state carried.
 
-    Returns the logits after the last id (1, V) and the state (each (layers, 1, H)).
+    ``state`` and the state returned are in the stepper's form (one tuple per layer, batch 1; a
+    zero state when None). Returns the logits after the last id (1, V) and that state.
     """
     last = None
     chunk = steps_per_call(1, model.config.vocab_size, PRIME_CHUNK)   # (1, T, V) logits bounded
+    if state is None:
+        state = model.step_state(1, device)
     with torch.no_grad(), torch_threads(_step_threads(device, 1, model.config.hidden_size)):
         for i in range(0, len(ids), chunk):
             x = torch.from_numpy(ids[i:i + chunk]).to(device).unsqueeze(0)   # (1, <= chunk)
-            logits, state = model(x, state)
+            logits, state = model.read(x, state)
             last = logits[:, -1, :]                                       # (1, V)
     if last is None:
         raise TokenizerError("the prime encodes to no tokens")
@@ -324,7 +327,7 @@ class Carry:
     state: list
 
 
-def start(model: CharRNN, tokenizer: Tokenizer, prime: str, batch: int,
+def start(model: Model, tokenizer: Tokenizer, prime: str, batch: int,
           device: torch.device | str, record_sep: Optional[str] = None) -> Carry:
     """Run the prime once and copy its state to ``batch`` rows.
 
@@ -338,8 +341,8 @@ def start(model: CharRNN, tokenizer: Tokenizer, prime: str, batch: int,
     else:
         ids = np.concatenate([encode_prime(tokenizer, record_sep), encode_prime(tokenizer, prime)])
     last, state = run_prime(model, ids, device)
-    state = tuple(s.expand(-1, batch, -1).contiguous() for s in state)   # (layers, B, H)
-    return Carry(last.expand(batch, -1).contiguous(), model.split_state(state))
+    state = [tuple(s.expand(batch, *s.shape[1:]).contiguous() for s in layer) for layer in state]   # (B, ...)
+    return Carry(last.expand(batch, -1).contiguous(), state)
 
 
 def generators(seed: Optional[int], count: int) -> list[torch.Generator]:
@@ -348,7 +351,7 @@ def generators(seed: Optional[int], count: int) -> list[torch.Generator]:
     return [torch.Generator(device="cpu").manual_seed((seed + i) % SEED_SPACE) for i in range(count)]
 
 
-def continue_samples(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig, carry: Carry,
+def continue_samples(model: Model, tokenizer: Tokenizer, config: SampleConfig, carry: Carry,
                      gens: Sequence[torch.Generator], device: torch.device | str) -> Iterator[list[str]]:
     """Yield, per step, the new display text of each row; ``carry`` is updated as it goes."""
     B = carry.last.size(0)
@@ -373,7 +376,7 @@ def continue_samples(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
     yield [e.finish() for e in endings]
 
 
-def generate(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
+def generate(model: Model, tokenizer: Tokenizer, config: SampleConfig,
              device: torch.device | str = "cpu") -> Iterator[list[str]]:
     """Yield, per step, the newly settled display text of each sample (a list of num_samples).
 
@@ -388,7 +391,7 @@ def generate(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
                                 generators(config.seed, config.num_samples), device)
 
 
-def sample_text(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
+def sample_text(model: Model, tokenizer: Tokenizer, config: SampleConfig,
                 device: torch.device | str = "cpu") -> list[str]:
     """Whole samples as strings (the prime not included)."""
     texts: list[list[str]] = [[] for _ in range(config.num_samples)]
@@ -415,7 +418,7 @@ class Hypothesis:
         return self.logp / max(self.tokens, 1)
 
 
-def beam_search(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
+def beam_search(model: Model, tokenizer: Tokenizer, config: SampleConfig,
                 device: torch.device | str = "cpu") -> str:
     """The continuation with the best length-normalised log-probability among ``beam`` beams.
 
@@ -480,7 +483,7 @@ class Session:
     appends a chosen one; ``reset()`` starts again from the bare prime.
     """
 
-    def __init__(self, model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
+    def __init__(self, model: Model, tokenizer: Tokenizer, config: SampleConfig,
                  device: torch.device | str = "cpu"):
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.config = config.validate()
@@ -494,9 +497,8 @@ class Session:
     def feed(self, text: str) -> None:
         if not text:
             return
-        state = self.model.join_state(self.carry.state)
-        last, state = run_prime(self.model, encode_prime(self.tokenizer, text), self.device, state)
-        self.carry = Carry(last, self.model.split_state(state))
+        last, state = run_prime(self.model, encode_prime(self.tokenizer, text), self.device, self.carry.state)
+        self.carry = Carry(last, state)
 
     def reply(self) -> Iterator[str]:
         for pieces in continue_samples(self.model, self.tokenizer, self.config, self.carry,

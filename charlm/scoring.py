@@ -38,7 +38,7 @@ from .corpus.tokenizers import CharTokenizer, Tokenizer, _is_starter, normalize_
 from .errors import ConfigError
 from .events import ProgressCallback
 from .limits import steps_per_call
-from .model import CharRNN
+from .model import Model
 from .threads import torch_threads
 
 SCHEMA = "charlm.score/1"
@@ -89,7 +89,7 @@ class ScoreResult:
 
 
 @torch.inference_mode()
-def token_predictions(model: CharRNN, ids: np.ndarray, device: torch.device | str,
+def token_predictions(model: Model, ids: np.ndarray, device: torch.device | str,
                       top: int, chunk: int = CHUNK, progress: Optional[ProgressCallback] = None,
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bits of each predicted token, and the model's top guesses at every position.
@@ -107,7 +107,7 @@ def token_predictions(model: CharRNN, ids: np.ndarray, device: torch.device | st
     state = None
     # One stream is a chain of batch-1 steps: on CPU a second thread only waits on the first, and
     # on a busy machine makes scoring several times slower.
-    chunk = steps_per_call(1, model.config.vocab_size, chunk)             # (1, T, V) logits bounded
+    chunk = steps_per_call(1, model.config.vocab_size, model.chunk_length(chunk))   # (1, T, V) bounded
     with torch_threads(1 if torch.device(device).type == "cpu" else None):
         for start in range(0, n, chunk):
             x = x_all[start:start + chunk]                               # (T,)
@@ -124,7 +124,7 @@ def token_predictions(model: CharRNN, ids: np.ndarray, device: torch.device | st
     return bits, top_ids, top_p
 
 
-def score_text(model: CharRNN, tokenizer: Tokenizer, text: str, device: torch.device | str = "cpu",
+def score_text(model: Model, tokenizer: Tokenizer, text: str, device: torch.device | str = "cpu",
                top: int = 3, progress: Optional[ProgressCallback] = None) -> ScoreResult:
     """Score text (see the module docstring for how tokens map to characters); ``progress(done,
     total)`` hears of each chunk of tokens scored."""

@@ -220,7 +220,7 @@ def start(run: Setup, sinks: Sinks, stop: StopRequest) -> None:
     sinks.open(run)
     sinks.emit(RunStarted(
         run_dir=str(run.run_dir), device=f"{describe_device(run.device)}, {run.precision}",
-        model=f"{mc.cell} {mc.layers}x{mc.hidden_size}", parameters=run.state.model.num_parameters(),
+        model=mc.describe(), parameters=run.state.model.num_parameters(),
         tokenizer=tok.kind, vocab_size=tok.vocab_size, corpus=data.corpus_name,
         train_tokens=data.train.tokens, val_tokens=data.val.tokens, batch_size=run.config.batch_size,
         seq_len=run.config.seq_len, steps_per_epoch=run.batches.steps_per_epoch,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..checkpoint import Checkpoint, check_resumable, read_checkpoint, resolve_checkpoint
-from ..config import (ModelConfig, TrainConfig, check_contradictions, config_keys, load_toml, option_name,
+from ..config import (DERIVED, ModelConfig, TrainConfig, check_contradictions, config_keys, load_toml, option_name,
                       split_options)
 from ..errors import CheckpointError, ConfigError, RunDirError
 from ..rundir import is_unstarted_run
@@ -130,7 +130,7 @@ def _resume_options(options: dict) -> Launch:
     ckpt = loaded.record
     check_resumable(ckpt, ckpt_path)
     saved = {k: v for k, v in ckpt.train_config.items() if k in keys}
-    saved.update({option_name(k): v for k, v in ckpt.model_config.items() if k != "vocab_size"})
+    saved.update({option_name(k): v for k, v in ckpt.model_config.items() if k not in DERIVED})
     # The device is the machine's, not the run's: a resume picks the best one present
     # (a GPU run continues on a CPU-only machine and the reverse) unless --device is given.
     # init_from is how the run began; the resumed run has its weights already.
@@ -159,5 +159,5 @@ def _init_from_options(options: dict) -> dict:
         refuse_other_tokenizer(path, kind, saved.get("vocab_size"), options.get("tokenizer"),
                                options.get("vocab_size"))
     base = {option_name(k): v for k, v in saved.items()
-            if k != "vocab_size" and option_name(k) in config_keys()}
+            if k not in DERIVED and option_name(k) in config_keys()}
     return {**base, **options}

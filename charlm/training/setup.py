@@ -23,14 +23,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import distributed
 from ..checkpoint import Checkpoint, check_resumable, read_checkpoint
-from ..config import DEFAULT_MAX_TIME, ModelConfig, TrainConfig, option_name
+from ..config import DEFAULT_MAX_TIME, DERIVED, ModelConfig, TrainConfig, option_name
 from ..corpus.dataset import Dataset, StreamBatches, prepare_dataset
 from ..corpus.text import Corpus
 from ..corpus.tokenizers import tokenizer_from_dict
 from ..devices import check_precision, grad_scaler, resolve_device, resolve_precision
 from ..errors import CheckpointError, ConfigError, CorpusError, DeviceError, RunDirError
 from ..limits import check_model_fits
-from ..model import CharRNN
+from ..model import build_model
 from ..records import separator_id
 from ..rundir import RunPlan, commit, discard, new_run_id, plan_run_dir, read_marker, stage, write_marker
 from .finetune import Source, load_source, transfer_weights
@@ -125,6 +125,8 @@ def _build(config: TrainConfig, model_config: Optional[ModelConfig], device: tor
     if mode != "resume" and config.init_from:
         source, config, model_config = load_source(config, model_config, device)
     model_config = (model_config or ModelConfig()).validate()
+    if model_config.cell == "transformer":
+        model_config = replace(model_config, window=config.seq_len)   # a chunk is its attention window
     corpus = Corpus.resolve(config.corpus)
     if corpus.skipped:
         notes.append(f"skipped {len(corpus.skipped)} files in {corpus.name} that are not text "
@@ -216,7 +218,7 @@ def _model(config: TrainConfig, model_config: ModelConfig, device: torch.device,
     """Model (seeded), its DDP wrapper, optimizer and loss scaler, as a fresh TrainState.
     ``init_weights``: a fine-tuned run's source weights, over the fresh initialisation."""
     torch.manual_seed(config.seed)
-    model = CharRNN(model_config).to(device)
+    model = build_model(model_config).to(device)
     if init_weights is not None:
         transfer_weights(model, init_weights)
     train_model: torch.nn.Module = model
@@ -227,7 +229,7 @@ def _model(config: TrainConfig, model_config: ModelConfig, device: torch.device,
         torch.manual_seed(config.seed + ctx.rank)
     # cuDNN wants the RNN weights in one contiguous buffer; DDP's initial broadcast and
     # load_state_dict copy into the parameters, so re-flatten after each of them.
-    model.rnn.flatten_parameters()
+    model.flatten_parameters()
     # Fused AdamW reads `found_inf` and skips a non-finite update on the device, without a sync.
     fused = device.type in ("cpu", "cuda")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99),
@@ -306,7 +308,7 @@ def _check_compatible(ckpt: Checkpoint, model_config: ModelConfig, config: Train
     for key, value in asdict(model_config).items():
         # A key an older checkpoint lacks had its default then (e.g. weight_drop 0).
         saved = saved_model.get(key, getattr(ModelConfig(), key))
-        if key != "vocab_size" and saved != value:
+        if key not in DERIVED and saved != value:
             option = "--" + option_name(key).replace('_', '-')
             raise ConfigError(f"cannot resume: the checkpoint's model has {option} {saved}, "
                               f"but {value} was given (drop the option, or start a new run)")

@@ -165,7 +165,7 @@ class TrainState:
         # In place: the loop holds this very Progress (a rollback restores it mid-loop).
         for f in fields(Progress):
             setattr(self.progress, f.name, getattr(progress, f.name))
-        self.model.rnn.flatten_parameters()
+        self.model.flatten_parameters()
 
 
 def _hidden_of(ckpt: Checkpoint, rank: int, like: tuple, where: str) -> tuple:
