@@ -225,11 +225,16 @@ class CharTransformer(nn.Module):
     def read(self, x: torch.Tensor, cache: list[State]) -> tuple[torch.Tensor, list[State]]:
         """Logits (B, T, V) for ids x (B, T) read after the cache, each token seeing at most the
         W + M - 1 tokens before it, and the cache moved on by T tokens."""
+        features, cache = self.read_features(x, cache)
+        return self.head(features), cache
+
+    def read_features(self, x: torch.Tensor, cache: list[State]) -> tuple[torch.Tensor, list[State]]:
+        """``read`` up to what the head reads: the final normed stream (B, T, D), and the cache."""
         if x.size(1) > self.reach:   # a long text in blocks: attention is quadratic in the block
             pieces = []
             for i in range(0, x.size(1), self.reach):
-                logits, cache = self.read(x[:, i:i + self.reach], cache)
-                pieces.append(logits)
+                features, cache = self.read_features(x[:, i:i + self.reach], cache)
+                pieces.append(features)
             return torch.cat(pieces, dim=1), cache
         B, T = x.shape
         P = cache[0][0].size(1)
@@ -248,7 +253,7 @@ class CharTransformer(nn.Module):
             h, keys, values = block(h, k, v, mask, cos, sin)
             kept = ok[:, T:].to(k.dtype)
             out.append((keys[:, T:].to(k.dtype), values[:, T:].to(k.dtype), kept))
-        return self.head(self.norm(h)), out
+        return self.norm(h), out
 
     def stepper(self, column_major: bool = False) -> Callable[[torch.Tensor, list[State]], tuple[torch.Tensor, list[State]]]:
         """One token per sequence: (ids (B,), cache) -> (logits (B, V), cache). ``column_major``

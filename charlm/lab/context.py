@@ -108,6 +108,28 @@ def _rnn_state(model, state: tuple):
     return state if model.config.cell == "lstm" else state[0]
 
 
+# The rows below hold a state as a tuple of tensors whose first two dimensions are (layers, rows):
+# a recurrent model's own state; for a transformer, its generation cache stacked over layers, so
+# that it reads the text as it generates, each token seeing at most window + memory - 1 before it.
+
+def zero_state(model, rows: int, device) -> tuple:
+    """The state from which a row reads with nothing before it."""
+    if model.config.cell == "transformer":
+        cache = model.step_state(rows, device)
+        return tuple(torch.stack([layer[j] for layer in cache]) for j in range(len(cache[0])))
+    return model.init_state(rows, device)
+
+
+def advance(model, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
+    """Read x (A, T) from state: the features the head reads (A, T, H), and the new state."""
+    if model.config.cell == "transformer":
+        cache = [tuple(s[layer] for s in state) for layer in range(state[0].size(0))]
+        out, cache = model.read_features(x, cache)
+        return out, tuple(torch.stack([layer[j] for layer in cache]) for j in range(len(cache[0])))
+    out, new = model.rnn(model.embed(x), _rnn_state(model, state))      # out (A, T, H)
+    return out, (new if isinstance(new, tuple) else (new,))
+
+
 @torch.inference_mode()
 def run_rows(model, rows: Rows) -> tuple[np.ndarray, np.ndarray, tuple, int]:
     """Per-score loss (nats) and correctness (argmax == target), snapshot states, token-steps run.
@@ -124,13 +146,13 @@ def run_rows(model, rows: Rows) -> tuple[np.ndarray, np.ndarray, tuple, int]:
     rank[order] = np.arange(R)
     lengths = rows.lengths[order]
     tokens = torch.from_numpy(np.ascontiguousarray(rows.tokens[order])).to(device)
-    state = model.init_state(R, device) if rows.init is None else tuple(
+    state = zero_state(model, R, device) if rows.init is None else tuple(
         s[:, torch.from_numpy(order).to(s.device)].to(device) for s in rows.init)
     s_row, s_off = rank[rows.score_row], rows.score_off
     n_row, n_off = rank[rows.snap_row], rows.snap_off
     loss = np.full(len(s_row), np.nan)
     correct = np.zeros(len(s_row), dtype=bool)
-    snaps = tuple(torch.zeros(s.size(0), len(n_row), s.size(2), device=device) for s in state)
+    snaps = tuple(torch.zeros(s.size(0), len(n_row), *s.shape[2:], device=device) for s in state)
     longest = int(lengths.max()) if R else 0
     bounds = sorted({0, longest, *lengths.tolist(), *range(0, longest, SEGMENT), *n_off.tolist()})
     neg = -lengths                                                     # ascending, for searchsorted
@@ -140,8 +162,7 @@ def run_rows(model, rows: Rows) -> tuple[np.ndarray, np.ndarray, tuple, int]:
             break
         x = tokens[:active, a:b]                                       # (A, T)
         head = tuple(s[:, :active] for s in state)
-        out, new = model.rnn(model.embed(x), _rnn_state(model, head))  # out (A, T, H)
-        new = new if isinstance(new, tuple) else (new,)
+        out, new = advance(model, x, head)                             # out (A, T, H)
         state = tuple(torch.cat([n, s[:, active:]], dim=1) for n, s in zip(new, state))
         here = np.nonzero((s_off >= a) & (s_off < b))[0]
         if len(here):
@@ -263,7 +284,7 @@ def truncated_and_replaced(model, ids: np.ndarray, targets: np.ndarray, grid: Se
     the text (the donor's state at t - n: "replace"). One batch serves both."""
     rows, starts = pair_rows(ids, targets, grid)
     R, G, M = len(starts), len(grid), len(targets)
-    zero = model.init_state(R, next(model.parameters()).device)
+    zero = zero_state(model, R, next(model.parameters()).device)
     inits, steps = [zero], 0
     if replace:
         donors, centres, steps = donor_states(model, ids, int(max(grid)))
@@ -517,7 +538,8 @@ def inspect_context(model, tokenizer, ckpt: Checkpoint, source: str, file: Optio
         c = model.config
         study.model = {"source": source, "cell": c.cell, "layers": c.layers, "hidden_size": c.hidden_size,
                        "vocab_size": c.vocab_size,
-                       "chunk_length": ckpt.trained("seq_len")}
+                       "chunk_length": ckpt.trained("seq_len"),
+                       "reach": model.reach}     # a transformer's window + memory; None: unbounded
         if grad_lags > 0:
             t0 = time.perf_counter()
             study.model.update(gradient_horizon(model, tokenizer, ckpt, text, grad_lags, grad_samples, seed))

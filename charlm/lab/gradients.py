@@ -46,7 +46,7 @@ from ..corpus.text import Corpus
 from ..corpus.tokenizers import CharTokenizer
 from ..errors import CharLMError, ConfigError
 from ..mincells import MinRNN
-from ..model import CharRNN
+from ..model import build_model
 from ..plotting import check_plot_path, new_figure, save_figure
 from ..threads import torch_threads
 from ..util import csv_text, json_safe
@@ -358,6 +358,8 @@ def measure_model(model, ids: torch.Tensor, warmup: int = 0, state: Optional[tup
     if ids.size(1) < warmup + 2:
         raise ConfigError("windows are too short for the lags asked for")
     ids = ids.to(next(model.parameters()).device)
+    if model.config.cell == "transformer":
+        return measure_transformer(model, ids, warmup, dtype, state)
     if state is None and warmup > 0:
         with torch.no_grad():
             was = model.training
@@ -376,6 +378,57 @@ def measure_model(model, ids: torch.Tensor, warmup: int = 0, state: Optional[tup
         trace = trace_gradients(model.rnn, emb, loss_fn, state=state, dtype=dtype)
     curves = [summarize(n, l, q) for (l, q), n in trace.norms.items()]
     return curves, float(trace.loss.mean())
+
+
+def measure_transformer(model, ids: torch.Tensor, warmup: int = 0, dtype: torch.dtype = torch.float64,
+                        state: Optional[tuple] = None) -> tuple[list[Curve], float]:
+    """Curves for a transformer (charlm/transformer.py) on windows ids (B, warmup + N + 2): the
+    norm of dL/dx_t, x the residual stream entering each block (layer 0: the token embeddings),
+    for a loss at the last position of a chunk, by lag.
+
+    The text is read as training reads it: chunks of the window W with the memory carried and
+    detached at each border. The measured loss is at the last position of the last chunk, which
+    sees its W tokens in one attention hop and the memory through the forward pass only, so the
+    curve is exactly zero at lags >= W (and so beyond W + memory): the attention counterpart of
+    truncated BPTT. The chunks before the last one (warm-up included) fill the memory, starting
+    from ``state`` (a training chunk's carried memory) when given.
+    """
+    m = copy.deepcopy(model).to(dtype).eval()
+    W = m.chunk_length(0)
+    x, target = ids[:, :-1], ids[:, -1]                                    # (B, warmup + N + 1), (B,)
+    n = ids.size(1) - 1 - warmup                                           # N + 1 positions measured
+    last = max(0, x.size(1) - W)                                           # where the last chunk starts
+    if state is not None:
+        state = tuple(t.to(dtype) for t in state)
+    with torch.no_grad():
+        for i in range(0, last, W):                                        # the memory, as in training
+            _, state = m(x[:, i:min(i + W, last)], state)
+    if state is None:
+        state = m.init_state(x.size(0), x.device)
+    chunk = x[:, last:]                                                    # (B, T), T <= W
+    T = chunk.size(1)
+    mem_k, mem_v, filled = (s.to(dtype) for s in state)
+    M = m.config.memory
+    mask = m._chunk_mask(T, filled[0] > 0.5, None) if M else None
+    cos, sin = m._rotary(M + T, x.device)
+    with torch.enable_grad():
+        h = m.embed(chunk).detach().requires_grad_(True)                   # (B, T, D)
+        inputs = [h]
+        for layer, block in enumerate(m.blocks):
+            if layer:
+                h.retain_grad()
+                inputs.append(h)
+            h, _, _ = block(h, mem_k[layer], mem_v[layer], mask, cos, sin)
+        losses = F.cross_entropy(m.head(m.norm(h[:, -1])), target, reduction="none")   # (B,)
+        losses.sum().backward()
+    curves = []
+    for layer, h_in in enumerate(inputs):
+        norms = torch.zeros(n, x.size(0), dtype=dtype)                     # (N+1, B) by time
+        got = h_in.grad.norm(dim=-1).T                                     # (T, B)
+        keep = min(T, n)
+        norms[n - keep:] = got[T - keep:]
+        curves.append(summarize(norms, layer, "x"))
+    return curves, float(losses.detach().mean())
 
 
 def text_windows(ids: np.ndarray, samples: int, length: int, generator: np.random.Generator) -> torch.Tensor:
@@ -411,7 +464,7 @@ def inspect_model(model, name: str, ids: torch.Tensor, warmup: int, source: str 
     return ModelGradients(name=name, cell=c.cell, source=source, hidden_size=c.hidden_size,
                           layers=c.layers, embedding_size=c.embedding_size, vocab_size=c.vocab_size,
                           chunk_length=chunk_length, loss=loss, curves=curves,
-                          spectral=spectral_report(model.rnn))
+                          spectral=spectral_report(model.rnn) if hasattr(model, "rnn") else [])
 
 
 def study_of_trained(model, tokenizer, ckpt: Checkpoint, source: str, corpus: Optional[str] = None,
@@ -510,8 +563,9 @@ def _inspect_gradients(checkpoint, corpus, models, hidden_size, layers, embeddin
         torch.manual_seed(seed)   # same seed for every kind: the cells differ, nothing else
         cfg = ModelConfig(cell=kind, vocab_size=vocab_size, embedding_size=embedding_size,
                           hidden_size=hidden_size, layers=layers).validate()
-        model = CharRNN(cfg).eval()
-        study.models.append(inspect_model(model, kind, ids, warmup))
+        model = build_model(cfg).eval()
+        window = model.chunk_length(0) if kind == "transformer" else None   # where its gradient stops
+        study.models.append(inspect_model(model, kind, ids, warmup, chunk_length=window))
     return study
 
 

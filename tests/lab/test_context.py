@@ -266,3 +266,31 @@ def test_study_options_of_a_wrong_type_are_one_line(echo_lm, option, value):
     with pytest.raises(ConfigError) as e:
         context_study(echo_lm, text="x", **{option: value})
     assert "\n" not in str(e.value) and f"--{option.replace('_', '-')}" in str(e.value)
+
+
+def test_a_transformer_uses_nothing_beyond_its_window_and_memory():
+    """Read as it generates, a transformer (window 8 + memory 4) sees at most 12 tokens: every
+    reading with a longer context is exactly the full-history one, and the shared rows score what
+    one plain read per (target, n) scores."""
+    from charlm.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(cell="transformer", vocab_size=12, hidden_size=16, heads=2, layers=2,
+                                    memory=4, window=8).validate()).eval()
+    ids = np.random.default_rng(5).integers(0, 12, size=900)
+    study = measure_context(model, ids, targets=12, max_context=64, shuffle_max=32)
+    full = study.full_loss
+    for p in study.curve:
+        if p["context"] >= 12:
+            assert p["loss"] == pytest.approx(full, abs=1e-4)      # float32 rounding only
+    assert study.effective_context is not None and study.effective_context <= 16
+    assert all(abs(p["increase"]) < 1e-4 for p in study.replace if p["distance"] >= 12)
+    targets, grid = np.array([70, 86, 102]), [1, 4, 16]
+    rows, _ = pair_rows(ids, targets, grid)
+    loss, _, _, _ = run_rows(model, rows)
+    for i, t in enumerate(targets):
+        for j, n in enumerate(grid):
+            with torch.no_grad():
+                logits, _ = model.read(torch.from_numpy(ids[t - n:t])[None], model.step_state(1))
+            want = float(F.cross_entropy(logits[0, -1:], torch.tensor([int(ids[t])])))
+            assert loss[i * len(grid) + j] == pytest.approx(want, abs=1e-5)

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+import torch.nn.functional as F
+
 from charlm.config import ModelConfig
 from charlm.errors import CharLMError
 from charlm.lab.gradients import study as gradient_study
@@ -216,7 +218,7 @@ def test_cli_api_and_training_report(tmp_path):
     assert doc["models"][0]["chunk_length"] == 12 and doc["settings"]["inputs"].startswith("text:")
     assert "k=12" in r.output
 
-    r = runner.invoke(app, ["inspect-gradients", "--models", "rnn,transformer"])
+    r = runner.invoke(app, ["inspect-gradients", "--models", "rnn,transformers"])
     assert r.exit_code == 1 and "unknown cell" in r.output
 
 
@@ -246,3 +248,43 @@ def test_plot_limits_hold_every_curve_however_far_it_falls(tmp_path):
     plot_study(study, tmp_path / "g.svg")
     svg = (tmp_path / "g.svg").read_text()
     assert "rnn" in svg     # the title names the model
+
+
+def test_a_transformer_gradient_stops_at_its_window_and_matches_autograd_inside():
+    """One layer, window 8, memory 4: the measured ||dL/dx_t|| of the last chunk's last loss equals
+    autograd through one long forward under the chunked mask for lags < 8, and is exactly zero from
+    lag 8 on (the memory is read in the forward pass only), so beyond window + memory too."""
+    from charlm.lab.gradients import measure_transformer
+    from charlm.model import build_model
+    from charlm.transformer import rotary
+
+    torch.manual_seed(0)
+    W, M, V = 8, 4, 9
+    model = build_model(ModelConfig(cell="transformer", vocab_size=V, hidden_size=8, heads=2, layers=1,
+                                    memory=M, window=W).validate()).double().eval()
+    ids = torch.randint(0, V, (1, 3 * W + 1), generator=torch.Generator().manual_seed(1))
+    curves, _ = measure_transformer(model, ids, warmup=0)
+    measured = torch.tensor(curves[0].gmean, dtype=torch.float64)                           # by lag, 0 .. 3W - 1
+    assert (measured[W:] < 1e-300).all() and (measured[:W] > 1e-12).all()   # zero: floored at the smallest float
+
+    x, N = ids[:, :-1], 3 * W
+    emb = model.embed(x).detach().requires_grad_(True)
+    p, q = torch.arange(N)[:, None], torch.arange(N)[None]
+    allowed = (q <= p) & (q >= (p // W) * W - M)
+    cos, sin = rotary(N, 4, emb.device, torch.float64)
+    empty = emb.new_zeros(1, 0, 8)
+    h, _, _ = model.blocks[0](emb, empty, empty, allowed[None, None], cos, sin)
+    F.cross_entropy(model.head(model.norm(h[:, -1])), ids[:, -1]).backward()
+    want = emb.grad[0].norm(dim=-1).flip(0)                              # by lag
+    torch.testing.assert_close(measured[:W], want[:W], rtol=1e-9, atol=0)
+    assert (want[W:W + M] > 0).all()          # the long forward reaches into the memory; training does not
+
+
+def test_inspect_gradients_compares_a_fresh_transformer_with_the_cells():
+    study = inspect_gradients(models=["gru", "transformer"], hidden_size=16, embedding_size=8, lags=80,
+                              samples=2, warmup=0)
+    tr = study.models[1]
+    assert tr.cell == "transformer" and tr.chunk_length == 64 and tr.spectral == []
+    assert [c.label for c in tr.curves] == ["x[0]"]
+    assert tr.curves[0].horizon is not None and tr.curves[0].horizon <= 64
+    assert all(v < 1e-300 for v in tr.curves[0].gmean[64:])          # zero (floored at the smallest float)

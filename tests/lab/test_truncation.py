@@ -45,7 +45,7 @@ def test_corpus_make_echo(tmp_path):
 
 def test_grid_validates_its_options():
     with pytest.raises(CharLMError, match="unknown cell"):
-        truncation_grid(models=["transformer"])
+        truncation_grid(models=["transformers"])
     with pytest.raises(CharLMError, match="--chunks"):
         truncation_grid(models=["gru"], chunks=[0])
     with pytest.raises(CharLMError, match="--seeds"):

@@ -91,6 +91,8 @@ def context_headline(study) -> str:
         parts.append(f"gradient horizon {_tokens(m.get('gradient_horizon'), m['gradient_lags'])}")
     uses = (f"uses about {study.effective_context} token{'' if study.effective_context == 1 else 's'}" if study.effective_context is not None
             else f"uses more than {study.max_context} tokens")
+    if m.get("reach"):
+        uses += f" of the {m['reach']} it can see (window + memory)"
     return ", ".join(parts + [uses])
 
 
@@ -103,14 +105,16 @@ def context_summary_table(study) -> Table:
     tol = f"{study.tolerance:.1%} of it"
     rows = [("full-history loss", f"{study.full_loss:.4f}", f"nats/token, accuracy {study.full_accuracy:.1%}"),
             ("effective context", _tokens(study.effective_context, study.max_context),
-             f"first n with loss within {tol}"),
+             f"first n with loss within {tol}" + (f"; a transformer sees at most {m['reach']} tokens "
+                                                 f"(window + memory), so never more" if m.get("reach") else "")),
             ("replace horizon", _tokens(study.replace_horizon, study.max_context),
              "first d: the past beyond it replaced, loss within tolerance")]
     if study.shuffle:
         rows.append(("shuffle horizon", _tokens(study.shuffle_horizon, study.shuffle_max),
                      "first d: the past beyond it shuffled, loss within tolerance"))
     if m.get("chunk_length"):
-        rows.append(("training chunk k", str(m["chunk_length"]), "BPTT(k): no gradient reached further"))
+        rows.append(("training chunk k", str(m["chunk_length"]), "BPTT(k): no gradient reached further"
+                     if not m.get("reach") else "the attention window: no gradient reached further"))
     if m.get("gradient_lags"):
         per = ", ".join(f"{k} {_tokens(v, m['gradient_lags'])}" for k, v in m.get("gradient_horizons", {}).items())
         rows.append(("gradient horizon", _tokens(m.get("gradient_horizon"), m["gradient_lags"]),
