@@ -83,29 +83,33 @@ def load_average() -> str:
     return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def training_stepper(config, batch: int, seq_len: int, vocab: int):
+def training_stepper(config, batch: int, seq_len: int, vocab: int, amp=None):
     """One training step of a fresh charlm model on fixed random ids, as a function returning its
     seconds: forward, cross-entropy, backward, clip 1.0, fused AdamW, carried state detached (what
-    charlm's loop does per chunk). Returns (step, model)."""
+    charlm's loop does per chunk), under CPU autocast to ``amp`` (e.g. torch.bfloat16) when given.
+    Returns (step, model)."""
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
-    from charlm.model import CharRNN
+    from charlm.model import build_model
 
     torch.manual_seed(0)
-    model = CharRNN(config.validate())
+    model = build_model(config.validate())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     x, y = torch.randint(0, vocab, (batch, seq_len)), torch.randint(0, vocab, (batch, seq_len))
     box = {"state": model.init_state(batch)}
 
     def step() -> float:
         t = time.perf_counter()
-        logits, state = model(x, box["state"])                           # (B, T, V)
-        loss = F.cross_entropy(logits.reshape(-1, vocab), y.reshape(-1))
+        with torch.autocast("cpu", dtype=amp) if amp is not None else contextlib.nullcontext():
+            logits, state = model(x, box["state"])                       # (B, T, V)
+            loss = F.cross_entropy(logits.float().reshape(-1, vocab), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        box["state"] = tuple(s.detach() for s in state)
+        box["state"] = tuple(s.detach().float() for s in state)
         return time.perf_counter() - t
     return step, model

@@ -48,6 +48,9 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
         "layers": _int(m.get("layers")),
         "hidden_size": _int(m.get("hidden_size")),
         "embedding_size": _int(m.get("embedding_size")),
+        "heads": _int(m.get("heads")),
+        "memory": _int(m.get("memory")),
+        "window": _int(m.get("window")),
         "dropout": finite_or_none(dropout),
         "parameters": _parameter_count(ckpt.model, m),
         "tokenizer": _str(tok.get("kind")),
@@ -98,9 +101,13 @@ def info_rows(d: dict[str, Any]) -> list[list[str]]:
             return f"{value:,}"
         return format(value, fmt) if fmt else str(value)
 
-    model = "-" if d["model"] is None else (
-        f"{d['model']} {f(d['layers'])}x{f(d['hidden_size'])}, embedding {f(d['embedding_size'])}, "
-        f"dropout {f(d['dropout'], 'g')}")
+    shape = "-" if d["model"] is None else f"{d['model']} {f(d['layers'])}x{f(d['hidden_size'])}"
+    if d["model"] == "transformer":   # its embedding is its width; what it sees is window + memory
+        model = (f"{shape}, {f(d.get('heads'))} heads, window {f(d.get('window'))} + memory "
+                 f"{f(d.get('memory') or 0)}, dropout {f(d['dropout'], 'g')}")
+    else:
+        model = shape if d["model"] is None else (
+            f"{shape}, embedding {f(d['embedding_size'])}, dropout {f(d['dropout'], 'g')}")
     tokenizer = f(d["tokenizer"]) + (f" (normalize {d['normalize']})" if d["normalize"] not in (None, "none") else "")
     bptt = "-" if d["batch_size"] is None and d["seq_len"] is None else (
         f"{f(d['batch_size'])} streams x {f(d['seq_len'])} tokens"

@@ -87,8 +87,10 @@ class Block(nn.Module):
         B, T, D = x.shape
         h = self.heads
         q, k, v = self.qkv(self.norm1(x)).split(D, dim=-1)                  # each (B, T, D)
-        keys = torch.cat([past_k.to(k.dtype), k], dim=1)                    # (B, P + T, D)
-        values = torch.cat([past_v.to(v.dtype), v], dim=1)
+        keys, values = k, v                                                 # (B, P + T, D)
+        if past_k.size(1):
+            keys = torch.cat([past_k.to(k.dtype), k], dim=1)
+            values = torch.cat([past_v.to(v.dtype), v], dim=1)
         P = keys.size(1) - T
         split = lambda t: t.view(B, t.size(1), h, D // h).transpose(1, 2)   # (B, h, n, d)
         q = rotate(split(q), cos[P:], sin[P:])
@@ -119,6 +121,7 @@ class CharTransformer(nn.Module):
         self.norm = nn.LayerNorm(D)
         self.head = nn.Linear(D, c.vocab_size)
         self._init_weights()
+        self._tables: dict = {}     # the last rotary tables made (not weights: never saved)
         if c.tie_weights:
             self.head.weight = self.embed.weight
 
@@ -145,9 +148,13 @@ class CharTransformer(nn.Module):
         return (self.config.window or DEFAULT_WINDOW) + self.config.memory
 
     def _rotary(self, positions: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        float64 = self.embed.weight.dtype == torch.float64
-        return rotary(positions, self.config.hidden_size // self.config.heads, device,
-                      torch.float64 if float64 else torch.float32)
+        """The rotary tables for 0..positions-1, kept from call to call (a chunk reuses its length)."""
+        dtype = torch.float64 if self.embed.weight.dtype == torch.float64 else torch.float32
+        key = (positions, device, dtype)
+        if self._tables.get("key") != key:
+            self._tables = {"key": key, "tables": rotary(positions, self.config.hidden_size // self.config.heads,
+                                                         device, dtype)}
+        return self._tables["tables"]
 
     def chunk_length(self, most: int) -> int:
         """Tokens per ``forward`` call when reading a text (evaluation, scoring): the window, as in
