@@ -98,3 +98,24 @@ def test_threads_contention_quick(tmp_path):
     rates = [r for row in rec["tokens_per_s"].values() for r in row.values()]
     assert all(r is None or r > 0 for r in rates) and any(r is not None for r in rates)   # None: too few steps
     assert any("threads auto" in " ".join(m) for m in rec["auto_notices"].values())
+
+
+def test_transformer_step_quick(tmp_path):
+    out, rec = run_quick("transformer_step.py", tmp_path)
+    assert "plain loop" in out and "charlm" in out and "ratio" in out and "memory 8" in out
+    assert rec["benchmark"] == "transformer_step" and rec["tok_s"] > 0 and rec["reference_tok_s"] > 0
+
+
+@pytest.mark.skipif(not (CORPORA / "tinyshakespeare.txt").exists(), reason="needs ../shared/corpora")
+def test_systems_quick(tmp_path):
+    """Every system trains, evaluates and is inspected by the commands a user runs (tiny, seconds)."""
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "systems.py"), "--quick",
+                        "--systems", "rnn,transformer+memory", "--keep", str(tmp_path / "runs")], cwd=REPO,
+                       env={**os.environ, "CHARLM_BENCH_RESULTS": str(tmp_path / "r.jsonl")},
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [(r["system"], r["budget"]) for r in records] == [
+        ("rnn", "time"), ("rnn", "tokens"), ("transformer+memory", "time"), ("transformer+memory", "tokens")]
+    assert all(r["val_nats_per_char"] > 0 and r["parameters"] > 0 for r in records)
+    assert "| transformer+memory | equal tokens |" in p.stdout
