@@ -54,7 +54,8 @@ def rotary(positions: int, dim: int, device: torch.device,
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x_i, x_(i + d/2)) of x (B, heads, n, d) by the angles of its n positions."""
+    """Rotate pairs (x_i, x_(i + d/2)) of x (..., d) by the angles in cos and sin (..., d / 2),
+    which broadcast against x's leading dimensions (positions where x has them)."""
     half = x.size(-1) // 2
     x1, x2 = x[..., :half], x[..., half:]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
@@ -85,21 +86,27 @@ class Block(nn.Module):
         Returns the new x (B, T, D) and the keys and values of all P + T tokens, unrotated.
         """
         B, T, D = x.shape
-        h = self.heads
-        q, k, v = self.qkv(self.norm1(x)).split(D, dim=-1)                  # each (B, T, D)
-        keys, values = k, v                                                 # (B, P + T, D)
-        if past_k.size(1):
-            keys = torch.cat([past_k.to(k.dtype), k], dim=1)
-            values = torch.cat([past_v.to(v.dtype), v], dim=1)
-        P = keys.size(1) - T
-        split = lambda t: t.view(B, t.size(1), h, D // h).transpose(1, 2)   # (B, h, n, d)
-        q = rotate(split(q), cos[P:], sin[P:])
-        kr = rotate(split(keys), cos, sin)
+        h, d = self.heads, D // self.heads
+        qkv = self.qkv(self.norm1(x))                                       # (B, T, 3D)
+        v = qkv[..., 2 * D:]
+        split = lambda t: t.reshape(B, t.size(1), h, d).transpose(1, 2)     # (B, h, n, d)
+        if past_k.size(1) == 0:
+            # Nothing remembered: queries and keys share their positions, so one rotation turns
+            # both (fewer, larger kernels: at these sizes a CPU step is bound by their count).
+            qk = rotate(qkv[..., :2 * D].view(B, T, 2, h, d), cos[:, None, None], sin[:, None, None])
+            q, kr = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)
+            keys, values = qkv[..., D:2 * D], v
+        else:
+            keys = torch.cat([past_k.to(qkv.dtype), qkv[..., D:2 * D]], dim=1)   # (B, P + T, D)
+            values = torch.cat([past_v.to(qkv.dtype), v], dim=1)
+            P = keys.size(1) - T
+            q = rotate(split(qkv[..., :D]), cos[P:], sin[P:])
+            kr = rotate(split(keys), cos, sin)
         p = self.dropout if self.training else 0.0
         if mask is None:
             a = F.scaled_dot_product_attention(q, kr, split(values), dropout_p=p, is_causal=True)
         else:
-            a = F.scaled_dot_product_attention(q, kr, split(values), attn_mask=mask, dropout_p=p)
+            a = F.scaled_dot_product_attention(q, kr, split(values), attn_mask=mask, dropout_p=p)   # (B, h, T, d)
         x = x + self.drop(self.proj(a.transpose(1, 2).reshape(B, T, D)))    # (B, T, D)
         x = x + self.drop(self.mlp(self.norm2(x)))
         return x, keys, values
