@@ -27,10 +27,11 @@ k-gram is the number of distinct (k+1)-grams that end with it: the unique (k+1)-
 counted once more with np.unique. Two different n-grams share a hash with probability about
 (distinct n-grams)^2 / 2^65 per order: under 1e-3 for 10^8 of them.
 
-Memory. Counting holds a few arrays of one 8-byte value per training token at once (about 50
-bytes per token at the peak, freed between orders), so the training text is capped
-(``max_tokens``, default 16 M: below 1 GB; a 100 MB corpus trains on its last 16 M tokens of
-the training split, nearest the validation text, and says so). What is kept are sorted tables, and
+Memory. Counting holds a few arrays of one 8-byte value per training token at once (three
+arrays of keys, the ids, and a sort's permutation and copy, freed between orders), so the
+training text is capped (``max_tokens``, default 8 M: about 0.5-1 GB at the peak, measured by
+benchmarks/ngram_speed.py; a 100 MB corpus trains on the last 8 M tokens of its training split,
+nearest the validation text, and says so). What is kept are sorted tables, and
 above order ``prune_above`` the n-grams seen once are dropped from them: their discounted mass
 c - D is added to their history's back-off mass B(h), so the distribution still sums to 1 (a
 pruned w gets B(h) p_(k-1)(w) / c(h), as if unseen), and a history all of whose n-grams were
@@ -56,7 +57,7 @@ from ..util import csv_text, json_safe
 
 SCHEMA = "charlm.ngram/1"
 MAX_ORDER = 20
-MAX_TOKENS = 16_000_000        # default cap on the training tokens counted (memory: see above)
+MAX_TOKENS = 8_000_000         # default cap on the training tokens counted (memory: see above)
 TOKEN_CAP = 200_000_000        # the most a user may ask for
 PRUNE_ABOVE = 4                # orders above this drop the n-grams seen once
 _MUL = np.uint64(0x9E3779B97F4A7C15)
@@ -171,27 +172,26 @@ class KneserNey:
         self.tokens = len(ids)
         self.raw: list[Optional[Table]] = [None] * (order + 1)
         self.cont: list[Optional[Table]] = [None] * (order + 1)
-        n = len(ids)
-        prev_hist = np.zeros(n, dtype=np.uint64)           # keys of the (k-1)-gram ending at t - 1
-        prev_keys = np.zeros(n, dtype=np.uint64)           # keys of the (k-1)-gram ending at t
-        # Unique (k+1)-grams are needed for order k's continuation counts, so each order's keys
-        # come from the unique k-grams of the next round, which also give order k - 1 its table.
-        keys_k = _mix(np.zeros(n, dtype=np.uint64), ids)                    # 1-grams
+        # Three arrays of one key per token are alive at once: the keys of the (k-2)-, (k-1)- and
+        # k-grams ending at each position. The history of the k-gram ending at t is the
+        # (k-1)-gram ending at t - 1, so it is read from the previous array, never stored.
+        older = prev = None                                                 # keys of orders k - 2, k - 1
+        keys = _mix(np.zeros(len(ids), dtype=np.uint64), ids)               # 1-grams
         for k in range(1, order + 1):
-            hist = np.zeros(n, dtype=np.uint64) if k == 1 else np.concatenate([[np.uint64(0)], prev_keys[:-1]])
-            uk, first, count = _unique(keys_k[k - 1:])                  # full k-grams only
-            first = first + (k - 1)                                         # (U,) a position of each
-            self.raw[k] = _table(uk, hist[first], count, prune=k > prune_above)
+            grams, first, count = _unique(keys[k - 1:])                     # full k-grams only
+            first += k - 1                                                  # (U,) a position of each
+            hist = np.zeros(len(first), dtype=np.uint64) if k == 1 else prev[first - 1]
+            self.raw[k] = _table(grams, hist, count, prune=k > prune_above)
             if k > 1:
-                # Order k - 1's continuation counts: distinct k-grams (= distinct left
-                # extensions) ending with each (k-1)-gram.
-                suffix = prev_keys[first]
-                us, at, ccount = _unique(suffix)
+                # Order k - 1's continuation counts: the distinct k-grams (= distinct left
+                # extensions) that end with each (k-1)-gram.
+                suffixes, at, ccount = _unique(prev[first])
                 at = first[at]                                              # a position of each
-                self.cont[k - 1] = _table(us, prev_hist[at], ccount, prune=k - 1 > prune_above)
-            prev_hist, prev_keys = hist, keys_k
+                hist = np.zeros(len(at), dtype=np.uint64) if k == 2 else older[at - 1]
+                self.cont[k - 1] = _table(suffixes, hist, ccount, prune=k - 1 > prune_above)
+            older, prev = prev, keys
             if k < order:
-                keys_k = _mix(np.concatenate([[np.uint64(0)], keys_k[:-1]]), ids)
+                keys = _mix(np.concatenate([[np.uint64(0)], keys[:-1]]), ids)
         self.nbytes = sum(t.nbytes for t in self.raw[1:] + self.cont[1:-1] if t is not None)
 
     def _level(self, table: Table, hist: np.ndarray, gram: np.ndarray, lower: np.ndarray) -> np.ndarray:

@@ -98,3 +98,10 @@ def test_threads_contention_quick(tmp_path):
     rates = [r for row in rec["tokens_per_s"].values() for r in row.values()]
     assert all(r is None or r > 0 for r in rates) and any(r is not None for r in rates)   # None: too few steps
     assert any("threads auto" in " ".join(m) for m in rec["auto_notices"].values())
+
+
+@pytest.mark.skipif(not (CORPORA / "tinyshakespeare.txt").exists(), reason="needs ../shared/corpora")
+def test_ngram_speed_quick(tmp_path):
+    out, rec = run_quick("ngram_speed.py", tmp_path)
+    assert "charlm KneserNey" in out and "collections.Counter" in out
+    assert rec["benchmark"] == "ngram_speed" and rec["train_seconds"] > 0 and rec["reference_seconds"] > 0

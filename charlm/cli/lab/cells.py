@@ -50,7 +50,7 @@ def inspect_cells(
     train: Annotated[Optional[str], typer.Option(
         help="Train the n-gram on this text (default: the checkpoint's training split).", show_default=False)] = None,
     max_train_tokens: Annotated[int, typer.Option(
-        help="Count at most this many training tokens for the n-gram (its last ones; bounds its memory).")] = 16_000_000,
+        help="Count at most this many training tokens for the n-gram (its last ones; bounds its memory).")] = 8_000_000,
     html: Annotated[Optional[Path], typer.Option(
         help="Write a self-contained page: the text coloured by a cell, the surprise, the bits saved.",
         show_default=False)] = None,
@@ -202,7 +202,7 @@ def ngram(
     train: Annotated[Optional[str], typer.Option(
         help="Train on this text (default: the checkpoint's training split).", show_default=False)] = None,
     max_train_tokens: Annotated[int, typer.Option(
-        help="Count at most this many training tokens (its last ones; bounds the memory).")] = 16_000_000,
+        help="Count at most this many training tokens (its last ones; bounds the memory).")] = 8_000_000,
     json_out: Annotated[Optional[str], json_option("every number")] = None,
     csv_out: Annotated[Optional[str], typer.Option(
         "--csv", metavar="<file>", help="Write one row per order as CSV to <file> ('-': stdout, and nothing else there).")] = None,
