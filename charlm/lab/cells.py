@@ -37,10 +37,14 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from ..corpus.tokenizers import normalize_text
 from ..errors import ConfigError, CorpusError
+from ..model import CharRNN
 from ..plotting import check_plot_path, new_figure, save_figure
 from ..threads import torch_threads
 from ..util import csv_text, json_safe
+from .context import evaluation_text
+from .ngram import MAX_TOKENS, bits_per_char, check_tokens, measure, training_text
 
 SCHEMA = "charlm.inspect-cells/1"
 RECURRENT = ("rnn", "lstm", "gru", "mingru", "minlstm")
@@ -192,8 +196,6 @@ def trace(model, ids: np.ndarray, top: int = 5) -> Trace:
 def untrained_like(model, seed: int = CONTROL_SEED):
     """A fresh model of the same shape (same config), initialised from ``seed`` without touching
     the global RNG: the control that shows what the input alone explains."""
-    from ..model import CharRNN
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = CharRNN(model.config)
@@ -563,8 +565,6 @@ def check_options(chars: Any = 1000, top: Any = 3, order: Any = 0, html_chars: A
 
 
 def _bpc(nats: np.ndarray, chars: int) -> float:
-    from .ngram import bits_per_char
-
     return bits_per_char(nats, len(nats) + 1, chars)
 
 
@@ -579,8 +579,6 @@ def inspect_cells(model, tokenizer, text: str, inputs: str = "text given", featu
     if getattr(tokenizer, "kind", "char") != "char":
         raise ConfigError("inspect-cells reads one token per character; this run's tokenizer is "
                           f"{tokenizer.kind}")
-    from ..corpus.tokenizers import normalize_text
-
     text = normalize_text(text, getattr(tokenizer, "normalize", "none"))
     cut = len(text) > chars
     text = text[:chars]
@@ -611,8 +609,6 @@ def inspect_cells(model, tokenizer, text: str, inputs: str = "text given", featu
                        trace=tr, fractions=fr, control_fractions=cfr,
                        itos=[tokenizer.decode([i]) for i in range(c.vocab_size)])
     if order and train_ids is not None:
-        from .ngram import measure
-
         t0 = time.perf_counter()
         ng, _, lp = measure(train_ids, ids, len(text), c.vocab_size, order, train_inputs, inputs)
         best = ng.best_order
@@ -637,9 +633,6 @@ def study(lm, file: Optional[str | Path] = None, text: Optional[str] = None, fea
     check_recurrent(lm.model)
     check_options(chars=chars, top=top, order=order)
     parse_features(features)
-    from .context import evaluation_text
-    from .ngram import MAX_TOKENS, check_tokens, training_text
-
     max_train_tokens = MAX_TOKENS if max_train_tokens is None else max_train_tokens
     check_tokens(max_train_tokens)
     if text is None:
@@ -766,6 +759,9 @@ function paint() {
   }
   document.getElementById("legend").textContent = m.legend;
 }
+// A link may choose the colouring: cells.html#mode=2 opens with the third one.
+const asked = /mode=(\\d+)/.exec(location.hash);
+if (asked && Number(asked[1]) < D.modes.length) sel.value = asked[1];
 sel.addEventListener("change", paint);
 const tip = document.getElementById("tip");
 box.addEventListener("mousemove", (e) => {

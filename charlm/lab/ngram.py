@@ -52,8 +52,11 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..corpus.text import Corpus
 from ..errors import ConfigError, CorpusError
+from ..evaluation import EvalResult
 from ..util import csv_text, json_safe
+from .context import evaluation_text
 
 SCHEMA = "charlm.ngram/1"
 MAX_ORDER = 20
@@ -286,8 +289,6 @@ class NGramStudy:
 def bits_per_char(nats: np.ndarray, n_tokens: int, chars: int) -> float:
     """charlm evaluate's accounting (charlm.evaluation.EvalResult): total nats over the N - 1
     predicted tokens, divided by the characters they cover (chars * (N - 1) / N), in bits."""
-    from ..evaluation import EvalResult
-
     return EvalResult(nats=float(np.sum(nats)), tokens=n_tokens - 1, chars=chars * (n_tokens - 1) / n_tokens).bits_per_char
 
 
@@ -320,8 +321,6 @@ def measure(train_ids: np.ndarray, eval_ids: np.ndarray, eval_chars: int, vocab_
 def training_text(ckpt, file: Optional[str] = None) -> tuple[str, str]:
     """(text, description): ``file`` whole, else the training split of the checkpoint's corpus
     (all but its last val_fraction of characters, as `charlm train` splits it)."""
-    from ..corpus.text import Corpus
-
     if file is not None:
         return "".join(Corpus.resolve(str(file)).blocks()), str(file)
     spec = ckpt.corpus_path
@@ -343,8 +342,6 @@ def study(lm, file: Optional[str] = None, train: Optional[str] = None, order: in
     validation split) with evaluate's bits-per-character accounting, beside the run's own figure."""
     check_order(order)
     check_tokens(max_tokens)
-    from .context import evaluation_text
-
     train_text, train_inputs = training_text(lm.checkpoint, train)
     if text is None:
         text, inputs = evaluation_text(lm.checkpoint, file)

@@ -80,8 +80,9 @@ def inspect_cells(
     pinned = use(threads)
     report = not stdout_taken(json_out, csv_out)
     from ...api import load
-    from ...lab.cells import check_options, parse_features, plot_cells, write_html
+    from ...lab.cells import check_options, parse_features, plot_cells
     from ...lab.cells import study as measure
+    from ...lab.cells import write_html
     from ...lab.ngram import check_tokens
 
     check_options(chars=chars, top=top, order=order, html_chars=html_chars)
