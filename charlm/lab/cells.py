@@ -641,11 +641,9 @@ def study(lm, file: Optional[str | Path] = None, text: Optional[str] = None, fea
         inputs = "text given"
     train_ids, train_inputs = None, ""
     if order:
-        train_text, train_inputs = training_text(lm.checkpoint, None if train is None else str(train))
+        train_text, train_inputs = training_text(lm.checkpoint, None if train is None else str(train),
+                                                 max_train_tokens)
         train_ids = lm.tokenizer.encode(train_text)
-        if len(train_ids) > max_train_tokens:
-            train_ids = train_ids[-max_train_tokens:]
-            train_inputs += f", its last {max_train_tokens:,} tokens"
     return inspect_cells(lm.model, lm.tokenizer, text, inputs, features, chars, top, order, train_ids,
                          train_inputs, str(lm.path), threads)
 

@@ -30,8 +30,9 @@ counted once more with np.unique. Two different n-grams share a hash with probab
 Memory. Counting holds a few arrays of one 8-byte value per training token at once (three
 arrays of keys, the ids, and a sort's permutation and copy, freed between orders), so the
 training text is capped (``max_tokens``, default 8 M: about 0.5-1 GB at the peak, measured by
-benchmarks/ngram_speed.py; a 100 MB corpus trains on the last 8 M tokens of its training split,
-nearest the validation text, and says so). What is kept are sorted tables, and
+benchmarks/ngram_speed.py; a 100 MB corpus trains on the last 8 M characters of its training
+split, nearest the validation text, and says so; the corpus is read block by block, so the rest
+of it is never held). What is kept are sorted tables, and
 above order ``prune_above`` the n-grams seen once are dropped from them: their discounted mass
 c - D is added to their history's back-off mass B(h), so the distribution still sums to 1 (a
 pruned w gets B(h) p_(k-1)(w) / c(h), as if unseen), and a history all of whose n-grams were
@@ -318,21 +319,43 @@ def measure(train_ids: np.ndarray, eval_ids: np.ndarray, eval_chars: int, vocab_
     return study, model, lp
 
 
-def training_text(ckpt, file: Optional[str] = None) -> tuple[str, str]:
-    """(text, description): ``file`` whole, else the training split of the checkpoint's corpus
-    (all but its last val_fraction of characters, as `charlm train` splits it)."""
+def _text_range(corpus: Corpus, end: int, keep: int) -> str:
+    """The last ``keep`` characters before character ``end`` of a corpus, read block by block so
+    that only they are ever held."""
+    lo, pos, pieces = max(0, end - keep), 0, []
+    for block in corpus.blocks():
+        a, b = max(lo, pos), min(end, pos + len(block))
+        if a < b:
+            pieces.append(block[a - pos:b - pos])
+        pos += len(block)
+        if pos >= end:
+            break
+    return "".join(pieces)
+
+
+def training_text(ckpt, file: Optional[str] = None, max_chars: int = MAX_TOKENS) -> tuple[str, str]:
+    """(text, description): the last ``max_chars`` characters of ``file``, else of the training
+    split of the checkpoint's corpus (all but its last val_fraction of characters, as `charlm
+    train` splits it). The corpus is read twice, block by block (its length, then the tail), so
+    a 100 MB corpus costs ``max_chars`` characters of memory, not 100 MB."""
     if file is not None:
-        return "".join(Corpus.resolve(str(file)).blocks()), str(file)
-    spec = ckpt.corpus_path
-    if not spec:
-        raise CorpusError("the checkpoint does not name its corpus; give --train FILE")
-    try:
-        text = "".join(Corpus.resolve(str(spec)).blocks())
-    except CorpusError:
-        raise CorpusError(f"the checkpoint's corpus {spec} is gone; give --train FILE") from None
-    frac = float(ckpt.trained("val_fraction", 0.1))
-    val = max(1, int(round(len(text) * frac)))
-    return text[:len(text) - val], f"{spec} (first {1 - frac:g}: the training split)"
+        corpus, what, frac = Corpus.resolve(str(file)), str(file), None
+    else:
+        spec = ckpt.corpus_path
+        if not spec:
+            raise CorpusError("the checkpoint does not name its corpus; give --train FILE")
+        try:
+            corpus = Corpus.resolve(str(spec))
+        except CorpusError:
+            raise CorpusError(f"the checkpoint's corpus {spec} is gone; give --train FILE") from None
+        frac = float(ckpt.trained("val_fraction", 0.1))
+        what = f"{spec} (first {1 - frac:g}: the training split)"
+    total = sum(len(block) for block in corpus.blocks())
+    end = total if frac is None else total - max(1, int(round(total * frac)))
+    text = _text_range(corpus, end, max_chars)
+    if len(text) < end:
+        what += f", its last {len(text):,} characters"
+    return text, what
 
 
 def study(lm, file: Optional[str] = None, train: Optional[str] = None, order: int = 10,
@@ -342,15 +365,14 @@ def study(lm, file: Optional[str] = None, train: Optional[str] = None, order: in
     validation split) with evaluate's bits-per-character accounting, beside the run's own figure."""
     check_order(order)
     check_tokens(max_tokens)
-    train_text, train_inputs = training_text(lm.checkpoint, train)
+    # A token covers at least one character, so the last max_tokens characters hold at most
+    # max_tokens tokens (exactly that many with the char tokenizer).
+    train_text, train_inputs = training_text(lm.checkpoint, train, max_tokens)
     if text is None:
         text, inputs = evaluation_text(lm.checkpoint, file)
     else:
         inputs = "text given"
     train_ids = lm.tokenizer.encode(train_text)
-    if len(train_ids) > max_tokens:
-        train_ids = train_ids[-max_tokens:]
-        train_inputs += f", its last {max_tokens:,} tokens"
     eval_ids = lm.tokenizer.encode(text)
     result, _, _ = measure(train_ids, eval_ids, len(text), lm.tokenizer.vocab_size, order,
                            train_inputs, inputs)

@@ -88,6 +88,19 @@ def test_bits_per_char_is_evaluates_accounting():
     assert study.csv_text().splitlines()[0].startswith("order,bits_per_char")
 
 
+def test_training_text_reads_only_the_tail_it_keeps(tmp_path, monkeypatch):
+    from charlm.lab.ngram import training_text
+
+    monkeypatch.setattr("charlm.corpus.text.BLOCK_BYTES", 4096)         # many blocks, as a big corpus
+    path = tmp_path / "t.txt"
+    text = make_text(300_000, seed=7)
+    path.write_text(text, encoding="utf-8")
+    got, what = training_text(None, str(path), max_chars=70_000)
+    assert got == text[-70_000:] and "its last 70,000 characters" in what
+    got, what = training_text(None, str(path), max_chars=10**9)
+    assert got == text and "its last" not in what
+
+
 def test_bad_options_are_one_line():
     for bad in (0, 21, 2.5, True):
         with pytest.raises(ConfigError, match="--order"):
@@ -122,6 +135,10 @@ def test_cli_ngram(tiny_run, tmp_path):
     doc = json.loads(res.stdout)
     assert [o["order"] for o in doc["orders"]] == [1, 2, 3, 4, 5, 6]
     assert doc["train"]["tokens"] == 7200 and doc["eval"]["chars"] == 800      # the run's 0.9 / 0.1 split
+    res = CliRunner().invoke(app, ["ngram", str(tiny_run), "--order", "3", "--max-train-tokens", "1000",
+                                   "--json", "-"])
+    doc = json.loads(res.stdout)
+    assert doc["train"]["tokens"] == 1000 and "its last 1,000 characters" in doc["train"]["inputs"]
     res = CliRunner().invoke(app, ["ngram", str(tiny_run), "--order", "4"])
     assert res.exit_code == 0 and "◀" in res.output
     res = CliRunner().invoke(app, ["ngram", str(tiny_run), "--order", "30"])
