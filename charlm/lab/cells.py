@@ -781,13 +781,11 @@ paint();
 
 
 def _json_for_script(value: Any) -> str:
-    """JSON that is safe inside a <script> element: '<', '>' and '&' as \\u escapes, so no
-    text can close the element or open a comment; U+2028/9 escaped for old parsers."""
-    text = json.dumps(json_safe(value), ensure_ascii=False, allow_nan=False)
-    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
-                    ("\u2029", "\\u2029")):
-        text = text.replace(ch, esc)
-    return text
+    """JSON that is safe inside a <script> element: ASCII only (no character of the text, not even
+    one UTF-8 cannot encode, reaches the file as itself), and '<', '>' and '&' as \\u escapes, so
+    no text can close the element or open a comment."""
+    text = json.dumps(json_safe(value), ensure_ascii=True, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def page_modes(study: CellsStudy, cells: Sequence[int] = ()) -> list[dict[str, Any]]:

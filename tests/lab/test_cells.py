@@ -167,6 +167,7 @@ def test_hostile_text_gives_a_valid_page():
     assert page.count("<script") == 2 and page.count("</script>") == 2
     assert "alert(1)" in page and "<script>alert" not in page and "</span>" not in page and "<!--" not in page
     assert "http" not in page.replace("http-equiv", "")                  # no network, no external file
+    assert page.isascii()                                                 # the text travels escaped
     data = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S).group(1))
     assert data["text"] == study.text[:500] and len(data["modes"]) >= 3
     assert all(len(m["values"]) == 500 for m in data["modes"]) and len(data["top"]) == 500
