@@ -55,6 +55,10 @@ MAX_CHARS = 200_000              # the most characters a study reads (the step l
 MAX_HTML_CHARS = 20_000          # the most characters a page shows
 MAX_FEATURES = 16                # user --feature patterns
 MAX_TOP = 32
+# Characters x units held at once: each model's states (float32) and the probe's standardised copy
+# (float64), for the run and its control, about 24 bytes each: 30 M is about 0.7 GB.
+MAX_CHAR_UNITS = 30_000_000
+DEFAULT_CHARS = 20_000
 BRACKETS = {"paren": "()", "square": "[]", "brace": "{}"}
 CLASSES = ("letter", "digit", "space", "newline", "open bracket", "close bracket", "quote", "punctuation",
            "other")
@@ -62,17 +66,18 @@ CONTROL_SEED = 1234
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading a text step by step, keeping every state and gate
+# Reading a text, keeping every state and how saturated each gate was
 
 @dataclass
 class Trace:
     """One text read from zero state. cells[l] (T, H): layer l's c (LSTM) or h after each token;
-    hidden[l] (T, H): its h; gates[l]: gate name -> (T, H); nats (T - 1,): the loss of token t + 1
-    given tokens 0..t; top_ids, top_p (T, K): the model's K best guesses after each token."""
+    gates[l]: gate name -> {"left": (H,), "right": (H,)}, the fraction of tokens at which each unit
+    is below 0.1 and above 0.9 (counted as the gates are computed: the (T, H) gates themselves are
+    not kept); nats (T - 1,): the loss of token t + 1 given tokens 0..t; top_ids, top_p (T, K):
+    the model's K best guesses after each token."""
 
     cells: list[np.ndarray]
-    hidden: list[np.ndarray]
-    gates: list[dict[str, np.ndarray]]
+    gates: list[dict[str, dict[str, np.ndarray]]]
     nats: np.ndarray
     top_ids: np.ndarray
     top_p: np.ndarray
@@ -148,9 +153,9 @@ def trace(model, ids: np.ndarray, top: int = 5) -> Trace:
         device = next(model.parameters()).device
         cell = model.config.cell
         x = model.embed(torch.as_tensor(np.asarray(ids, dtype=np.int64), device=device)).float()   # (T, E)
-        cells, hidden, gates = [], [], []
+        cells, gates = [], []
         gate_error = 0.0
-        if cell in GATES and cell in ("mingru", "minlstm"):
+        if cell in ("mingru", "minlstm"):
             # The min cells' gates read only the input, so each layer is one parallel pass.
             rnn, y = model.rnn, x.unsqueeze(0)                          # (1, T, E)
             for l, mc in enumerate(rnn.cells):
@@ -159,8 +164,7 @@ def trace(model, ids: np.ndarray, top: int = 5) -> Trace:
                 h = mc(inp)                                             # (1, T, H)
                 y = h if l == 0 else y + h
                 cells.append(h[0])
-                hidden.append(h[0])
-                gates.append({n: torch.sigmoid(p[0]) for n, p in zip(GATES[cell], pre)})
+                gates.append(_saturation({n: torch.sigmoid(p[0]) for n, p in zip(GATES[cell], pre)}))
             top_h = y[0]                                                # the residual stream the head reads
         else:
             inp = x
@@ -168,8 +172,7 @@ def trace(model, ids: np.ndarray, top: int = 5) -> Trace:
                 h, c, g, err = _fused_layer(model.rnn, cell, l, inp)
                 gate_error = max(gate_error, err)
                 cells.append(c)
-                hidden.append(h)
-                gates.append(g)
+                gates.append(_saturation(g))
                 inp = h
             top_h = inp
         # The head in slices: (T, V) logits may be large for a sentencepiece vocabulary.
@@ -188,8 +191,7 @@ def trace(model, ids: np.ndarray, top: int = 5) -> Trace:
     finally:
         model.train(was)
     np_ = lambda t: t.detach().float().cpu().numpy()
-    return Trace(cells=[np_(c) for c in cells], hidden=[np_(h) for h in hidden],
-                 gates=[{n: np_(v) for n, v in g.items()} for g in gates], nats=nats.numpy(),
+    return Trace(cells=[np_(c) for c in cells], gates=gates, nats=nats.numpy(),
                  top_ids=top_ids.numpy(), top_p=top_p.numpy(), gate_error=gate_error)
 
 
@@ -205,10 +207,15 @@ def untrained_like(model, seed: int = CONTROL_SEED):
 # ----------------------------------------------------------------------------------------------
 # Gate saturation
 
+def _saturation(gates: dict[str, torch.Tensor]) -> dict[str, dict[str, np.ndarray]]:
+    """gate name -> (T, H) values  ->  gate name -> left and right fractions over T, each (H,)."""
+    return {n: {"left": (g < LEFT).float().mean(0).cpu().numpy(), "right": (g > RIGHT).float().mean(0).cpu().numpy()}
+            for n, g in gates.items()}
+
+
 def gate_fractions(tr: Trace) -> list[dict[str, dict[str, np.ndarray]]]:
     """Per layer, per gate: (left, right) fractions of characters, each (H,)."""
-    return [{n: {"left": (g < LEFT).mean(0), "right": (g > RIGHT).mean(0)} for n, g in layer.items()}
-            for layer in tr.gates]
+    return tr.gates
 
 
 def _gate_rows(trained: list, control: list) -> list[dict[str, Any]]:
@@ -557,8 +564,9 @@ def _whole(option: str, value: Any, least: int, most: int) -> None:
         raise ConfigError(f"{option} must be a whole number from {least} to {most:,}, got {value!r}")
 
 
-def check_options(chars: Any = 1000, top: Any = 3, order: Any = 0, html_chars: Any = 1000) -> None:
-    _whole("--chars", chars, 16, MAX_CHARS)
+def check_options(chars: Any = None, top: Any = 3, order: Any = 0, html_chars: Any = 1000) -> None:
+    if chars is not None:
+        _whole("--chars", chars, 16, MAX_CHARS)
     _whole("--top", top, 1, MAX_TOP)
     _whole("--order", order, 0, 20)
     _whole("--html-chars", html_chars, 1, MAX_HTML_CHARS)
@@ -569,10 +577,10 @@ def _bpc(nats: np.ndarray, chars: int) -> float:
 
 
 def inspect_cells(model, tokenizer, text: str, inputs: str = "text given", features: Sequence[str] = (),
-                  chars: int = 20_000, top: int = 3, order: int = 10, train_ids: Optional[np.ndarray] = None,
+                  chars: Optional[int] = None, top: int = 3, order: int = 10, train_ids: Optional[np.ndarray] = None,
                   train_inputs: str = "", source: str = "", threads: Optional[int] = None) -> CellsStudy:
-    """The study on the first ``chars`` characters of ``text``; ``order`` 0 (or no train_ids)
-    skips the n-gram."""
+    """The study on the first ``chars`` characters of ``text`` (default DEFAULT_CHARS, or as many
+    as MAX_CHAR_UNITS allows for a big model); ``order`` 0 (or no train_ids) skips the n-gram."""
     check_recurrent(model)
     check_options(chars=chars, top=top, order=order)
     patterns = parse_features(features)
@@ -580,6 +588,13 @@ def inspect_cells(model, tokenizer, text: str, inputs: str = "text given", featu
         raise ConfigError("inspect-cells reads one token per character; this run's tokenizer is "
                           f"{tokenizer.kind}")
     text = normalize_text(text, getattr(tokenizer, "normalize", "none"))
+    units = model.config.layers * model.config.hidden_size
+    if chars is None:                                                  # DEFAULT_CHARS, fewer for a big model
+        chars = max(16, min(DEFAULT_CHARS, MAX_CHAR_UNITS // units))
+    if chars * units > MAX_CHAR_UNITS:
+        raise ConfigError(f"--chars {chars:,} is too many for {units:,} units: the states of the run and "
+                          f"its control would not fit the memory this command allows; use --chars "
+                          f"{MAX_CHAR_UNITS // units:,} or fewer")
     cut = len(text) > chars
     text = text[:chars]
     if len(text) < 16:
@@ -602,7 +617,8 @@ def inspect_cells(model, tokenizer, text: str, inputs: str = "text given", featu
     study = CellsStudy(inputs=inputs, chars=len(text), cut=cut,
                        model={"source": source, "cell": c.cell, "layers": c.layers, "hidden_size": c.hidden_size,
                               "vocab_size": c.vocab_size, "control_seed": CONTROL_SEED,
-                              "state": "c" if c.cell == "lstm" else "h"},
+                              "state": "c" if c.cell == "lstm" else "h",
+                              "gate_check": max(tr.gate_error, control.gate_error)},
                        gates=_gate_rows(fr, cfr), features=rows,
                        model_bits_per_char=_bpc(tr.nats, len(text)),
                        control_bits_per_char=_bpc(control.nats, len(text)), seconds=seconds, text=text,
@@ -625,7 +641,7 @@ def inspect_cells(model, tokenizer, text: str, inputs: str = "text given", featu
 
 
 def study(lm, file: Optional[str | Path] = None, text: Optional[str] = None, features: Sequence[str] = (),
-          chars: int = 20_000, top: int = 3, order: int = 10, train: Optional[str | Path] = None,
+          chars: Optional[int] = None, top: int = 3, order: int = 10, train: Optional[str | Path] = None,
           max_train_tokens: Optional[int] = None, threads: Optional[int] = None) -> CellsStudy:
     """What the cells of a loaded model (``charlm.load(run)``) hold, as `charlm inspect-cells`
     measures it: on ``text``, else ``file``, else the run's validation split (its first ``chars``

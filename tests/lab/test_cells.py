@@ -122,6 +122,18 @@ def test_forced_biases_saturate_every_gate(cell, bias, side):
         assert (f["left" if side == "right" else "right"] == 0.0).all()
 
 
+def test_chars_are_capped_by_the_units_they_multiply(monkeypatch):
+    text = make_text(400)
+    tok = CharTokenizer(sorted(set(text)))
+    model = CharRNN(ModelConfig(cell="gru", vocab_size=tok.vocab_size, hidden_size=512, embedding_size=8, layers=3))
+    with pytest.raises(ConfigError, match="--chars 19,531 or fewer"):
+        inspect_cells(model, tok, text, chars=20_000, order=0)
+    # The default fits itself to the model: here 8 units and room for 8,000 character-units.
+    monkeypatch.setattr("charlm.lab.cells.MAX_CHAR_UNITS", 8_000)
+    small = _model("gru", vocab=tok.vocab_size, hidden=8, layers=1)
+    assert inspect_cells(small, tok, text * 5, order=0).chars == 1000
+
+
 def test_a_tanh_rnn_has_no_gates_and_a_transformer_is_refused():
     text = make_text(400)
     tok = CharTokenizer(sorted(set(text)))

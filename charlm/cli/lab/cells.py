@@ -41,7 +41,9 @@ def inspect_cells(
     text_file: Annotated[Optional[str], typer.Argument(
         help="UTF-8 text to read (default: the validation split of the checkpoint's corpus).",
         show_default=False)] = None,
-    chars: Annotated[int, typer.Option(help="Read the first this many characters of the text (at most 200,000).")] = 20_000,
+    chars: Annotated[Optional[int], typer.Option(
+        help="Read the first this many characters of the text (default 20,000, fewer for a model of more "
+             "than 1,500 units; at most 200,000, and 30 M divided by the units).", show_default=False)] = None,
     feature: Annotated[Optional[list[str]], typer.Option(
         metavar="NAME=REGEX", help="A feature of your own: 1 inside a match of REGEX, else 0 (repeatable, up to 16).",
         show_default=False)] = None,
