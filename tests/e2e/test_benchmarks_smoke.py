@@ -119,3 +119,10 @@ def test_systems_quick(tmp_path):
         ("rnn", "time"), ("rnn", "tokens"), ("transformer+memory", "time"), ("transformer+memory", "tokens")]
     assert all(r["val_nats_per_char"] > 0 and r["parameters"] > 0 for r in records)
     assert "| transformer+memory | equal tokens |" in p.stdout
+
+
+@pytest.mark.skipif(not (CORPORA / "tinyshakespeare.txt").exists(), reason="needs ../shared/corpora")
+def test_ngram_speed_quick(tmp_path):
+    out, rec = run_quick("ngram_speed.py", tmp_path)
+    assert "charlm KneserNey" in out and "collections.Counter" in out
+    assert rec["benchmark"] == "ngram_speed" and rec["train_seconds"] > 0 and rec["reference_seconds"] > 0
