@@ -37,6 +37,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from ..config import RECURRENT
 from ..corpus.tokenizers import normalize_text
 from ..errors import ConfigError, CorpusError
 from ..model import CharRNN
@@ -47,7 +48,6 @@ from .context import evaluation_text
 from .ngram import MAX_TOKENS, bits_per_char, check_tokens, measure, training_text
 
 SCHEMA = "charlm.inspect-cells/1"
-RECURRENT = ("rnn", "lstm", "gru", "mingru", "minlstm")
 GATES = {"rnn": (), "lstm": ("input", "forget", "output"), "gru": ("reset", "update"),
          "mingru": ("update",), "minlstm": ("forget", "input")}
 LEFT, RIGHT = 0.1, 0.9           # the paper's saturation thresholds
