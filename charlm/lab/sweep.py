@@ -23,8 +23,11 @@ from typing import Any, Callable, Optional, get_args, get_origin, get_type_hints
 
 from ..api import load
 from ..config import ModelConfig, TrainConfig, config_keys
-from ..errors import CharLMError, ConfigError, RunDirError
+from ..corpus.text import Corpus
+from ..devices import check_precision, resolve_device
+from ..errors import CharLMError, ConfigError, CorpusError, Interrupted, RunDirError
 from ..events import Event, Notice
+from ..limits import check_model_fits
 from ..metrics import read_metrics
 from ..plotting import literal, new_figure, save_figure
 from ..training import resolve_options, train
@@ -193,16 +196,61 @@ def plan(axes: dict[str, list[Any]], base: dict[str, Any], folder: Path) -> list
 
     _check_base(base, axes)
     _check_manifest(folder, axes, base)
-    planned = []
+    planned, configs = [], []
     for values in grid_points(axes):
         name = point_name(values)
         options = {**base, **values, "out": str(folder / name)}
-        resolve_options(dict(options))   # raises ConfigError for a bad combination, before any run
+        # raises ConfigError for a bad combination, before any run
+        configs.append(resolve_options(dict(options)))
         planned.append((PointResult(name=name, values=values, run_dir=str(folder / name)), options))
     names = [p.name for p, _ in planned]
     if len(set(names)) != len(names):
         raise ConfigError("two grid points would share a folder name; make the values distinct")
+    _preflight([p for p, _ in planned], configs)
     return planned
+
+
+def _preflight(points: list[PointResult], configs: list[tuple[ModelConfig, TrainConfig]]) -> None:
+    """What a point's own launch refuses, checked for every point before the first one trains, so a
+    sweep does not fail at its last point after hours: the device (--grid device=cpu,cuda on a
+    machine without CUDA), a chunk the corpus cannot fill, and a model the memory cannot hold. The
+    corpus is not encoded here (that is each run's work): its size in bytes bounds its tokens, so
+    only a point that certainly fails is refused; a borderline one is still refused by its launch.
+    The error names the point."""
+    bounds: dict[Any, tuple[str, int]] = {}
+    for point, (model_config, config) in zip(points, configs):
+        try:
+            device = resolve_device(config.device)
+            if device.type != "cuda":       # as the launch does (training/setup.prepare_device)
+                check_precision(device, config.precision)
+            key = (config.corpus, config.tokenizer, config.normalize)
+            if key not in bounds:
+                bounds[key] = _token_bound(config)
+            corpus_name, most = bounds[key]
+            need = config.batch_size * (config.seq_len + 1)
+            if need > most:
+                raise CorpusError(f"corpus {corpus_name} has at most {most:,} tokens, too few for "
+                                  f"{config.batch_size} streams of --seq-len {config.seq_len} (needs at "
+                                  f"least {need:,}); lower --batch-size or --seq-len")
+            # The vocabulary is not known yet: one token is the least it can be.
+            check_model_fits(model_config or ModelConfig(), 1, device, config.batch_size, config.seq_len)
+        except CharLMError as e:
+            raise type(e)(f"grid point {point.name}: {e}; nothing was trained") from None
+
+
+def _token_bound(config: TrainConfig) -> tuple[str, int]:
+    """(the corpus's name, the most tokens it can encode to) without reading it: one per byte for
+    characters as they are or composed (a UTF-8 character is at least one byte); three per byte where
+    decomposition (nfd, nfkd) or sentencepiece's byte fallback and space marks can add tokens."""
+    corpus = Corpus.resolve(config.corpus)
+    size = 0
+    for path in corpus.files:
+        try:
+            size += path.stat().st_size
+        except OSError as e:
+            raise CorpusError(f"cannot read {path}: {e.strerror or e}") from None
+    per_byte = 1 if config.tokenizer == "char" and config.normalize in ("none", "nfc") else 3
+    return corpus.name, size * per_byte
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,7 +318,17 @@ def run_sweep(axes: dict[str, list[Any]], base: dict[str, Any], folder: str | Pa
         else:
             resume = (Path(point.run_dir) / "last.pt").is_file()
             emit(SweepPointStarted(index, len(planned), point.name, point.values, resume))
-            _train_point(options, resume, emit)
+            try:
+                _train_point(options, resume, emit)
+            except Interrupted as e:
+                # The run's own advice (`charlm train --out POINT --resume`) would finish this point
+                # only: the sweep command resumes it and then trains the points after it.
+                saved = str(e).partition("; continue with")[0]
+                err = Interrupted(f"{saved} (point {index}/{len(planned)}); to go on with the sweep, run "
+                                  f"the same `charlm sweep` command again with --out {folder}: finished "
+                                  f"points are skipped and this one resumes")
+                err.exit_code = e.exit_code
+                raise err from None
             _read_figures(point)
             point.status = "trained"
         if inspect:
