@@ -224,7 +224,7 @@ def lock_run_dir(folder: Path) -> RunLock:
             raise RunDirError(f"{lock_path} is a folder where charlm keeps the run's lock file; move it "
                               f"out of the way and run the command again") from None
         if e.errno in (errno.EACCES, errno.EPERM) and os.path.lexists(lock_path):
-            raise RunDirError(f"cannot open the run's lock file {lock_path}: permission denied; make it "
+            raise RunDirError(f"cannot open the run's lock file {lock_path}: Permission denied; make it "
                               f"writable (chmod u+w) or remove it, and run the command again") from None
         raise RunDirError(f"cannot write to run directory {folder}: {e.strerror or e}") from None
     if fcntl is not None:

@@ -164,7 +164,7 @@ def test_a_lock_that_is_a_folder_or_read_only_is_named_as_such(finished_run, mon
             return real_open(path, flags, *args, **kwargs)
 
         monkeypatch.setattr(rundir.os, "open", denied)
-        fragment = f"cannot open the run's lock file {lock}: permission denied; make it writable"
+        fragment = f"cannot open the run's lock file {lock}: Permission denied; make it writable"
     one_line_error(cli("train", "--out", finished_run, "--resume", "--max-steps", "6"), fragment)
     assert snapshot(finished_run) == before
 
