@@ -378,12 +378,14 @@ def measure_model(model, ids: torch.Tensor, warmup: int = 0, state: Optional[tup
     return curves, float(trace.loss.mean())
 
 
-def text_windows(ids: np.ndarray, samples: int, length: int, generator: np.random.Generator) -> torch.Tensor:
-    """samples windows of length tokens at random offsets of ids (N,) -> (samples, length)."""
+def text_windows(ids: np.ndarray, samples: int, length: int, generator: np.random.Generator,
+                 lags_option: str = "--lags", longer: str = "a longer --corpus") -> torch.Tensor:
+    """samples windows of length tokens at random offsets of ids (N,) -> (samples, length).
+    ``lags_option`` and ``longer`` name, in the error, the options of the command that asked."""
     n = len(ids)
     if n < length + 1:
         raise ConfigError(f"the text has {n} tokens, too few for windows of {length} "
-                          f"(--lags plus warm-up); lower --lags or give a longer --corpus")
+                          f"({lags_option} plus warm-up); lower {lags_option} or give {longer}")
     starts = generator.integers(0, n - length, size=samples)
     return torch.from_numpy(np.stack([np.asarray(ids[s:s + length], dtype=np.int64) for s in starts]))
 
@@ -416,9 +418,11 @@ def inspect_model(model, name: str, ids: torch.Tensor, warmup: int, source: str 
 
 def study_of_trained(model, tokenizer, ckpt: Checkpoint, source: str, corpus: Optional[str] = None,
                      text: Optional[str] = None, lags: int = 100, samples: int = 32, seed: int = 0,
-                     warmup: int = 50) -> GradientStudy:
+                     warmup: int = 50, lags_option: str = "--lags",
+                     longer: str = "a longer --corpus") -> GradientStudy:
     """Measure a trained model on windows of ``text``, else of ``corpus``, else of the corpus the
-    checkpoint was trained on when it is still there, else of random tokens (said in ``inputs``)."""
+    checkpoint was trained on when it is still there, else of random tokens (said in ``inputs``).
+    ``lags_option`` and ``longer`` are the words of the calling command (see text_windows)."""
     gen = np.random.default_rng(seed)
     length = warmup + lags + 2
     inputs = "random tokens (the checkpoint's corpus is gone; pass --corpus)"
@@ -433,7 +437,7 @@ def study_of_trained(model, tokenizer, ckpt: Checkpoint, source: str, corpus: Op
             if corpus is not None:
                 raise
     if text is not None:
-        ids = text_windows(tokenizer.encode(text), samples, length, gen)
+        ids = text_windows(tokenizer.encode(text), samples, length, gen, lags_option, longer)
     else:
         ids = torch.from_numpy(gen.integers(0, tokenizer.vocab_size, size=(samples, length)))
     device = next(model.parameters()).device
