@@ -82,6 +82,24 @@ def write_user_file(path: Any, text: str) -> None:
             os.unlink(tmp)
 
 
+def run_write_error(path: Any, e: OSError) -> str:
+    """The message for a log of a run (metrics.jsonl, samples.txt) that could not be written: what
+    is wrong and what to do, from the cause. Only a full disk is worth "free some space"."""
+    reason = e.strerror or str(e)
+    if e.errno == errno.EISDIR:
+        fix = f"{path} is a folder where charlm keeps a file: move it out of the way"
+    elif e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG):
+        fix = "free some space"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make it writable"
+    elif e.errno == errno.ELOOP:
+        fix = "remove the link"
+    else:
+        fix = "fix the cause"
+    return (f"cannot write {path}: {reason} (the last checkpoint is intact; {fix} and continue "
+            f"with --resume)")
+
+
 def is_finite_number(x: Any) -> bool:
     """A real int or float (not a bool) that is neither NaN nor infinite."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

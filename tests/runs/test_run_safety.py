@@ -230,3 +230,28 @@ def test_runs_says_a_folder_without_a_marker_is_not_a_run(tmp_path, finished_run
     assert rows["stranger"]["charlm_run"] is False and rows["stranger"]["corpus"] is None
     assert "not a charlm run" in rows["stranger"]["notes"]
     assert rows["runE"]["charlm_run"] is True and rows["runE"]["notes"] is None
+
+
+# --- the run's logs -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["samples.txt", "metrics.jsonl"])
+def test_a_log_that_is_a_folder_is_not_called_a_full_disk(finished_run, name):
+    """samples.txt or metrics.jsonl made a folder (was: "… Is a directory (the last checkpoint is
+    intact; free some space and continue with --resume)"): the advice fits the cause."""
+    log = finished_run / name
+    log.unlink(missing_ok=True)
+    log.mkdir()
+    r = cli("train", "--out", finished_run, "--resume", "--max-steps", "6", "--sample-length", "8")
+    one_line_error(r, f"{log} is a folder where charlm keeps a file: move it out of the way and continue with --resume")
+    assert "free some space" not in r.stderr
+
+
+@pytest.mark.parametrize("code, fix", [(errno.ENOSPC, "free some space"), (errno.EISDIR, "is a folder"),
+                                       (errno.EACCES, "make it writable"), (errno.EROFS, "make it writable"),
+                                       (errno.EIO, "fix the cause")])
+def test_a_log_write_error_advises_by_its_cause(tmp_path, code, fix):
+    from charlm.util import run_write_error
+
+    message = run_write_error(tmp_path / "samples.txt", OSError(code, os.strerror(code)))
+    assert fix in message and message.endswith("continue with --resume)")
+    assert ("free some space" in message) == (code == errno.ENOSPC)
