@@ -490,7 +490,7 @@ def gradient_horizon(model, tokenizer, ckpt: Checkpoint, text: str, lags: int = 
     (None: beyond ``lags`` for at least one of them)."""
     study = study_of_trained(model, tokenizer, ckpt, "", text=text, lags=lags, samples=samples,
                              seed=seed, warmup=warmup, lags_option="--grad-lags",
-                             longer="a longer text (the text_file argument)")
+                             longer="a longer text (the text_file argument)", samples_option=None)
     curves = study.models[0].curves
     horizons = {c.label: c.horizon for c in curves}
     values = list(horizons.values())

@@ -299,14 +299,20 @@ def _inspect_point(point: PointResult, emit: Callable[[Event], None]) -> None:
 
 def run_sweep(axes: dict[str, list[Any]], base: dict[str, Any], folder: str | Path,
               on_event: Optional[Callable[[Event], None]] = None, inspect: bool = False,
-              on_point: Optional[Callable[[PointResult], None]] = None) -> SweepResult:
+              on_point: Optional[Callable[[PointResult], None]] = None,
+              words: Optional[dict[str, str]] = None) -> SweepResult:
     """Train every grid point not finished yet (in order), then gather the figures of all.
 
     ``on_point(point)`` is called after each point is trained (or found finished): a measurement
-    of one's own (truncation-table scores echo accuracy there)."""
+    of one's own (truncation-table scores echo accuracy there). ``words`` rewrites the sweep's own
+    words in its errors for a command built on it (truncation-table: --seq-len is its --chunks, and
+    the advice after Ctrl-C is to rerun that command): {sweep's phrase: the command's}."""
     folder = Path(folder)
     emit = on_event or (lambda e: None)
-    planned = plan(axes, base, folder)
+    try:
+        planned = plan(axes, base, folder)
+    except CharLMError as e:
+        raise _reworded(e, words) from None
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MANIFEST).write_text(json.dumps({"schema": SCHEMA, "axes": json_safe(axes),
                                                "base": json_safe(base)}, indent=1) + "\n", encoding="utf-8")
@@ -328,7 +334,7 @@ def run_sweep(axes: dict[str, list[Any]], base: dict[str, Any], folder: str | Pa
                                   f"the same `charlm sweep` command again with --out {folder}: finished "
                                   f"points are skipped and this one resumes")
                 err.exit_code = e.exit_code
-                raise err from None
+                raise _reworded(err, words) from None
             _read_figures(point)
             point.status = "trained"
         if inspect:
@@ -337,6 +343,18 @@ def run_sweep(axes: dict[str, list[Any]], base: dict[str, Any], folder: str | Pa
             on_point(point)
         result.points.append(point)
     return result
+
+
+def _reworded(error: CharLMError, words: Optional[dict[str, str]]) -> CharLMError:
+    """``error`` with each phrase of ``words`` replaced (see run_sweep), as the same kind of error."""
+    if not words:
+        return error
+    message = str(error)
+    for sweep_phrase, own in words.items():
+        message = message.replace(sweep_phrase, own)
+    reworded = type(error)(message)
+    reworded.exit_code = error.exit_code
+    return reworded
 
 
 def plot_sweep(result, out: str | Path) -> Path:
