@@ -13,6 +13,7 @@ horizon (as inspect-gradients measures it) and effective context (as inspect-con
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -218,7 +219,9 @@ def _preflight(points: list[PointResult], configs: list[tuple[ModelConfig, Train
     only a point that certainly fails is refused; a borderline one is still refused by its launch.
     The error names the point."""
     bounds: dict[Any, tuple[str, int]] = {}
+    digests: dict[Any, str] = {}
     for point, (model_config, config) in zip(points, configs):
+        _check_same_corpus(point, config, digests)
         try:
             device = resolve_device(config.device)
             if device.type != "cuda":       # as the launch does (training/setup.prepare_device)
@@ -236,6 +239,27 @@ def _preflight(points: list[PointResult], configs: list[tuple[ModelConfig, Train
             check_model_fits(model_config or ModelConfig(), 1, device, config.batch_size, config.seq_len)
         except CharLMError as e:
             raise type(e)(f"grid point {point.name}: {e}; nothing was trained") from None
+
+
+def _check_same_corpus(point: PointResult, config: TrainConfig, digests: dict[Any, str]) -> None:
+    """A point trained before (finished, to be skipped, or cut short, to be resumed) must have read
+    the corpus as it is now: a finished point is otherwise skipped and its figures, from another
+    text, sit in the table beside points trained on this one. Its data/meta.json records the
+    sha256 of the text it encoded; the corpus is hashed only when such a point exists."""
+    try:
+        recorded = json.loads((Path(point.run_dir) / "data" / "meta.json").read_text(encoding="utf-8"))["key"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return       # not trained yet (or not by charlm): its own launch decides
+    if config.corpus not in digests:
+        digest = hashlib.sha256()
+        for _ in Corpus.resolve(config.corpus).blocks(digest):
+            pass
+        digests[config.corpus] = digest.hexdigest()
+    if recorded != digests[config.corpus]:
+        raise RunDirError(f"grid point {point.name} was trained on another version of its corpus "
+                          f"{config.corpus or 'builtin'} (the sha256 in {point.run_dir}/data/meta.json "
+                          f"differs), so its figures would not compare; choose another --out, or remove "
+                          f"that point's folder to train it again; nothing was trained")
 
 
 def _token_bound(config: TrainConfig) -> tuple[str, int]:

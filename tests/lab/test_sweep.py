@@ -193,3 +193,19 @@ def test_ctrl_c_in_a_sweep_advises_rerunning_the_sweep(corpus_file, tmp_path, mo
     assert "charlm train" not in message and "--resume" not in message
     assert f"run the same `charlm sweep` command again with --out {folder}" in message
     assert "saved" in message and "(point 1/2)" in message and caught.value.exit_code == 130
+
+
+def test_a_finished_point_of_a_corpus_that_changed_is_not_taken_as_done(corpus_file, tmp_path):
+    """The corpus file edited between two launches of the same sweep (was: its finished points
+    skipped as done, their figures from the old text in the table beside new ones): refused before
+    anything trains, naming the point; the same text again is still skipped."""
+    folder = tmp_path / "sweep"
+    base = {**BASE, "max_steps": 3, "corpus": str(corpus_file)}
+    run_sweep({"seq_len": [8]}, base, folder)
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    again = run_sweep({"seq_len": [8]}, base, folder)
+    assert [p.status for p in again.points] == ["done"]
+    corpus_file.write_text(corpus_file.read_text(encoding="utf-8").replace("the", "a"), encoding="utf-8")
+    with pytest.raises(RunDirError, match="grid point seq_len=8 was trained on another version of its corpus"):
+        run_sweep({"seq_len": [8, 16]}, base, folder)
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
