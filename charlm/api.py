@@ -163,7 +163,8 @@ class LanguageModel:
         and the vocabulary to path + ".vocab.json"; return both paths (charlm.export explains)."""
         if not isinstance(path, (str, os.PathLike)):
             raise ConfigError(f"export() takes a file path, got {type(path).__name__}")
-        return export_model(self.model, self.tokenizer, path, format=format, force=force)
+        return export_model(self.model, self.tokenizer, path, format=format, force=force,
+                            record_sep=self.record_sep())
 
 
 def _pairs(steps: Iterator[list[str]]) -> Iterator[tuple[int, str]]:

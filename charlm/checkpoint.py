@@ -13,6 +13,7 @@ import io
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 import dataclasses
 from dataclasses import dataclass, field, fields
@@ -118,7 +119,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"cannot read checkpoint {p}: {e.strerror or e}") from None
     try:
         with f:
-            ckpt = torch.load(f, map_location=map_location, weights_only=True)
+            if _is_torchscript(f):
+                raise CheckpointError(f"{p} is a TorchScript file (an exported model?), not a charlm "
+                                      f"checkpoint: give a run directory or a checkpoint charlm train wrote")
+            # torch warns about what it meets in a foreign file (a newer pickle protocol, a
+            # TorchScript archive): the error below says what is wrong, in one line of charlm's.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ckpt = torch.load(f, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         # torch wraps the reason in boilerplate; keep the one line that names it.
         reason = next((ln.strip() for ln in str(e).splitlines()
@@ -146,6 +154,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                               f"{', '.join(missing)})")
     _check_weight_sizes(ckpt["model"], p)
     return ckpt
+
+
+def _is_torchscript(f) -> bool:
+    """Whether an open file is a TorchScript archive (torch.jit.save): a zip holding code/ or
+    constants.pkl, which torch.load would hand to torch.jit.load. Leaves f at its start."""
+    try:
+        if not zipfile.is_zipfile(f):
+            return False
+        with zipfile.ZipFile(f) as z:
+            return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    finally:
+        f.seek(0)
 
 
 def _check_weight_sizes(weights: dict[str, Any], p: Path) -> None:

@@ -312,8 +312,9 @@ class TrainConfig:
                f"--val-fraction must be in (0, 1), got {self.val_fraction!r}")
         _check(isinstance(self.grad_report_every, int) and self.grad_report_every >= 0,
                f"--grad-report-every must be >= 0, got {self.grad_report_every!r}")
-        _check(isinstance(self.sample_length, int) and self.sample_length >= 0,
-               f"--sample-length must be >= 0, got {self.sample_length!r}")
+        _check(isinstance(self.sample_length, int) and 0 <= self.sample_length <= MAX_TRAIN_SAMPLE_CHARS,
+               f"--sample-length must be from 0 to {MAX_TRAIN_SAMPLE_CHARS:,}, got {self.sample_length!r} "
+               f"(for a longer text, `charlm sample RUN --length N` streams any length)")
         if self.tokenizer == "char" and self.vocab_size is not None:
             raise ConfigError("--vocab-size applies to sentencepiece tokenizers only "
                               "(the char tokenizer's vocabulary is the corpus's characters)")
@@ -325,8 +326,9 @@ class TrainConfig:
         check_seed(self.seed)
         _check_paths(self.corpus, self.init_from)
         _check(isinstance(self.eval_sample_length, int) and not isinstance(self.eval_sample_length, bool)
-               and self.eval_sample_length >= 0,
-               f"--eval-sample-length must be >= 0 (0: no samples), got {self.eval_sample_length!r}")
+               and 0 <= self.eval_sample_length <= MAX_TRAIN_SAMPLE_CHARS,
+               f"--eval-sample-length must be from 0 (no samples) to {MAX_TRAIN_SAMPLE_CHARS:,}, got "
+               f"{self.eval_sample_length!r}")
         check_contradictions(self.resume, self.force, self.init_from)
         pinned = parse_threads(self.threads)
         self.threads = "auto" if pinned is None else str(pinned)   # one spelling, for TOML and checkpoints
@@ -336,6 +338,10 @@ class TrainConfig:
         return any(v is not None for v in (self.epochs, self.max_steps, self.max_time))
 
 
+# The longest sample a training run writes (at the end, and into samples.txt at every evaluation):
+# a glimpse of the model, generated while training waits, so --sample-length 10**10 would stall the
+# run for hours and grow samples.txt by gigabytes per evaluation.
+MAX_TRAIN_SAMPLE_CHARS = 100_000
 # The longest prime: it is run through the model at evaluation speed (a megabyte in seconds), but
 # a longer one would mostly be a mistake (a whole corpus, a stream that never ends).
 MAX_PRIME_CHARS = 1_000_000

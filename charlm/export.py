@@ -14,6 +14,11 @@ ONNX goes through torch's TorchScript-based exporter (``dynamo=False``). The tor
 (torch 2.13) writes a tanh RNN unrolled over the traced sequence length, so T is fixed, and took
 15-30 s per tiny model here; the TorchScript-based one writes ONNX's own RNN/GRU/LSTM operators with
 free batch and sequence axes in about a second. It needs the ``onnx`` package (not onnxscript).
+
+minGRU and minLSTM read a chunk with a parallel scan built on ``logcumsumexp``, which ONNX has no
+operator for. Their ONNX file is the one-step form instead (``MinRNN.step``: no scan, the same
+numbers): ids are (batch, 1), one token per call, which is how a recurrent model samples anyway.
+Their TorchScript file keeps the scan, so it takes any sequence length.
 """
 
 from __future__ import annotations
@@ -27,14 +32,16 @@ import stat
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from .corpus.tokenizers import UNK, CharTokenizer, Tokenizer
 from .errors import CharLMError, ConfigError, MissingExtra
+from .mincells import MODES as MIN_CELLS
 from .model import Model
+from .records import separator_id
 from .transformer import CharTransformer
 from .rundir import RUN_FILES, is_run_dir
 
@@ -108,13 +115,19 @@ def step_module(model: Model) -> nn.Module:
     return (LSTMStep if model.config.cell == "lstm" else RecurrentStep)(m).eval()
 
 
+def one_token_per_call(model: Model, format: str) -> bool:
+    """Whether the export takes one token per call: an ONNX file of a minGRU/minLSTM (see above)."""
+    return format == "onnx" and model.config.cell in MIN_CELLS
+
+
 def vocab_path(path: str | Path) -> Path:
     """Where the vocabulary goes: model.onnx -> model.onnx.vocab.json (so an ONNX and a TorchScript
     export of the same name never share one)."""
     return Path(f"{path}.vocab.json")
 
 
-def vocab_document(model: Model, tokenizer: Tokenizer, format: str, model_file: str) -> dict:
+def vocab_document(model: Model, tokenizer: Tokenizer, format: str, model_file: str,
+                   record_sep: Optional[str] = None) -> dict:
     """The JSON written beside an exported model: enough to encode, decode and call the step."""
     c = model.config
     inputs, outputs = state_names(model)
@@ -125,18 +138,21 @@ def vocab_document(model: Model, tokenizer: Tokenizer, format: str, model_file: 
         for n in inputs + outputs:
             shapes[n] = (f"(layers={c.layers}, batch, {P}) float32, 1 where a slot holds a token" if n.startswith("filled")
                          else f"(layers={c.layers}, batch, {P}, width={c.hidden_size}) float32")
+    seq = "1" if one_token_per_call(model, format) else "seq"
     doc = {
         "schema": VOCAB_SCHEMA,
         "model_file": model_file,
         "format": format,
         "cell": c.cell, "layers": c.layers, "hidden_size": c.hidden_size, "vocab_size": c.vocab_size,
-        "inputs": {"ids": "(batch, seq) int64", **{n: shapes[n] for n in inputs}},
-        "outputs": {"logits": f"(batch, seq, vocab={c.vocab_size}) float32, unnormalised",
+        "inputs": {"ids": f"(batch, {seq}) int64", **{n: shapes[n] for n in inputs}},
+        "outputs": {"logits": f"(batch, {seq}, vocab={c.vocab_size}) float32, unnormalised",
                     **{n: shapes[n] for n in outputs}},
         "state_inputs": inputs,
         "state_outputs": outputs,
         "tokenizer": tokenizer.kind,
         "normalize": tokenizer.normalize,
+        "records": record_sep is not None,
+        "record_sep": record_sep,
     }
     if isinstance(tokenizer, CharTokenizer):
         doc.update(itos=tokenizer.itos, unk_id=0, unk=UNK, notes=[
@@ -150,6 +166,15 @@ def vocab_document(model: Model, tokenizer: Tokenizer, format: str, model_file: 
                           "To encode and decode exactly, load the model: sentencepiece.SentencePieceProcessor"
                           "(model_proto=base64.b64decode(sentencepiece_model)).",
                           _normalize_note(tokenizer.normalize)])
+    if record_sep is not None:
+        doc["separator_id"] = separator_id(True, record_sep, tokenizer)
+        doc["notes"].append(f"Trained with --records, records separated by {record_sep!r} (id "
+                            f"separator_id): the state was zeroed just before each separator was read, so "
+                            f"to start a record, feed the separator from a zero state; a record ends "
+                            f"when the model writes the separator.")
+    if seq == "1":
+        doc["notes"].append("This file takes one token per call (ids of shape (batch, 1)): feed a "
+                            "prime token by token, passing the state back each time.")
     return doc
 
 
@@ -163,11 +188,13 @@ def _normalize_note(form: str) -> str:
 
 
 def export_model(model: Model, tokenizer: Tokenizer, path: str | Path, format: str = "onnx",
-                 force: bool = False) -> tuple[Path, Path]:
+                 force: bool = False, record_sep: Optional[str] = None) -> tuple[Path, Path]:
     """Write the step function to ``path`` and its vocabulary beside it; return both paths.
 
-    Refuses to replace an existing file without ``force``. Each file is written to a temporary
-    name in the same folder and renamed into place, so a failure leaves no half-written file.
+    ``record_sep`` is the record separator of a model trained with --records (None: without), which
+    the vocabulary names. Refuses to replace an existing file without ``force``. Both files are
+    written in full to temporary names in the same folder, and only then renamed into place, so a
+    failure (a full disk) leaves neither a half-written file nor a model without its vocabulary.
     """
     if format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -183,9 +210,25 @@ def export_model(model: Model, tokenizer: Tokenizer, path: str | Path, format: s
         raise ConfigError(f"cannot create the folder {path.parent}: {e.strerror or e}") from None
     step = step_module(model)
     writer = _write_onnx if format == "onnx" else _write_torchscript
-    _atomic(path, lambda tmp: writer(step, model, tmp))
-    text = json.dumps(vocab_document(model, tokenizer, format, path.name), ensure_ascii=False, indent=1)
-    _atomic(vocab, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    doc = vocab_document(model, tokenizer, format, path.name, record_sep)
+    text = json.dumps(doc, ensure_ascii=False, indent=1) + "\n"
+    temps: list[Path] = []
+    try:
+        model_tmp = _written(path, lambda tmp: writer(step, model, tmp), temps)
+        vocab_tmp = _written(vocab, lambda tmp: tmp.write_text(text, encoding="utf-8"), temps)
+        os.replace(model_tmp, path)
+        temps.remove(model_tmp)
+        try:
+            os.replace(vocab_tmp, vocab)
+            temps.remove(vocab_tmp)
+        except OSError:
+            path.unlink(missing_ok=True)   # the model just written: never one without its vocabulary
+            raise
+    except OSError as e:
+        raise CharLMError(f"cannot write {path}: {e.strerror or e}; nothing was written") from None
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
     return path, vocab
 
 
@@ -219,16 +262,17 @@ def example_inputs(model: Model, batch: int = 1, seq: int = 2) -> tuple[torch.Te
 
 def _write_onnx(step: nn.Module, model: Model, path: Path) -> None:
     inputs, outputs = state_names(model)
-    axes = {"ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"},
-            **{n: {1: "batch"} for n in inputs + outputs}}
-    if model.config.cell == "transformer":
-        # The attention masks are built from the traced shapes unless seq is marked free here too.
-        axes["ids"] = {0: "batch", 1: "seq"}
+    # A min cell is traced with one token, which takes MinRNN's one-step path (no logcumsumexp);
+    # its sequence axis stays fixed at 1, so a runtime refuses a longer input rather than read
+    # only its first token.
+    seq = 1 if one_token_per_call(model, "onnx") else 2
+    free = {0: "batch"} if seq == 1 else {0: "batch", 1: "seq"}
+    axes = {"ids": free, "logits": free, **{n: {1: "batch"} for n in inputs + outputs}}
     # Traced with a batch of one: the exporter warns that an RNN traced with a larger batch may
     # fail at other batch sizes. Its deprecation and tracer warnings are about torch, not the user.
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(step, example_inputs(model), str(path), input_names=["ids", *inputs],
+        torch.onnx.export(step, example_inputs(model, seq=seq), str(path), input_names=["ids", *inputs],
                           output_names=["logits", *outputs], dynamic_axes=axes, dynamo=False)
 
 
@@ -242,19 +286,15 @@ def _write_torchscript(step: nn.Module, model: Model, path: Path) -> None:
         torch.jit.save(traced, str(path))
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = None
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        write(tmp)
-        mask = os.umask(0o022)
-        os.umask(mask)
-        tmp.chmod(0o666 & ~mask)  # mkstemp makes 0600; an exported model is an ordinary file
-        os.replace(tmp, path)
-    except OSError as e:
-        raise CharLMError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+def _written(path: Path, write: Callable[[Path], None], temps: list[Path]) -> Path:
+    """Write a file under a temporary name beside ``path`` (listed in ``temps`` at once, for the
+    caller to remove on failure) with an ordinary file's mode; return that name. Raises OSError."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    temps.append(tmp)
+    write(tmp)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    tmp.chmod(0o666 & ~mask)  # mkstemp makes 0600; an exported model is an ordinary file
+    return tmp

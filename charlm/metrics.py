@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from .errors import RunDirError
 from .events import Event
-from .util import json_safe, open_no_follow
+from .util import json_safe, open_no_follow, run_write_error
 
 
 class MetricsLog:
@@ -31,8 +31,7 @@ class MetricsLog:
             raise self._error(e) from None
 
     def _error(self, e: OSError) -> RunDirError:
-        return RunDirError(f"cannot write {self.path}: {e.strerror or e} (the last checkpoint is intact; "
-                           f"free some space and continue with --resume)")
+        return RunDirError(run_write_error(self.path, e))
 
     def write(self, event: Event) -> None:
         try:

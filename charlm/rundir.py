@@ -211,7 +211,8 @@ def _holder(lock_path: Path) -> str:
 
 
 def lock_run_dir(folder: Path) -> RunLock:
-    """Take the run's lock, or raise RunDirError naming the process that holds it."""
+    """Take the run's lock, or raise RunDirError naming the process that holds it, or what is
+    wrong with the lock file itself (a folder, a link, not writable)."""
     lock_path = Path(folder) / LOCK_FILE
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
@@ -219,6 +220,12 @@ def lock_run_dir(folder: Path) -> RunLock:
         if e.errno == errno.ELOOP:
             raise RunDirError(f"{lock_path} is a symbolic link; charlm does not follow links in a run "
                               f"folder: remove it and run the command again") from None
+        if e.errno == errno.EISDIR:
+            raise RunDirError(f"{lock_path} is a folder where charlm keeps the run's lock file; move it "
+                              f"out of the way and run the command again") from None
+        if e.errno in (errno.EACCES, errno.EPERM) and os.path.lexists(lock_path):
+            raise RunDirError(f"cannot open the run's lock file {lock_path}: Permission denied; make it "
+                              f"writable (chmod u+w) or remove it, and run the command again") from None
         raise RunDirError(f"cannot write to run directory {folder}: {e.strerror or e}") from None
     if fcntl is not None:
         try:
@@ -382,6 +389,17 @@ def discard(plan: RunPlan) -> None:
     plan.made_parents.clear()
     if plan.mode == "fill" and plan.lock is not None and not is_run_dir(plan.path):
         plan.lock.path.unlink(missing_ok=True)   # an empty folder stays as it was
+
+
+def name_the_run(error: Exception, plan: Optional[RunPlan], staging: Optional[Path]) -> Exception:
+    """``error`` with the hidden staging folder it names (gone once the launch is undone) replaced by
+    the run folder the user gave: "cannot write the encoded corpus to runs/x/data", not to
+    runs/.x.charlm-new-k3j2/data. Other errors are returned as they are."""
+    if plan is None or staging is None or str(staging) not in str(error):
+        return error
+    renamed = type(error)(str(error).replace(str(staging), str(plan.path)))
+    renamed.exit_code = getattr(error, "exit_code", 1)
+    return renamed
 
 
 def commit(plan: RunPlan) -> Path:

@@ -13,7 +13,9 @@ import errno
 import io
 import math
 import os
+import stat
 import sys
+import tempfile
 from typing import Any, Optional
 
 # The one TOML shim: the standard library's reader from Python 3.11, the tomli package before.
@@ -45,6 +47,57 @@ def open_no_follow(path: Any, mode: str, **kwargs: Any):
                                        "folder (remove it)", str(path)) from None
         raise
     return os.fdopen(fd, mode, **kwargs)
+
+
+def write_user_file(path: Any, text: str) -> None:
+    """Write a document the user named (--json FILE, --csv FILE) so that a failure (a full disk)
+    leaves no empty or half-written file: the text goes to a temporary file beside it, which is
+    renamed over it once complete and removed on any failure. A link is followed (the file it names
+    is the one replaced); a device or FIFO (/dev/stdout, a pipe) is written directly, since it
+    cannot be replaced. Raises OSError."""
+    try:
+        direct = not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        direct = False
+    if direct:
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        return
+    path = os.path.realpath(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                               dir=os.path.dirname(path))
+    try:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)   # mkstemp makes 0600; a document is an ordinary file
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            fd = -1
+            f.write(text)
+        os.replace(tmp, path)
+        tmp = None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if tmp is not None:
+            os.unlink(tmp)
+
+
+def run_write_error(path: Any, e: OSError) -> str:
+    """The message for a log of a run (metrics.jsonl, samples.txt) that could not be written: what
+    is wrong and what to do, from the cause. Only a full disk is worth "free some space"."""
+    reason = e.strerror or str(e)
+    if e.errno == errno.EISDIR:
+        fix = f"{path} is a folder where charlm keeps a file: move it out of the way"
+    elif e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG):
+        fix = "free some space"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make it writable"
+    elif e.errno == errno.ELOOP:
+        fix = "remove the link"
+    else:
+        fix = "fix the cause"
+    return (f"cannot write {path}: {reason} (the last checkpoint is intact; {fix} and continue "
+            f"with --resume)")
 
 
 def is_finite_number(x: Any) -> bool:

@@ -24,7 +24,7 @@ from typing_extensions import Annotated
 from .._version import __version__
 from ..config import TrainConfig, field_help
 from ..errors import CharLMError
-from ..util import json_safe
+from ..util import json_safe, write_user_file
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
@@ -128,8 +128,7 @@ def write_document(doc: Any, dest: str, what: str = "--json") -> None:
         sys.stdout.flush()
         return
     try:
-        with open(dest, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        write_user_file(dest, text)     # a full disk leaves no empty file behind
     except OSError as e:
         raise CharLMError(f"cannot write {what} {dest}: {e.strerror or e}") from None
 

@@ -79,7 +79,7 @@ def corpus_get(
     """
     r = catalog.recipe(name)
     console = get_console(stderr=True)
-    if catalog.is_cached(name):
+    if catalog.is_cached(name, sha256):
         typer.echo(str(catalog.cached_path(name)))
         return
     if r.sha256 is None and sha256 is None and allow_unverified:

@@ -22,7 +22,8 @@ def export_command(
 ) -> None:
     """Write a step function (ids (B, T), state) -> (logits (B, T, V), state) that runs without charlm.
 
-    Inputs: ids, h0 (and c0 for an LSTM); outputs: logits, hn (and cn). Batch and length are free.
+    Inputs: ids, h0 (and c0 for an LSTM); outputs: logits, hn (and cn). Batch and length are free
+    (but for minGRU/minLSTM in ONNX, which take one token per call).
 
     Feed hn back as h0 to continue a text; a zero state starts one. ONNX needs the `export` extra.
 

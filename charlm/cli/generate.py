@@ -122,7 +122,8 @@ def _stream_samples(lm, config) -> None:
 
 INTERACTIVE_HELP = """Type text and press Enter: the model continues it. An empty line continues from where it stopped.
   /temp T     temperature (0 is greedy)        /length N   characters per reply
-  /top N      the N likeliest next tokens; then type a number to append that one
+  /top N      the N likeliest next tokens; then type a number to append that one (anything else
+              is read as usual: a command, or text)
   /reset      forget everything (back to the prime)
   /help       this text                        /quit       leave (or Ctrl-D)
 Ctrl-C stops a reply (the conversation goes on from what was shown)."""
@@ -139,12 +140,14 @@ def _interactive(lm, config) -> None:
     if tty:
         _line_editing()
         _say(INTERACTIVE_HELP)
+    pending: Optional[str] = None       # a line /top read that was not a choice
     while True:
-        line = _read_line("> " if tty else None)
+        line = pending if pending is not None else _read_line("> " if tty else None)
+        pending = None
         if line is None or line.strip() in ("/quit", "/exit"):
             return
         if line.startswith("/"):
-            _command(session, line.strip(), tty)
+            pending = _command(session, line.strip(), tty)
         else:
             _turn(session, line, tty)
 
@@ -211,11 +214,13 @@ def _say(message: str) -> None:
     get_console(stderr=True).print(message, markup=False, highlight=False, soft_wrap=True)
 
 
-def _command(session, line: str, tty: bool) -> None:
+def _command(session, line: str, tty: bool) -> Optional[str]:
     """One slash command of the interactive loop; a mistake is one line on stderr, the loop goes
-    on. On a terminal each command says what it did."""
+    on. On a terminal each command says what it did. Returns a line read after /top that was not a
+    choice, for the loop to take as the next one."""
     name, _, arg = line.partition(" ")
     arg = arg.strip()
+    pending = None
     try:
         if name == "/help":
             sys.stdout.write(INTERACTIVE_HELP + "\n")
@@ -231,7 +236,7 @@ def _command(session, line: str, tty: bool) -> None:
             session.config = dataclasses.replace(session.config, length=value).validate()
             done = f"length {value} characters per reply"
         elif name == "/top":
-            _top(session, _number(name, arg or "10", int, "a whole number >= 1", lambda v: v >= 1), tty)
+            pending = _top(session, _number(name, arg or "10", int, "a whole number >= 1", lambda v: v >= 1), tty)
         else:
             _warn(f"unknown command {name!r}: type /help for the list")
         if tty and name in ("/reset", "/temp", "/length"):
@@ -239,6 +244,7 @@ def _command(session, line: str, tty: bool) -> None:
     except CharLMError as e:
         _warn(str(e))
     sys.stdout.flush()
+    return pending
 
 
 def _number(command: str, arg: str, kind, wanted: str, ok) -> Any:
@@ -252,17 +258,24 @@ def _number(command: str, arg: str, kind, wanted: str, ok) -> Any:
     return value
 
 
-def _top(session, n: int, tty: bool) -> None:
-    """Show the n likeliest next tokens, numbered; a number on the next line appends that token."""
+def _top(session, n: int, tty: bool) -> Optional[str]:
+    """Show the n likeliest next tokens, numbered; a number on the next line appends that token.
+    Any other line (a command such as /temp, or text) is no choice: it is returned, for the loop to
+    read as it reads every line, rather than refused and lost."""
     choices = session.top(n)
     for k, (_, text, p) in enumerate(choices, 1):
         sys.stdout.write(f"{k:>3}  {text!r:<8} {p:.4f}\n")
     sys.stdout.flush()
     answer = _read_line("pick (number, or Enter to skip)> " if tty else None)
-    if answer and answer.strip().isdigit() and 1 <= int(answer) <= len(choices):
+    if answer is None or not answer.strip():
+        return None                      # Enter skips (and the end of input ends the loop next)
+    if not answer.strip().isdigit():
+        return answer
+    if 1 <= int(answer) <= len(choices):
         sys.stdout.write(session.pick(choices[int(answer) - 1][0]) + "\n")
-    elif answer and answer.strip():
+    else:
         _warn(f"no choice {answer.strip()!r}: pick a number from 1 to {len(choices)}")
+    return None
 
 
 EVALUATE_SCHEMA = "charlm.evaluate/1"

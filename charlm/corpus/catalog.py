@@ -19,6 +19,7 @@ Where things live, and how tests (or a mirror) redirect them:
 from __future__ import annotations
 
 import hashlib
+import json
 import http.client
 import os
 import signal
@@ -170,11 +171,51 @@ def cached_path(name: str) -> Path:
     return cache_dir() / "corpora" / recipe(name).filename
 
 
-def is_cached(name: str) -> bool:
+def is_cached(name: str, sha256: Optional[str] = None) -> bool:
+    """Whether the cache holds a copy of ``name`` that can be used as it is: the file is there and
+    it is what the checksum in force (``sha256``, else the recipe's) describes. A copy is never
+    reused on its name alone: a recipe whose checksum changed (a new charlm version), a
+    ``--sha256`` other than the one it was downloaded under, or a file whose size changed since
+    (edited, cut short) makes it stale, and fetch() downloads it again."""
     try:
-        return cached_path(name).is_file()
+        path = cached_path(name)
+        if not path.is_file():
+            return False
+        expected = (sha256 or recipe(name).sha256 or "").lower() or None
+        return _provenance_holds(path, recipe(name), expected)
     except OSError:  # e.g. a name too long for the file system under $CHARLM_CACHE
         return False
+
+
+def _provenance_path(target: Path) -> Path:
+    """Beside each cached corpus: the checksum of what it was made from and its size."""
+    return target.parent / f".{target.name}.source.json"
+
+
+def _write_provenance(target: Path, source_sha256: str) -> None:
+    record = {"source_sha256": source_sha256, "size": target.stat().st_size}
+    try:
+        _provenance_path(target).write_text(json.dumps(record) + "\n", encoding="utf-8")
+    except OSError:
+        pass   # without it the copy is checked by hashing (or, for an archive, downloaded again)
+
+
+def _provenance_holds(target: Path, r: Recipe, expected: Optional[str]) -> bool:
+    try:
+        record = json.loads(_provenance_path(target).read_text(encoding="utf-8"))
+        source, size = record["source_sha256"], record["size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        record = None
+    if record is not None:
+        return target.stat().st_size == size and (expected is None or source == expected)
+    # A copy cached before charlm kept this record: a plain file is checked by its own checksum
+    # (and the record written); an archive's member cannot be, so it is taken as it is.
+    if expected is None or r.member is not None:
+        return True
+    if _sha256_of(target) != expected:
+        return False
+    _write_provenance(target, expected)
+    return True
 
 
 def _cache_folder(target: Path) -> Path:
@@ -204,7 +245,7 @@ def fetch(name: str, progress: Optional[ProgressCallback] = None, sha256: Option
     """
     r = recipe(name)
     target = cached_path(name)
-    if is_cached(name):
+    if is_cached(name, sha256):
         return target
     expected = (sha256 or r.sha256 or "").lower() or None
     if expected is None and not allow_unverified:
@@ -216,12 +257,14 @@ def fetch(name: str, progress: Optional[ProgressCallback] = None, sha256: Option
     folder = _cache_folder(target)
     archive = _download(source_url(r), folder, expected, r.size if expected is None else None, progress,
                         limit=r.size)
+    got = _sha256_of(archive)
     try:
         if r.member is None:
             os.replace(archive, target)
         else:
             _extract(archive, r.member, target)
         target.chmod(0o644)  # temporary files are private (0600); a cached corpus is ordinary data
+        _write_provenance(target, got)
     except OSError as e:
         raise DownloadError(f"cannot store {name} in {folder}: {e.strerror or e}") from None
     finally:
@@ -231,6 +274,14 @@ def fetch(name: str, progress: Optional[ProgressCallback] = None, sha256: Option
 
 # ----------------------------------------------------------------------------------------------
 # Downloads.
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
 
 def _download(url: str, folder: Path, sha256: Optional[str], size: Optional[int],
               progress: Optional[ProgressCallback], limit: Optional[int] = None) -> Path:

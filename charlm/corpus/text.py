@@ -26,6 +26,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from ..errors import CorpusError
+from ..textio import foreign_encoding
 from ..util import RUN_MARKER
 from . import catalog
 from .tokenizers import PIECE_CHARS, normalize_text
@@ -124,6 +125,8 @@ def _file_blocks(path: Path, digest=None) -> Iterator[str]:
                 raise CorpusError(f"cannot read {path}: {e.strerror or e}") from None
             if digest is not None:
                 digest.update(raw)
+            if offset == 0 and foreign_encoding(raw):   # UTF-16 text has NUL bytes: not binary
+                raise CorpusError(f"{path} is {foreign_encoding(raw)}")
             # A NUL byte first: in UTF-8 it can only be U+0000, which no text holds, and it
             # names a binary file (an image, an archive) better than a decoding error.
             nul = raw.find(b"\x00")
@@ -133,10 +136,13 @@ def _file_blocks(path: Path, digest=None) -> Iterator[str]:
             try:
                 text = decoder.decode(raw, final=not raw)
             except UnicodeDecodeError as e:
-                bad = raw[e.start:e.start + 1].hex() if raw else "end of file"
+                if not raw:   # the end: the bytes the decoder held back are a character cut off
+                    raise CorpusError(f"{path} is not UTF-8 text: it ends in the middle of a character, "
+                                      f"at byte offset {offset - len(decoder.getstate()[0])} (was it "
+                                      f"cut short?)") from None
                 raise CorpusError(
-                    f"{path} is not UTF-8 text: invalid byte 0x{bad} at byte offset {offset + e.start} "
-                    f"(convert it, e.g. `iconv -f latin1 -t utf-8`)") from None
+                    f"{path} is not UTF-8 text: invalid byte 0x{raw[e.start:e.start + 1].hex()} at byte "
+                    f"offset {offset + e.start} (convert it, e.g. `iconv -f latin1 -t utf-8`)") from None
             if text:
                 yield text
             offset += len(raw)
@@ -167,6 +173,8 @@ def binary_reason(path: Path) -> Optional[str]:
         raise CorpusError(f"cannot read {path}: permission denied") from None
     except OSError as e:
         raise CorpusError(f"cannot read {path}: {e.strerror or e}") from None
+    if foreign_encoding(head):
+        return foreign_encoding(head)
     nul = head.find(b"\x00")
     if nul >= 0:
         return f"NUL byte at byte offset {nul}"
@@ -174,6 +182,8 @@ def binary_reason(path: Path) -> Optional[str]:
         # A multi-byte character cut at the end of the sample is fine; a bad byte before it is not.
         codecs.getincrementaldecoder("utf-8")().decode(head, final=whole)
     except UnicodeDecodeError as e:
+        if e.reason == "unexpected end of data":
+            return "not UTF-8: it ends in the middle of a character"
         return f"not UTF-8: invalid byte 0x{head[e.start:e.start + 1].hex()} at byte offset {e.start}"
     return None
 

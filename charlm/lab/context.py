@@ -76,7 +76,7 @@ def lattice_targets(n_tokens: int, count: int, first: int, widest: Optional[int]
     if usable < count - 1:
         raise CorpusError(f"the text has {n_tokens} tokens: too few for {count} targets with "
                           f"{first} tokens of history each; lower --max-context or --targets, or "
-                          f"give a longer FILE")
+                          f"give a longer text (the text_file argument)")
     g = 1 << int(math.floor(math.log2(usable / (count - 1)))) if count > 1 else 1
     if widest is not None:
         g = max(1, min(g, 1 << int(math.floor(math.log2(max(1, widest))))))
@@ -510,7 +510,8 @@ def gradient_horizon(model, tokenizer, ckpt: Checkpoint, text: str, lags: int = 
     lag 0's), on windows of the same text. The headline is the longest over layers and states
     (None: beyond ``lags`` for at least one of them)."""
     study = study_of_trained(model, tokenizer, ckpt, "", text=text, lags=lags, samples=samples,
-                             seed=seed, warmup=warmup)
+                             seed=seed, warmup=warmup, lags_option="--grad-lags",
+                             longer="a longer text (the text_file argument)", samples_option=None)
     curves = study.models[0].curves
     horizons = {c.label: c.horizon for c in curves}
     values = list(horizons.values())

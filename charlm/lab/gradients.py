@@ -45,6 +45,7 @@ from ..config import CELLS, ModelConfig
 from ..corpus.text import Corpus
 from ..corpus.tokenizers import CharTokenizer
 from ..errors import CharLMError, ConfigError
+from ..limits import check_fits, check_model_fits, trace_bytes
 from ..mincells import MinRNN
 from ..model import build_model
 from ..plotting import check_plot_path, new_figure, save_figure
@@ -431,12 +432,14 @@ def measure_transformer(model, ids: torch.Tensor, warmup: int = 0, dtype: torch.
     return curves, float(losses.detach().mean())
 
 
-def text_windows(ids: np.ndarray, samples: int, length: int, generator: np.random.Generator) -> torch.Tensor:
-    """samples windows of length tokens at random offsets of ids (N,) -> (samples, length)."""
+def text_windows(ids: np.ndarray, samples: int, length: int, generator: np.random.Generator,
+                 lags_option: str = "--lags", longer: str = "a longer --corpus") -> torch.Tensor:
+    """samples windows of length tokens at random offsets of ids (N,) -> (samples, length).
+    ``lags_option`` and ``longer`` name, in the error, the options of the command that asked."""
     n = len(ids)
     if n < length + 1:
         raise ConfigError(f"the text has {n} tokens, too few for windows of {length} "
-                          f"(--lags plus warm-up); lower --lags or give a longer --corpus")
+                          f"({lags_option} plus warm-up); lower {lags_option} or give {longer}")
     starts = generator.integers(0, n - length, size=samples)
     return torch.from_numpy(np.stack([np.asarray(ids[s:s + length], dtype=np.int64) for s in starts]))
 
@@ -469,11 +472,17 @@ def inspect_model(model, name: str, ids: torch.Tensor, warmup: int, source: str 
 
 def study_of_trained(model, tokenizer, ckpt: Checkpoint, source: str, corpus: Optional[str] = None,
                      text: Optional[str] = None, lags: int = 100, samples: int = 32, seed: int = 0,
-                     warmup: int = 50) -> GradientStudy:
+                     warmup: int = 50, lags_option: str = "--lags", longer: str = "a longer --corpus",
+                     samples_option: Optional[str] = "--samples") -> GradientStudy:
     """Measure a trained model on windows of ``text``, else of ``corpus``, else of the corpus the
-    checkpoint was trained on when it is still there, else of random tokens (said in ``inputs``)."""
+    checkpoint was trained on when it is still there, else of random tokens (said in ``inputs``).
+    ``lags_option``, ``longer`` and ``samples_option`` (None: the command has none) are the words
+    of the calling command (see text_windows)."""
     gen = np.random.default_rng(seed)
     length = warmup + lags + 2
+    c = model.config
+    _check_trace_fits(c.cell, c.layers, c.hidden_size, samples, length, lags_option, samples_option,
+                      c.embedding_size)
     inputs = "random tokens (the checkpoint's corpus is gone; pass --corpus)"
     spec = corpus or ckpt.corpus_path
     if text is not None:
@@ -486,7 +495,7 @@ def study_of_trained(model, tokenizer, ckpt: Checkpoint, source: str, corpus: Op
             if corpus is not None:
                 raise
     if text is not None:
-        ids = text_windows(tokenizer.encode(text), samples, length, gen)
+        ids = text_windows(tokenizer.encode(text), samples, length, gen, lags_option, longer)
     else:
         ids = torch.from_numpy(gen.integers(0, tokenizer.vocab_size, size=(samples, length)))
     device = next(model.parameters()).device
@@ -498,6 +507,17 @@ def study_of_trained(model, tokenizer, ckpt: Checkpoint, source: str, corpus: Op
         study.models.append(inspect_model(model, model.config.cell, ids, warmup, source=source,
                                           chunk_length=k, dtype=dtype))
     return study
+
+
+def _check_trace_fits(cell: str, layers: int, hidden_size: int, samples: int, length: int,
+                      lags_option: str = "--lags", samples_option: Optional[str] = "--samples",
+                      embedding_size: int = 0) -> None:
+    """Refuse, before any window is made, a trace the machine cannot hold (``--samples 10**10``
+    was a MemoryError traceback; 100,000 windows of 1,000 lags grew past 12 GB)."""
+    knobs = f"{samples_option} or {lags_option}" if samples_option else lags_option
+    check_fits(trace_bytes(cell, layers, hidden_size, samples, length, embedding_size),
+               f"tracing the gradients of {samples:,} windows of {length:,} steps ({cell}, "
+               f"{layers}x{hidden_size})", f"lower {knobs}")
 
 
 def study(lm, text: Optional[str] = None, corpus: Optional[str] = None, lags: int = 100,
@@ -549,6 +569,8 @@ def _inspect_gradients(checkpoint, corpus, models, hidden_size, layers, embeddin
             raise ConfigError(f"--models: unknown cell {m!r} (choose from {', '.join(CELLS)})")
     if not kinds:
         raise ConfigError("--models names no model (e.g. --models rnn,lstm,gru)")
+    for kind in kinds:      # one model is traced at a time
+        _check_trace_fits(kind, layers, hidden_size, samples, length, embedding_size=embedding_size)
     if corpus is not None:
         text = read_text(corpus)
         tokenizer = CharTokenizer.from_counts(Counter(text), 1, "none")
@@ -563,6 +585,7 @@ def _inspect_gradients(checkpoint, corpus, models, hidden_size, layers, embeddin
         torch.manual_seed(seed)   # same seed for every kind: the cells differ, nothing else
         cfg = ModelConfig(cell=kind, vocab_size=vocab_size, embedding_size=embedding_size,
                           hidden_size=hidden_size, layers=layers).validate()
+        check_model_fits(cfg, vocab_size, "cpu", training=False)   # before a weight is allocated
         model = build_model(cfg).eval()
         window = model.chunk_length(0) if kind == "transformer" else None   # where its gradient stops
         study.models.append(inspect_model(model, kind, ids, warmup, chunk_length=window))

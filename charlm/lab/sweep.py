@@ -13,6 +13,7 @@ horizon (as inspect-gradients measures it) and effective context (as inspect-con
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -23,8 +24,11 @@ from typing import Any, Callable, Optional, get_args, get_origin, get_type_hints
 
 from ..api import load
 from ..config import ModelConfig, TrainConfig, config_keys
-from ..errors import CharLMError, ConfigError, RunDirError
+from ..corpus.text import Corpus
+from ..devices import check_precision, resolve_device
+from ..errors import CharLMError, ConfigError, CorpusError, Interrupted, RunDirError
 from ..events import Event, Notice
+from ..limits import check_model_fits
 from ..metrics import read_metrics
 from ..plotting import literal, new_figure, save_figure
 from ..training import resolve_options, train
@@ -193,16 +197,84 @@ def plan(axes: dict[str, list[Any]], base: dict[str, Any], folder: Path) -> list
 
     _check_base(base, axes)
     _check_manifest(folder, axes, base)
-    planned = []
+    planned, configs = [], []
     for values in grid_points(axes):
         name = point_name(values)
         options = {**base, **values, "out": str(folder / name)}
-        resolve_options(dict(options))   # raises ConfigError for a bad combination, before any run
+        # raises ConfigError for a bad combination, before any run
+        configs.append(resolve_options(dict(options)))
         planned.append((PointResult(name=name, values=values, run_dir=str(folder / name)), options))
     names = [p.name for p, _ in planned]
     if len(set(names)) != len(names):
         raise ConfigError("two grid points would share a folder name; make the values distinct")
+    _preflight([p for p, _ in planned], configs)
     return planned
+
+
+def _preflight(points: list[PointResult], configs: list[tuple[ModelConfig, TrainConfig]]) -> None:
+    """What a point's own launch refuses, checked for every point before the first one trains, so a
+    sweep does not fail at its last point after hours: the device (--grid device=cpu,cuda on a
+    machine without CUDA), a chunk the corpus cannot fill, and a model the memory cannot hold. The
+    corpus is not encoded here (that is each run's work): its size in bytes bounds its tokens, so
+    only a point that certainly fails is refused; a borderline one is still refused by its launch.
+    The error names the point."""
+    bounds: dict[Any, tuple[str, int]] = {}
+    digests: dict[Any, str] = {}
+    for point, (model_config, config) in zip(points, configs):
+        _check_same_corpus(point, config, digests)
+        try:
+            device = resolve_device(config.device)
+            if device.type != "cuda":       # as the launch does (training/setup.prepare_device)
+                check_precision(device, config.precision)
+            key = (config.corpus, config.tokenizer, config.normalize)
+            if key not in bounds:
+                bounds[key] = _token_bound(config)
+            corpus_name, most = bounds[key]
+            need = config.batch_size * (config.seq_len + 1)
+            if need > most:
+                raise CorpusError(f"corpus {corpus_name} has at most {most:,} tokens, too few for "
+                                  f"{config.batch_size} streams of --seq-len {config.seq_len} (needs at "
+                                  f"least {need:,}); lower --batch-size or --seq-len")
+            # The vocabulary is not known yet: one token is the least it can be.
+            check_model_fits(model_config or ModelConfig(), 1, device, config.batch_size, config.seq_len)
+        except CharLMError as e:
+            raise type(e)(f"grid point {point.name}: {e}; nothing was trained") from None
+
+
+def _check_same_corpus(point: PointResult, config: TrainConfig, digests: dict[Any, str]) -> None:
+    """A point trained before (finished, to be skipped, or cut short, to be resumed) must have read
+    the corpus as it is now: a finished point is otherwise skipped and its figures, from another
+    text, sit in the table beside points trained on this one. Its data/meta.json records the
+    sha256 of the text it encoded; the corpus is hashed only when such a point exists."""
+    try:
+        recorded = json.loads((Path(point.run_dir) / "data" / "meta.json").read_text(encoding="utf-8"))["key"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return       # not trained yet (or not by charlm): its own launch decides
+    if config.corpus not in digests:
+        digest = hashlib.sha256()
+        for _ in Corpus.resolve(config.corpus).blocks(digest):
+            pass
+        digests[config.corpus] = digest.hexdigest()
+    if recorded != digests[config.corpus]:
+        raise RunDirError(f"grid point {point.name} was trained on another version of its corpus "
+                          f"{config.corpus or 'builtin'} (the sha256 in {point.run_dir}/data/meta.json "
+                          f"differs), so its figures would not compare; choose another --out, or remove "
+                          f"that point's folder to train it again; nothing was trained")
+
+
+def _token_bound(config: TrainConfig) -> tuple[str, int]:
+    """(the corpus's name, the most tokens it can encode to) without reading it: one per byte for
+    characters as they are or composed (a UTF-8 character is at least one byte); three per byte where
+    decomposition (nfd, nfkd) or sentencepiece's byte fallback and space marks can add tokens."""
+    corpus = Corpus.resolve(config.corpus)
+    size = 0
+    for path in corpus.files:
+        try:
+            size += path.stat().st_size
+        except OSError as e:
+            raise CorpusError(f"cannot read {path}: {e.strerror or e}") from None
+    per_byte = 1 if config.tokenizer == "char" and config.normalize in ("none", "nfc") else 3
+    return corpus.name, size * per_byte
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,14 +323,20 @@ def _inspect_point(point: PointResult, emit: Callable[[Event], None]) -> None:
 
 def run_sweep(axes: dict[str, list[Any]], base: dict[str, Any], folder: str | Path,
               on_event: Optional[Callable[[Event], None]] = None, inspect: bool = False,
-              on_point: Optional[Callable[[PointResult], None]] = None) -> SweepResult:
+              on_point: Optional[Callable[[PointResult], None]] = None,
+              words: Optional[dict[str, str]] = None) -> SweepResult:
     """Train every grid point not finished yet (in order), then gather the figures of all.
 
     ``on_point(point)`` is called after each point is trained (or found finished): a measurement
-    of one's own (truncation-table scores echo accuracy there)."""
+    of one's own (truncation-table scores echo accuracy there). ``words`` rewrites the sweep's own
+    words in its errors for a command built on it (truncation-table: --seq-len is its --chunks, and
+    the advice after Ctrl-C is to rerun that command): {sweep's phrase: the command's}."""
     folder = Path(folder)
     emit = on_event or (lambda e: None)
-    planned = plan(axes, base, folder)
+    try:
+        planned = plan(axes, base, folder)
+    except CharLMError as e:
+        raise _reworded(e, words) from None
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MANIFEST).write_text(json.dumps({"schema": SCHEMA, "axes": json_safe(axes),
                                                "base": json_safe(base)}, indent=1) + "\n", encoding="utf-8")
@@ -270,7 +348,17 @@ def run_sweep(axes: dict[str, list[Any]], base: dict[str, Any], folder: str | Pa
         else:
             resume = (Path(point.run_dir) / "last.pt").is_file()
             emit(SweepPointStarted(index, len(planned), point.name, point.values, resume))
-            _train_point(options, resume, emit)
+            try:
+                _train_point(options, resume, emit)
+            except Interrupted as e:
+                # The run's own advice (`charlm train --out POINT --resume`) would finish this point
+                # only: the sweep command resumes it and then trains the points after it.
+                saved = str(e).partition("; continue with")[0]
+                err = Interrupted(f"{saved} (point {index}/{len(planned)}); to go on with the sweep, run "
+                                  f"the same `charlm sweep` command again with --out {folder}: finished "
+                                  f"points are skipped and this one resumes")
+                err.exit_code = e.exit_code
+                raise _reworded(err, words) from None
             _read_figures(point)
             point.status = "trained"
         if inspect:
@@ -279,6 +367,18 @@ def run_sweep(axes: dict[str, list[Any]], base: dict[str, Any], folder: str | Pa
             on_point(point)
         result.points.append(point)
     return result
+
+
+def _reworded(error: CharLMError, words: Optional[dict[str, str]]) -> CharLMError:
+    """``error`` with each phrase of ``words`` replaced (see run_sweep), as the same kind of error."""
+    if not words:
+        return error
+    message = str(error)
+    for sweep_phrase, own in words.items():
+        message = message.replace(sweep_phrase, own)
+    reworded = type(error)(message)
+    reworded.exit_code = error.exit_code
+    return reworded
 
 
 def plot_sweep(result, out: str | Path) -> Path:

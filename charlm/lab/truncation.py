@@ -226,7 +226,7 @@ def truncation_grid(models: Sequence[str] = ("rnn", "lstm", "gru"), distances: S
     with torch_threads(1), tempfile.TemporaryDirectory(prefix="charlm-echo-") as tmp:
         folder = _writable_folder(Path(workdir)) if workdir is not None else Path(tmp)
         for seed in seeds:
-            _grid_for_seed(result, folder, seed, total, on_cell)
+            _grid_for_seed(result, folder, seed, total, on_cell, workdir is not None)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -255,7 +255,7 @@ def _check_grid(models, distances, chunks, hidden_size, batch_size, steps, keys,
 
 
 def _grid_for_seed(result: GridResult, folder: Path, seed: int, total: int,
-                   on_cell: Optional[Callable[[GridCell, int, int], None]]) -> None:
+                   on_cell: Optional[Callable[[GridCell, int, int], None]], workdir: bool = True) -> None:
     """One seed's grid: a sweep over echo corpora (one per D), chunk lengths and cells, with the
     same seed and step budget for every point; charlm.lab.sweep trains it (resumable with
     --workdir: a rerun skips the points that finished)."""
@@ -284,4 +284,11 @@ def _grid_for_seed(result: GridResult, folder: Path, seed: int, total: int,
     base = {"hidden_size": result.hidden_size, "embedding_size": 16, "batch_size": result.batch_size,
             "lr": result.lr, "warmup_steps": min(50, steps // 10), "max_steps": steps, "eval_every": steps,
             "val_fraction": 0.02, "seed": seed, "device": "cpu", "sample_length": 0}
-    run_sweep(axes, base, folder / f"runs-seed{seed}", on_point=score)
+    runs = folder / f"runs-seed{seed}"
+    rerun = ("the same `charlm truncation-table` command again (same --workdir)" if workdir else
+             "`charlm truncation-table` again with --workdir DIR, which keeps the runs (these were in a "
+             "temporary folder, now removed)")
+    words = {"--seq-len": "--chunks", "reduce --hidden-size, --embedding-size, --layers or the vocabulary":
+             "reduce --hidden-size",
+             f"the same `charlm sweep` command again with --out {runs}": rerun}
+    run_sweep(axes, base, runs, on_point=score, words=words)

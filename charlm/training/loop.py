@@ -296,6 +296,10 @@ class Reports:
     pending: list = field(default_factory=list)   # (step, epoch, StepResult, lr, tokens, elapsed)
     bad_in_a_row: int = 0
     last_time: float = field(default_factory=time.perf_counter)
+    # Rollbacks of this launch: the step each went back to, and for each replay that ended in a
+    # rollback, whether it was bad from its very first step (see rollback()).
+    targets: list = field(default_factory=list)
+    bad_from_start: list = field(default_factory=list)
 
 
 def flush_reports(run: Setup, sinks: Sinks, reports: Reports) -> None:
@@ -417,9 +421,23 @@ def rollback(run: Setup, sinks: Sinks, reports: Reports, clock: Clock) -> None:
     """Back to the last good checkpoint at half the learning rate per rollback, or give up."""
     config, state = run.config, run.state
     rollbacks = state.progress.rollbacks + 1
+    if reports.targets:
+        # The replay since the last rollback was bad from its first step: that step computes its
+        # loss and gradient from the checkpoint alone, before any update, so no learning rate
+        # could have changed it.
+        reports.bad_from_start.append(reports.bad_in_a_row >= state.progress.step - reports.targets[-1])
     if rollbacks > MAX_ROLLBACKS:
         sinks.emit(Notice(f"training diverged: {config.max_bad_steps} non-finite steps in a row after "
                           f"{MAX_ROLLBACKS} rollbacks; stopping", state.progress.step, "warning"))
+        poisoned = (len(reports.bad_from_start) == MAX_ROLLBACKS and all(reports.bad_from_start)
+                    and len(set(reports.targets)) == 1)
+        if poisoned:
+            raise NumericError(
+                f"training diverged (non-finite loss or gradients) even after {MAX_ROLLBACKS} rollbacks, "
+                f"each time at the first step after the checkpoint of step {reports.targets[0]}, before any "
+                f"update: the checkpoint itself (its weights or carried state) or the text right after it "
+                f"gives non-finite values, which a lower --lr cannot mend. Start a new run (--force), "
+                f"or fine-tune from an earlier checkpoint with --init-from; {run.run_dir} is kept")
         raise NumericError(
             f"training diverged (non-finite loss or gradients) even after {MAX_ROLLBACKS} rollbacks "
             f"with a lower learning rate; lower --lr (now {config.lr}) or --grad-clip. last.pt in "
@@ -427,6 +445,7 @@ def rollback(run: Setup, sinks: Sinks, reports: Reports, clock: Clock) -> None:
     state.load_state_dict(read_checkpoint(run.run_dir / "last.pt", map_location="cpu"))
     p = state.progress   # the checkpoint's counters, but this launch's count of rollbacks
     p.rollbacks, p.lr_scale = rollbacks, 0.5 ** rollbacks
+    reports.targets.append(p.step)
     clock.before = p.elapsed
     reports.bad_in_a_row = 0
     sinks.emit(Notice(f"{config.max_bad_steps} non-finite steps in a row: rolled back to step {p.step} "

@@ -17,7 +17,7 @@ import torch
 from ..config import SampleConfig
 from ..errors import NumericError, RunDirError
 from ..sampling import sample_text
-from ..util import open_no_follow
+from ..util import open_no_follow, run_write_error
 
 HEADER = re.compile(r"^--- step (\d+) ---$")
 TEMPERATURE = 0.8
@@ -53,8 +53,7 @@ class SamplesLog:
             raise self._error(e) from None
 
     def _error(self, e: OSError) -> RunDirError:
-        return RunDirError(f"cannot write {self.path}: {e.strerror or e} (the last checkpoint is intact; "
-                           f"free some space and continue with --resume)")
+        return RunDirError(run_write_error(self.path, e))
 
     def _cut(self, step: int) -> None:
         """Drop the entries of steps after ``step`` (written after the checkpoint resumed from)."""

@@ -28,11 +28,12 @@ from ..corpus.dataset import Dataset, StreamBatches, prepare_dataset
 from ..corpus.text import Corpus
 from ..corpus.tokenizers import tokenizer_from_dict
 from ..devices import check_precision, grad_scaler, resolve_device, resolve_precision
-from ..errors import CheckpointError, ConfigError, CorpusError, DeviceError, RunDirError
+from ..errors import CharLMError, CheckpointError, ConfigError, CorpusError, DeviceError, RunDirError
 from ..limits import check_model_fits
 from ..model import build_model
 from ..records import separator_id
-from ..rundir import RunPlan, commit, discard, new_run_id, plan_run_dir, read_marker, stage, write_marker
+from ..rundir import (RunPlan, commit, discard, name_the_run, new_run_id, plan_run_dir, read_marker, stage,
+                      write_marker)
 from .finetune import Source, load_source, transfer_weights
 from .options import LoadedCheckpoint
 from .state import Progress, TrainState
@@ -103,10 +104,13 @@ def build(config: TrainConfig, model_config: Optional[ModelConfig], device: torc
     plan: Optional[RunPlan] = _on_main(ctx, lambda: plan_run_dir(config.out, config.resume, config.force))
     try:
         return _build(config, model_config, device, ctx, plan, resume_from)
-    except BaseException:
+    except BaseException as e:
+        staging = plan.staging if plan is not None else None
         if plan is not None:
             discard(plan)
             plan.release()
+        if isinstance(e, CharLMError):
+            raise name_the_run(e, plan, staging) from None
         raise
 
 

@@ -77,7 +77,9 @@ def _recipe(monkeypatch, name, url, body, member=None, sha256="auto"):
 
 
 def _leftovers(folder: Path):
-    return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+    """The files in folder, but the record charlm keeps beside each cached corpus."""
+    return sorted(p.name for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".source.json")) \
+        if folder.exists() else []
 
 
 def test_download_verifies_and_caches(server, cache, monkeypatch):
@@ -452,3 +454,40 @@ def test_a_malformed_catalog_url_in_the_environment_is_one_line_naming_the_varia
     assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
     assert len(r.stderr.strip().splitlines()) == 1 and "$CHARLM_CATALOG_URL_TINYSHAKESPEARE" in r.stderr
     assert _leftovers(cache) == []
+
+
+
+@pytest.mark.parametrize("change", ["edited", "cut", "recipe", "sha256-option", "no-record"])
+def test_a_cached_corpus_is_reused_only_while_its_source_is_the_same(server, cache, monkeypatch, change):
+    """A cached copy was reused on its name alone (was: an edited or cut cached file, a recipe whose
+    checksum changed, or `corpus get --sha256` of another file all used the old copy). Now a copy
+    whose size changed, or that was downloaded under another checksum, is downloaded again; one
+    cached before charlm kept a record is checked by hashing it."""
+    base, files = server
+    old, new = make_text(3000).encode(), make_text(3000, seed=7).encode()
+    files["/tiny.txt"] = old
+    _recipe(monkeypatch, "tiny", base + "/tiny.txt", old)
+    path = catalog.fetch("tiny")
+    assert path.read_bytes() == old and catalog.is_cached("tiny")
+    record = path.parent / ".tiny.txt.source.json"
+    assert record.is_file()
+    if change == "edited":
+        path.write_bytes(old + b"mine\n")
+    elif change == "cut":
+        path.write_bytes(old[:100])
+    elif change == "recipe":                                  # a new version of the recipe
+        files["/tiny.txt"] = new
+        _recipe(monkeypatch, "tiny", base + "/tiny.txt", new)
+    elif change == "sha256-option":
+        files["/tiny.txt"] = new
+        assert not catalog.is_cached("tiny", hashlib.sha256(new).hexdigest())
+        assert catalog.fetch("tiny", sha256=hashlib.sha256(new).hexdigest()).read_bytes() == new
+        return
+    else:
+        record.unlink()
+        assert catalog.is_cached("tiny") and record.is_file()   # hashed once, then recorded
+        path.write_bytes(old[:-1] + b"X")
+        record.unlink()
+    assert not catalog.is_cached("tiny")
+    assert catalog.fetch("tiny").read_bytes() == files["/tiny.txt"]
+    assert catalog.is_cached("tiny")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import atexit
 import os
+import re
 import resource
 import shutil
 import signal
@@ -375,3 +376,46 @@ def test_corpus_modules_import_one_way():
     def reaches(start, goal, seen=()):
         return any(n == goal or (n not in seen and reaches(n, goal, (*seen, n))) for n in graph.get(start, ()))
     assert not [m for m in graph if reaches(m, m)]
+
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=40)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=_TEXT, encoding=st.sampled_from(["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"]))
+def test_a_utf16_or_utf32_file_with_its_bom_is_named_not_called_binary(tmp_path, body, encoding):
+    """UTF-16/32 text that starts with its byte order mark (was: "looks like a binary file (NUL byte
+    at …)"): the corpus, a prime and a text to score say which encoding it is and how to convert it."""
+    from charlm.textio import read_limited
+
+    name = encoding[:6].upper()
+    raw = body.encode(encoding)
+    if encoding.endswith(("-le", "-be")):      # these codecs write no mark: add the one a file has
+        raw = {"utf-16-le": b"\xff\xfe", "utf-16-be": b"\xfe\xff", "utf-32-le": b"\xff\xfe\x00\x00"}[encoding] + raw
+    path = tmp_path / "wide.txt"
+    path.write_bytes(raw)
+    expected = f"is {name} text, not UTF-8 (convert it: iconv -f {name} -t UTF-8)"
+    with pytest.raises(CorpusError, match=re.escape(expected)):
+        list(Corpus.resolve(str(path)).blocks())
+    with open(path, "rb") as f, pytest.raises(CorpusError, match=re.escape(expected)):
+        read_limited(f, 1000, "--prime-file wide.txt")
+    assert name in text.binary_reason(path)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(head=st.text(max_size=20).filter(lambda t: "\x00" not in t),
+       last=st.characters(min_codepoint=0x80, blacklist_categories=("Cs",)), data=st.data())
+def test_a_file_cut_in_the_middle_of_a_character_says_so(tmp_path, head, last, data):
+    """UTF-8 text whose last character lost some of its bytes (was: "invalid byte 0xend of file",
+    or a byte offset and advice to convert from Latin-1)."""
+    from charlm.textio import read_limited
+
+    encoded = last.encode("utf-8")
+    cut = data.draw(st.integers(1, len(encoded) - 1))
+    path = tmp_path / "cut.txt"
+    path.write_bytes(head.encode("utf-8") + encoded[:cut])
+    with pytest.raises(CorpusError, match="ends in the middle of a character") as caught:
+        list(Corpus.resolve(str(path)).blocks())
+    assert "latin1" not in str(caught.value) and "0xend" not in str(caught.value)
+    with open(path, "rb") as f, pytest.raises(CorpusError, match="ends in the middle of a character"):
+        read_limited(f, 1000, "--file cut.txt")

@@ -5,6 +5,7 @@ data demands: an echo model needs the key D + 1 tokens back, an i.i.d. model nee
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -294,3 +295,36 @@ def test_a_transformer_uses_nothing_beyond_its_window_and_memory():
                 logits, _ = model.read(torch.from_numpy(ids[t - n:t])[None], model.step_state(1))
             want = float(F.cross_entropy(logits[0, -1:], torch.tensor([int(ids[t])])))
             assert loss[i * len(grid) + j] == pytest.approx(want, abs=1e-5)
+
+
+def _own_options(command: str) -> set[str]:
+    """The --options a charlm command has, as its click command lists them."""
+    import typer
+
+    from charlm.cli import app
+
+    group = typer.main.get_command(app)
+    return {opt for p in group.commands[command].params for opt in p.opts if opt.startswith("--")}
+
+
+@settings(max_examples=25, deadline=None)
+@given(grad_lags=st.sampled_from([0, 1, 40, 1000, 10**6]), max_context=st.sampled_from([1, 8, 64, 10**6]),
+       targets=st.sampled_from([1, 2, 96, 10**6]), shuffle_max=st.sampled_from([0, 4, 10**6]),
+       text=st.sampled_from(["short", "none"]))
+def test_every_error_of_inspect_context_names_its_own_options(echo_run, tmp_path_factory, grad_lags,
+                                                              max_context, targets, shuffle_max, text):
+    """Errors that come from code inspect-context shares with inspect-gradients (was: "lower --lags
+    or give a longer --corpus", options inspect-context does not have): every --option an error
+    names is one of the command's own."""
+    from charlm.cli import app
+
+    short = tmp_path_factory.mktemp("text") / "short.txt"
+    short.write_text("A>A\n" * 60, encoding="utf-8")
+    args = ["inspect-context", str(echo_run), *([str(short)] if text == "short" else []),
+            "--grad-lags", str(grad_lags), "--max-context", str(max_context), "--targets", str(targets),
+            "--shuffle-max", str(shuffle_max), "--json", str(tmp_path_factory.mktemp("out") / "c.json")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code in (0, 1) and "Traceback" not in res.output, res.output
+    if res.exit_code == 1:
+        named = set(re.findall(r"--[a-z][a-z-]*", res.stderr))
+        assert named <= _own_options("inspect-context"), res.stderr

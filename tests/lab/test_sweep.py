@@ -7,7 +7,7 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from charlm.errors import ConfigError, RunDirError
+from charlm.errors import CharLMError, ConfigError, RunDirError
 from charlm.lab.sweep import SweepPointStarted, grid_points, parse_grid, plan, point_name, run_sweep
 from charlm.training import train, resolve_options
 from helpers import stop_after
@@ -141,3 +141,71 @@ def test_a_grid_too_big_to_run_is_refused_before_it_is_built():
     with pytest.raises(ConfigError, match="27,000,000 points"):
         grid_points(axes)
     assert len(grid_points({"seq_len": list(range(MAX_POINTS))})) == MAX_POINTS
+
+
+@pytest.mark.parametrize("axis, values, message", [
+    ("seq_len", [8, 10_000_000], "seq_len=10000000: corpus .* has at most [0-9,]+ tokens, too few for 4 streams"),
+    ("batch_size", [4, 100_000], "batch_size=100000: corpus .* too few for 100000 streams"),
+    ("hidden_size", [16, 10_000_000], "hidden_size=10000000: the model would need about"),
+])
+def test_data_and_memory_of_every_point_are_checked_before_the_first_trains(axis, values, message,
+                                                                          corpus_file, tmp_path):
+    """A point whose chunk the corpus cannot fill, or whose model the machine cannot hold (was:
+    refused by its own launch, after every point before it trained): one line naming the point,
+    and no folder."""
+    folder = tmp_path / "sweep"
+    with pytest.raises(CharLMError, match=message):
+        run_sweep({axis: values}, {**BASE, "corpus": str(corpus_file)}, folder)
+    assert not folder.exists()
+
+
+def test_a_device_the_machine_lacks_is_refused_before_the_first_point_trains(corpus_file, tmp_path, monkeypatch):
+    """--grid device=cpu,cuda on a machine without CUDA (was: the cpu point trained, then the cuda
+    point failed)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    folder = tmp_path / "sweep"
+    with pytest.raises(CharLMError, match="grid point device=cuda: --device cuda was asked for, but no CUDA GPU"):
+        run_sweep({"device": ["cpu", "cuda"]}, {**BASE, "corpus": str(corpus_file)}, folder)
+    assert not folder.exists()
+
+
+def test_ctrl_c_in_a_sweep_advises_rerunning_the_sweep(corpus_file, tmp_path, monkeypatch):
+    """Ctrl-C during a point (was: "continue with `charlm train --out POINT --resume`", which
+    finishes that point only): the advice is the sweep command with its folder, which then resumes."""
+    import signal
+
+    import charlm.lab.sweep as sweep
+    from charlm.errors import Interrupted
+
+    def interrupted(options, resume, on_event):
+        err = Interrupted(f"SIGINT: saved {options['out']}/last.pt at step 3; continue with "
+                          f"`charlm train --out {options['out']} --resume`")
+        err.exit_code = 128 + signal.SIGINT
+        raise err
+
+    monkeypatch.setattr(sweep, "_train_point", interrupted)
+    folder = tmp_path / "sweep"
+    with pytest.raises(Interrupted) as caught:
+        run_sweep({"seq_len": [8, 16]}, {**BASE, "corpus": str(corpus_file)}, folder)
+    message = str(caught.value)
+    assert "charlm train" not in message and "--resume" not in message
+    assert f"run the same `charlm sweep` command again with --out {folder}" in message
+    assert "saved" in message and "(point 1/2)" in message and caught.value.exit_code == 130
+
+
+def test_a_finished_point_of_a_corpus_that_changed_is_not_taken_as_done(corpus_file, tmp_path):
+    """The corpus file edited between two launches of the same sweep (was: its finished points
+    skipped as done, their figures from the old text in the table beside new ones): refused before
+    anything trains, naming the point; the same text again is still skipped."""
+    folder = tmp_path / "sweep"
+    base = {**BASE, "max_steps": 3, "corpus": str(corpus_file)}
+    run_sweep({"seq_len": [8]}, base, folder)
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    again = run_sweep({"seq_len": [8]}, base, folder)
+    assert [p.status for p in again.points] == ["done"]
+    corpus_file.write_text(corpus_file.read_text(encoding="utf-8").replace("the", "a"), encoding="utf-8")
+    with pytest.raises(RunDirError, match="grid point seq_len=8 was trained on another version of its corpus"):
+        run_sweep({"seq_len": [8, 16]}, base, folder)
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before

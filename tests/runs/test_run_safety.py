@@ -143,6 +143,48 @@ def test_a_link_as_the_lock_of_a_new_folder_is_refused(tmp_path, corpus):
 
 # --- the lock ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("how", ["folder", "read-only"])
+def test_a_lock_that_is_a_folder_or_read_only_is_named_as_such(finished_run, monkeypatch, how):
+    """Was: "cannot write to run directory runE: Is a directory" (or "Permission denied"), which
+    sends the user to the folder's permissions. The message names the lock file and what is wrong.
+    (Read-only is made by failing os.open with EACCES for the lock: tests may run as root.)"""
+    lock = finished_run / rundir.LOCK_FILE
+    before = snapshot(finished_run)
+    if how == "folder":
+        lock.unlink()
+        lock.mkdir()
+        fragment = f"{lock} is a folder where charlm keeps the run's lock file"
+    else:
+        lock.chmod(0o444)
+        real_open = os.open
+
+        def denied(path, flags, *args, **kwargs):
+            if Path(path) == lock and flags & (os.O_RDWR | os.O_WRONLY):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(rundir.os, "open", denied)
+        fragment = f"cannot open the run's lock file {lock}: Permission denied; make it writable"
+    one_line_error(cli("train", "--out", finished_run, "--resume", "--max-steps", "6"), fragment)
+    assert snapshot(finished_run) == before
+
+
+def test_an_error_in_a_staged_launch_names_the_run_not_the_staging_folder(tmp_path, corpus, monkeypatch):
+    """A full disk while the new run's corpus is encoded (was: "cannot write the encoded corpus to
+    …/.runN.charlm-new-k3j2/data", a hidden folder that no longer exists when the user reads it)."""
+    import charlm.corpus.dataset as dataset
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(dataset, "_write_ids", full)
+    run = tmp_path / "runN"
+    r = cli("train", corpus, "--out", run, *TINY)
+    one_line_error(r, f"cannot write the encoded corpus to {run}/data: No space left on device")
+    assert "charlm-new" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.txt"]
+
+
 def test_the_lock_file_says_what_it_is(finished_run):
     first = (finished_run / rundir.LOCK_FILE).read_text().splitlines()[0]
     assert first.startswith("charlm run lock: held by pid ") and "removing this file does not stop" in first
@@ -188,3 +230,28 @@ def test_runs_says_a_folder_without_a_marker_is_not_a_run(tmp_path, finished_run
     assert rows["stranger"]["charlm_run"] is False and rows["stranger"]["corpus"] is None
     assert "not a charlm run" in rows["stranger"]["notes"]
     assert rows["runE"]["charlm_run"] is True and rows["runE"]["notes"] is None
+
+
+# --- the run's logs -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["samples.txt", "metrics.jsonl"])
+def test_a_log_that_is_a_folder_is_not_called_a_full_disk(finished_run, name):
+    """samples.txt or metrics.jsonl made a folder (was: "… Is a directory (the last checkpoint is
+    intact; free some space and continue with --resume)"): the advice fits the cause."""
+    log = finished_run / name
+    log.unlink(missing_ok=True)
+    log.mkdir()
+    r = cli("train", "--out", finished_run, "--resume", "--max-steps", "6", "--sample-length", "8")
+    one_line_error(r, f"{log} is a folder where charlm keeps a file: move it out of the way and continue with --resume")
+    assert "free some space" not in r.stderr
+
+
+@pytest.mark.parametrize("code, fix", [(errno.ENOSPC, "free some space"), (errno.EISDIR, "is a folder"),
+                                       (errno.EACCES, "make it writable"), (errno.EROFS, "make it writable"),
+                                       (errno.EIO, "fix the cause")])
+def test_a_log_write_error_advises_by_its_cause(tmp_path, code, fix):
+    from charlm.util import run_write_error
+
+    message = run_write_error(tmp_path / "samples.txt", OSError(code, os.strerror(code)))
+    assert fix in message and message.endswith("continue with --resume)")
+    assert ("free some space" in message) == (code == errno.ENOSPC)

@@ -232,3 +232,24 @@ def test_only_checkpoint_py_calls_torch_load_and_always_safely():
             assert not calls, f"{path.name} calls torch.load; use checkpoint.load_checkpoint"
         for args in calls:
             assert "weights_only=True" in args, f"{path.name}: torch.load({args})"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torch.jit.trace/save, used to make the file
+def test_torchscript_and_foreign_pickles_get_only_charlm_line_in_a_real_process(tmp_path):
+    """A TorchScript file or a plain pickle given as a checkpoint (was: torch's UserWarning about a
+    TorchScript archive, or about pickle protocol 4, printed before charlm's line; pytest's own
+    warning capture hides them in-process, so these run as real processes)."""
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    torch.jit.save(torch.jit.trace(Identity(), torch.zeros(1)), tmp_path / "exported.pt")
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps({"x": 1}, protocol=4))
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent), "OMP_NUM_THREADS": "1"}
+    for name, fragment in (("exported.pt", "is a TorchScript file"), ("plain.pkl", "not a charlm checkpoint")):
+        for command in ("info", "sample"):
+            p = subprocess.run([sys.executable, "-m", "charlm", command, str(tmp_path / name)],
+                               capture_output=True, text=True, timeout=120, env=env)
+            assert p.returncode == 1 and p.stdout == ""
+            assert p.stderr.startswith("error: ") and len(p.stderr.strip().splitlines()) == 1, p.stderr
+            assert fragment in p.stderr

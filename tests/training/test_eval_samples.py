@@ -93,7 +93,7 @@ def test_cli_flags_and_plain_view(corpus_file, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert "sample at step" not in r.output
     r = runner.invoke(app, ["train", str(corpus_file), "--eval-sample-length", "-1"])
-    assert r.exit_code == 1 and "--eval-sample-length must be >= 0" in r.output
+    assert r.exit_code == 1 and "--eval-sample-length must be from 0 (no samples) to 100,000, got -1" in r.output
 
 
 def test_view_shows_latest_sample():

@@ -179,3 +179,38 @@ def test_huge_learning_rate_on_a_tanh_rnn(tmp_path, corpus):
     assert sum("rolled back" in m for m in notices(run)) == 3
     for path in run.glob("*.pt"):
         assert all_finite(path), path
+
+
+def test_three_rollbacks_to_the_same_poisoned_checkpoint_blame_the_checkpoint(tmp_path, corpus):
+    """A last.pt with finite but enormous head weights (its logits overflow at the first step after
+    it, whatever the learning rate; was: "lower --lr", which cannot help): the message names the
+    checkpoint and does not advise a lower learning rate."""
+    run = tmp_path / "run"
+    train(config(corpus, run), MODEL, should_stop=stop_after(4))
+    ck = load_checkpoint(run / "last.pt")
+    ck["model"]["head.weight"] = torch.full_like(ck["model"]["head.weight"], 3e38)   # finite, poisonous
+    torch.save(ck, run / "last.pt")
+    with pytest.raises(NumericError, match="even after 3 rollbacks") as caught:
+        train(config(corpus, run, resume=True), None)
+    message = str(caught.value)
+    assert "each time at the first step after the checkpoint of step 4" in message
+    assert "a lower --lr cannot mend" in message and "lower --lr (now" not in message
+    assert len(message.splitlines()) == 1
+
+
+def test_divergence_that_a_lower_lr_could_mend_still_says_so(tmp_path, corpus, monkeypatch):
+    """Replays whose first step after the checkpoint is good and fail later: the learning rate may
+    be the cause, and the message keeps its advice."""
+    run = tmp_path / "run"
+    real = F.cross_entropy
+    calls = {"n": 0, "since": 0}
+
+    def faulty(*args, **kwargs):       # after step 4, every step but the first of each replay is NaN
+        loss = real(*args, **kwargs)
+        if torch.is_inference_mode_enabled() or not loss.requires_grad:
+            return loss
+        calls["n"] += 1
+        return loss * float("nan") if calls["n"] >= 6 and calls["n"] not in (9, 12, 15) else loss
+    monkeypatch.setattr(F, "cross_entropy", faulty)
+    with pytest.raises(NumericError, match=r"lower --lr \(now"):
+        train(config(corpus, run), MODEL)

@@ -30,6 +30,7 @@ runner = CliRunner()
 # torch 2.13 marks torch.jit.load deprecated; loading is what a TorchScript user does.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 CELLS = ["rnn", "gru", "lstm"]
+MIN_CELLS = ["mingru", "minlstm"]
 STEPS = 100
 
 
@@ -71,7 +72,7 @@ def assert_steps_match(step, model: CharRNN, vocab_size: int) -> torch.Tensor:
     return ids
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", CELLS + MIN_CELLS)
 def test_torchscript_step_matches_the_model_over_100_steps(cell, tmp_path):
     tok = char_tokenizer()
     model = tiny_model(cell, tok.vocab_size)
@@ -109,6 +110,29 @@ def test_onnx_step_matches_the_model_over_100_steps(cell, tmp_path):
     np.testing.assert_allclose(np.concatenate([first[0], second[0]], axis=1), want.numpy(), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("cell", MIN_CELLS)
+def test_onnx_of_a_min_cell_is_the_one_step_form(cell, tmp_path):
+    """minGRU/minLSTM's scan uses logcumsumexp, which ONNX lacks (was: a traceback): the ONNX file is
+    MinRNN.step, one token per call, equal to the model's one pass over 100 steps; a longer input
+    is refused by the runtime rather than read in part, and the vocabulary says so."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    tok = char_tokenizer()
+    model = tiny_model(cell, tok.vocab_size)
+    path, vocab = export_model(model, tok, tmp_path / "m.onnx", "onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["ids", "h0"]
+
+    def step(ids, h0):
+        return session.run(None, {"ids": ids, "h0": h0})
+
+    ids = assert_steps_match(step, model, tok.vocab_size)
+    with pytest.raises(Exception, match="(?i)dimension|shape"):
+        step(ids[:, :7].numpy(), model.init_state(3)[0].numpy())
+    d = json.loads(vocab.read_text(encoding="utf-8"))
+    assert d["inputs"]["ids"] == "(batch, 1) int64" and any("one token per call" in n for n in d["notes"])
+
+
 def test_vocab_json_for_a_char_tokenizer(tmp_path):
     tok = CharTokenizer(sorted(set("가나다 abc")), normalize="nfd")
     model = tiny_model("lstm", tok.vocab_size)
@@ -120,6 +144,18 @@ def test_vocab_json_for_a_char_tokenizer(tmp_path):
     assert d["normalize"] == "nfd" and any("NFC" in n for n in d["notes"])
     assert (d["cell"], d["layers"], d["hidden_size"], d["vocab_size"]) == ("lstm", 2, 16, tok.vocab_size)
     assert d["state_inputs"] == ["h0", "c0"] and d["state_outputs"] == ["hn", "cn"]
+    assert d["records"] is False and d["record_sep"] is None and "separator_id" not in d
+
+
+def test_vocab_json_of_a_records_model_names_the_separator(tmp_path):
+    """A model trained with --records (was: its vocabulary said nothing of records): the JSON says
+    so, names the separator and its id, and says how to start and end a record."""
+    tok = CharTokenizer(sorted(set("anna\nbob\n|")))
+    model = tiny_model("gru", tok.vocab_size)
+    _, vocab = export_model(model, tok, tmp_path / "m.pt", "torchscript", record_sep="|")
+    d = json.loads(vocab.read_text(encoding="utf-8"))
+    assert d["records"] is True and d["record_sep"] == "|" and d["itos"][d["separator_id"]] == "|"
+    assert any("--records" in n and "'|'" in n for n in d["notes"])
 
 
 def test_vocab_json_carries_the_sentencepiece_model(tmp_path):
@@ -274,3 +310,37 @@ def test_force_replaces_only_regular_files_outside_charlm_runs(run_file, tmp_pat
     after = {p: (os.lstat(p).st_mode, p.read_bytes() if v[1] is not None else None) for p, v in before.items()}
     assert after == before and not vocab_path(out).exists()
     assert not (run / "last.pt").exists() and not (run / "data" / "train.bin").exists()
+
+
+@pytest.mark.parametrize("fail_at", ["model", "vocab", "rename"])
+def test_a_failed_export_leaves_no_file_and_no_half_pair(run_file, tmp_path, monkeypatch, fail_at):
+    """A full disk while writing the model, its vocabulary, or a failing last rename (was: the model
+    written and its vocabulary not, a half pair): one line, and the folder holds what it held,
+    with --force the old pair unchanged."""
+    import os
+
+    import charlm.export as export
+
+    out = tmp_path / "x.pt"
+    out.write_text("old model")
+    vocab_path(out).write_text("old vocab")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    if fail_at == "model":
+        monkeypatch.setattr(export, "_write_torchscript", full)
+    elif fail_at == "vocab":
+        monkeypatch.setattr(Path, "write_text", full)
+    else:
+        real = os.replace
+        monkeypatch.setattr(export.os, "replace",
+                            lambda a, b: full() if str(b).endswith(".vocab.json") else real(a, b))
+    result = runner.invoke(app, ["export", str(run_file), "--format", "torchscript", "-o", str(out), "--force"])
+    assert result.exit_code == 1 and "No space left on device" in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    if fail_at == "rename":          # the model was already in place: removed, never half a pair
+        before.pop("x.pt")
+    assert after == before

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -137,3 +138,26 @@ def test_ctrl_c_stops_the_reply_not_the_session(tiny_run, monkeypatch):
     r = runner.invoke(app, ["sample", str(tiny_run), "--interactive"], input="the \nthe \n")
     assert r.exit_code == 0, r.output
     assert r.stdout.count("ab\n") == 2 and "reply stopped" in r.stderr
+
+
+@pytest.mark.parametrize("after_top", ["/temp 0", "/length 3", "/reset", "the ", "/quit", "9"])
+def test_a_line_after_top_that_is_no_choice_is_read_as_usual(tiny_run, after_top):
+    """After /top, a command or text on the next line (was: taken as a choice, refused with "no
+    choice '/temp 0'" and lost) is read as any line is; a number out of range is still refused."""
+    lm = charlm.load(tiny_run, device="cpu")
+    lines = f"/top 3\n{after_top}\n/length 2\nthe \n"
+    r = runner.invoke(app, ["sample", str(tiny_run), "--interactive", "--temperature", "0", "--length", "4"],
+                      input=lines)
+    assert r.exit_code == 0, r.output
+    out = r.stdout.split("\n")
+    assert [line.split()[0] for line in out[:3]] == ["1", "2", "3"]
+    if after_top == "9":
+        assert "no choice '9': pick a number from 1 to 3" in r.stderr
+    else:
+        assert "no choice" not in r.stderr
+    if after_top == "/quit":
+        assert out[3:] == [""]                                       # the session ended there
+    elif after_top == "the ":
+        assert out[3] == greedy(lm, "\nthe ", 4) and out[4] == greedy(lm, "\nthe " + out[3] + "the ", 2)
+    else:
+        assert out[3] == greedy(lm, "\nthe ", 2)
