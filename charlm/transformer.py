@@ -46,20 +46,25 @@ ROTARY_BASE = 10000.0
 
 def rotary(positions: int, dim: int, device: torch.device,
            dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin (positions, dim / 2) of the angle position * base^(-2i / dim), in float32 (or
-    float64 for a float64 model: the tests compare in float64)."""
+    """The tables (positions, dim) that ``rotate`` multiplies by, in float32 (or float64 for a
+    float64 model: the tests compare in float64).
+
+    Dimension i < dim/2 is paired with dim - 1 - i and the pair turned by the angle position *
+    base^(-2i / dim): cos is (cos a_i, ..., cos a_i) laid out as the pairs are, sin carries the
+    signs of the rotation, (-sin a_i on the first member, +sin a_i on the second).
+    """
     inv = ROTARY_BASE ** (-torch.arange(0, dim, 2, device=device, dtype=dtype) / dim)
     angle = torch.arange(positions, device=device, dtype=dtype)[:, None] * inv   # (n, dim/2)
-    return angle.cos(), angle.sin()
+    cos, sin = angle.cos(), angle.sin()
+    return torch.cat([cos, cos.flip(-1)], dim=-1), torch.cat([-sin, sin.flip(-1)], dim=-1)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x_i, x_(i + d/2)) of x (..., d) by the angles in cos and sin (..., d / 2),
-    which broadcast against x's leading dimensions (positions where x has them)."""
-    half = x.size(-1) // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    """Turn each pair (x_i, x_(d-1-i)) of x (..., d) by its angle; cos and sin (..., d) from
+    ``rotary`` broadcast against x's leading dimensions. Pairing i with d - 1 - i makes the
+    partner of every dimension x.flip(-1): two products and a sum, cheap where a step is bound by
+    its count of kernels (a small model on a CPU)."""
+    return torch.addcmul(x * cos.to(x.dtype), x.flip(-1), sin.to(x.dtype))
 
 
 class Block(nn.Module):
@@ -81,7 +86,7 @@ class Block(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, T, D) after P remembered tokens, whose unrotated keys and values are past_k and
         past_v (B, P, D). ``mask`` (B, 1, T, P + T) says which keys each query may see (True:
-        may); None means plainly causal with P = 0. cos, sin: (P + T, d / 2).
+        may); None means plainly causal with P = 0. cos, sin: (P + T, d), see ``rotary``.
 
         Returns the new x (B, T, D) and the keys and values of all P + T tokens, unrotated.
         """
@@ -155,12 +160,19 @@ class CharTransformer(nn.Module):
         return (self.config.window or DEFAULT_WINDOW) + self.config.memory
 
     def _rotary(self, positions: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rotary tables for 0..positions-1, kept from call to call (a chunk reuses its length)."""
-        dtype = torch.float64 if self.embed.weight.dtype == torch.float64 else torch.float32
+        """The rotary tables for 0..positions-1, in the dtype the attention computes in (bf16 under
+        bf16 autocast), kept from call to call: a chunk reuses its length."""
+        dtype = self.embed.weight.dtype
+        if torch.is_autocast_enabled(device.type) and dtype == torch.float32:
+            dtype = torch.get_autocast_dtype(device.type)
         key = (positions, device, dtype)
+        if torch.jit.is_tracing():    # an export records the tables' arithmetic, for any length
+            cos, sin = rotary(positions, self.config.hidden_size // self.config.heads, device, torch.float32)
+            return cos.to(dtype), sin.to(dtype)
         if self._tables.get("key") != key:
-            self._tables = {"key": key, "tables": rotary(positions, self.config.hidden_size // self.config.heads,
-                                                         device, dtype)}
+            exact = torch.float64 if dtype == torch.float64 else torch.float32    # made exactly, then cast
+            cos, sin = rotary(positions, self.config.hidden_size // self.config.heads, device, exact)
+            self._tables = {"key": key, "tables": (cos.to(dtype), sin.to(dtype))}
         return self._tables["tables"]
 
     def chunk_length(self, most: int) -> int:
