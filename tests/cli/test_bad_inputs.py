@@ -98,7 +98,7 @@ ROWS = [
     Row("dropout-one", "--dropout 1", T("--dropout", "1"), 1, "--dropout must be in [0, 1)"),
     Row("dropout-negative", "--dropout -0.1", T("--dropout", "-0.1"), 1, "--dropout must be in [0, 1)"),
     Row("val-fraction-one", "--val-fraction 1", T("--val-fraction", "1"), 1, "--val-fraction must be in (0, 1)"),
-    Row("model-unknown", "--model transformer", T("--model", "transformer"), 1, "--model must be one of"),
+    Row("model-unknown", "an unknown --model", T("--model", "transformers"), 1, "--model must be one of"),
     # --- tokenizer and vocabulary --------------------------------------------------------------
     Row("vocab-too-small", "--tokenizer bpe --vocab-size 100 (below byte fallback's 256 + pieces)",
         T("--tokenizer", "bpe", "--vocab-size", "100"), 1, "too small for a bpe tokenizer"),

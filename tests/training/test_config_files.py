@@ -149,7 +149,7 @@ def test_train_options_come_from_the_dataclasses():
     assert [o.name for o in options][:2] == ["model", "embedding_size"]
     help_text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).stdout
     # The shown default is the dataclass's, whatever it is tuned to (a literal here went stale once).
-    assert f"Units per recurrent layer (H). [default: {ModelConfig().hidden_size}]" in help_text
+    assert f"Units per recurrent layer (H); for a transformer, its width (the embedding's too). [default: {ModelConfig().hidden_size}]" in " ".join(help_text.split())
     assert "--max-bad-steps" in help_text and "[default: 0.1]" in help_text
 
 
