@@ -138,7 +138,8 @@ class ModelConfig:
     """A transformer's attention window, the chunk length it trained with; set from --seq-len,
     never by hand (0 for the recurrent cells)."""
     dropout: float = grouped(MODEL, 0.0)
-    """Dropout on the embedding, between layers and before the output layer; in [0, 1)."""
+    """Dropout on the embedding, between layers and before the output layer (a transformer's also
+    on its attention weights and residual branches); in [0, 1)."""
     weight_drop: float = grouped(MODEL, 0.0)
     """DropConnect on the hidden-to-hidden weights (AWD-LSTM's weight drop): in training, this
     fraction of them is zeroed, with one mask for every step of a chunk; in [0, 1); rnn, lstm and
@@ -148,7 +149,7 @@ class ModelConfig:
     --embedding-size equal to --hidden-size."""
 
     def describe(self) -> str:
-        """The model in a few words, as the first line of a run and `charlm runs` show it."""
+        """The model in a few words, as the first line of a run and its metrics.jsonl give it."""
         shape = f"{self.cell} {self.layers}x{self.hidden_size}"
         if self.cell != "transformer":
             return shape
