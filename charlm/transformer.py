@@ -25,7 +25,7 @@ after a record start (``reset``), where attention must not reach back.
 
 Generation uses another form of the state (``step_state``): per layer, the keys and values of the
 last W + M - 1 tokens (the most any token saw in training) and which of them are filled, as a
-sliding window. ``read`` runs a block of tokens against it, so a prime is read W tokens at a time,
+sliding window. ``read`` runs a block of tokens against it, so a prime is read W + M tokens at a time,
 and ``stepper`` is ``read`` of one token.
 """
 
@@ -149,10 +149,6 @@ class CharTransformer(nn.Module):
         for b in self.blocks:
             for w in (b.proj.weight, b.mlp[2].weight):
                 nn.init.normal_(w, std=0.02 / math.sqrt(2 * self.config.layers))
-
-    @property
-    def memory(self) -> int:
-        return self.config.memory
 
     @property
     def reach(self) -> int:
