@@ -35,7 +35,7 @@ from typing import Optional
 
 from ._version import __version__
 from .errors import RunDirError
-from .util import RUN_MARKER, open_no_follow
+from .util import RUN_MARKER, open_no_follow, replace_atomically
 
 try:
     import fcntl
@@ -85,22 +85,7 @@ def write_run_file(path: Path, text: str) -> None:
     """Write a small text file of a run atomically and without following links: a new file made
     with O_EXCL|O_NOFOLLOW (mkstemp), then os.replace, which replaces a link itself, never its
     target. Raises OSError."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.fchmod(fd, 0o666 & ~mask)   # mkstemp makes 0600; these are ordinary files
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            fd = -1
-            f.write(text)
-        os.replace(tmp, path)
-        tmp = None
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        if tmp is not None:
-            os.unlink(tmp)
+    replace_atomically(path, text)
 
 
 def _charlm_config(path: Path) -> bool:

@@ -63,14 +63,21 @@ def write_user_file(path: Any, text: str) -> None:
         with open(path, "w", encoding="utf-8", newline="") as f:
             f.write(text)
         return
-    path = os.path.realpath(path)
+    replace_atomically(os.path.realpath(path), text, newline="")
+
+
+def replace_atomically(path: Any, text: str, newline: Optional[str] = None) -> None:
+    """Write text to a new file beside ``path`` (mkstemp: O_EXCL, so never through a link), made
+    an ordinary file under the umask, then os.replace it over ``path``: a reader sees the old file
+    or the whole new one, and a failure (a full disk) removes the temporary file. Raises OSError."""
+    path = os.fspath(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=os.path.dirname(path))
+                               dir=os.path.dirname(path) or ".")
     try:
         mask = os.umask(0o022)
         os.umask(mask)
-        os.fchmod(fd, 0o666 & ~mask)   # mkstemp makes 0600; a document is an ordinary file
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        os.fchmod(fd, 0o666 & ~mask)   # mkstemp makes 0600; these are ordinary files
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
             fd = -1
             f.write(text)
         os.replace(tmp, path)
