@@ -26,9 +26,8 @@ from .export import export_model
 from .records import separator_id
 from .sampling import generate, sample_text
 from .scoring import score_text
-from .training import plan_launch
-from .training import train as _train
-from .training.options import explicit_options
+from .training import plan_configs, plan_launch, train_launch
+from .training.launch import explicit_options
 from .util import is_finite_number
 
 
@@ -219,16 +218,15 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, model: Optional[Mod
     ``charlm.lab.gradients.horizon_summary`` (the product does not import the lab).
     """
     _check_train_args(config, model, on_event=on_event, should_stop=should_stop, grad_probe=grad_probe)
-    launch = None
-    if isinstance(config, (str, os.PathLike)):
-        launch = plan_launch({}, str(config))
-    elif isinstance(config, dict):
-        launch = plan_launch(dict(config))
-    elif isinstance(config, TrainConfig) and config.resume:
-        # As the CLI does: the checkpoint's options, under the ones this config sets (a field
-        # left at its default counts as not given).
-        launch = plan_launch(explicit_options(config, model))
-    if launch is not None:
-        model, config = model or launch.model_config, launch.config
-    return _train(config, model, on_event=on_event, should_stop=should_stop, grad_probe=grad_probe,
-                  resume_from=launch.resume_from if launch is not None else None)
+    if isinstance(config, TrainConfig) and not config.resume:
+        launch = plan_configs(config, model)
+    else:
+        # Option names, as the CLI has them. A resume from a TrainConfig is the checkpoint's
+        # options under the ones this config sets (a field left at its default counts as not
+        # given); a ModelConfig beside a dict or a file adds the fields it sets, under theirs.
+        given = config if isinstance(config, TrainConfig) else TrainConfig()
+        explicit = explicit_options(given, model)
+        if isinstance(config, dict):
+            explicit.update(config)
+        launch = plan_launch(explicit, str(config) if isinstance(config, (str, os.PathLike)) else None)
+    return train_launch(launch, on_event=on_event, should_stop=should_stop, grad_probe=grad_probe)

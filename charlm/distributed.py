@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -39,21 +38,9 @@ def restart_count() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
 
-def elastic_resume(config, ctx: "DistContext"):
-    """After a torchrun restart (``--max-restarts``), continue the run from its last.pt.
-
-    The restarted workers get the same command line as the first launch, which has no
-    ``--resume`` (and perhaps ``--force``, which would wipe the run). When torchrun says this is a
-    restart and ``--out`` holds a last.pt, the launch becomes a resume instead. (A run killed
-    before its first checkpoint is simply started again: prepare_run_dir reuses an unstarted
-    run directory.) Rank 0 decides and tells the others, so every rank takes the same branch.
-    """
-    decision = False
-    if ctx.is_main and restart_count() > 0 and not config.resume and config.out is not None:
-        decision = (Path(config.out).expanduser() / "last.pt").is_file()
-    if broadcast_object(decision, ctx):
-        return replace(config, resume=True, force=False)
-    return config
+def world_size_from_env() -> int:
+    """The number of processes this launch trains with (1 unless torchrun started it)."""
+    return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
 
 
 def setup(device: torch.device) -> DistContext:

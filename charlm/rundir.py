@@ -12,8 +12,9 @@ small files of charlm's own:
   even a SIGKILL leaves no stale lock; the file names the holder (PID and host) for the message a
   second writer gets.
 
-Validate, then act: ``plan_run_dir`` decides what a launch will do without touching the disk; the
-new run is prepared in a hidden sibling folder (``stage``) and only ``commit`` creates or
+Validate, then act: ``look`` reads what a folder holds (training/launch.py decides from it what a
+launch does), ``open_run_dir`` takes the lock and checks nothing changed since; the new run is
+prepared in a hidden sibling folder (``stage``) and only ``commit`` creates or
 replaces the run directory, once everything is known to be good. A replacement (``--force``)
 deletes only what charlm wrote, never a user's file that happens to sit in the folder.
 """
@@ -263,51 +264,65 @@ def _check_name(path: Path) -> None:
                           f"checkpoints and metrics); choose another --out") from None
 
 
-def plan_run_dir(out: Optional[str], resume: bool, force: bool) -> RunPlan:
-    """Decide, without writing anything, what this launch does with its run directory; refuse
-    what it must not do. Takes the run's lock when the folder exists already."""
-    if out is None:
-        if resume:
-            raise RunDirError("--resume needs --out DIR naming the run to continue")
-        return RunPlan(Path("runs") / time.strftime("%Y%m%d-%H%M%S"), "create", default_name=True)
-    path = Path(out).expanduser()
+@dataclass(frozen=True)
+class Folder:
+    """What a run folder holds, read without writing anything: what a launch decides from
+    (training/launch.decide), and what the set-up compares against once it holds the lock."""
+
+    exists: bool = False
+    is_dir: bool = False
+    is_link: bool = False
+    empty: bool = True            # nothing in it but (perhaps) the lock file
+    is_run: bool = False          # charlm made it (its marker, or charlm's config.toml)
+    has_last: bool = False        # last.pt is a file
+    unstarted: bool = False       # a charlm run killed before its first checkpoint
+    last_identity: Optional[tuple] = None   # last.pt's (size, mtime, inode)
+
+
+def look(path: Path) -> Folder:
+    """What ``path`` holds now; RunDirError when it cannot be read or named."""
     _check_name(path)
     try:
-        exists, is_dir = path.exists(), path.is_dir()
-    except OSError as e:  # a name component too long, a folder that cannot be searched
+        if not os.path.lexists(path):
+            return Folder()
+        is_dir = path.is_dir()
+        if not is_dir:
+            return Folder(exists=True, is_link=path.is_symlink())
+        last = path / "last.pt"
+        identity = None
+        if last.is_file():
+            st = last.stat()
+            identity = (st.st_size, st.st_mtime_ns, st.st_ino)
+        return Folder(exists=True, is_dir=True, is_link=path.is_symlink(), empty=_is_empty(path),
+                      is_run=is_run_dir(path), has_last=identity is not None,
+                      unstarted=is_unstarted_run(path), last_identity=identity)
+    except OSError as e:  # a name component too long, a folder that cannot be searched or read
         raise RunDirError(f"cannot use run directory {path}: {e.strerror or e}") from None
-    if exists and not is_dir:
-        raise RunDirError(f"run directory {path} is a file; choose another --out")
-    if resume:
-        if (path / "last.pt").is_file():
-            return RunPlan(path, "resume", lock=lock_run_dir(path))
-        if not is_unstarted_run(path):
-            raise RunDirError(f"cannot resume: {path} has no last.pt (start it without --resume)")
-        _check_obstacles(path)
-        return RunPlan(path, "fill", lock=lock_run_dir(path))
-    if not exists:
+
+
+def open_run_dir(path: Optional[Path], mode: str, planned: Optional[Folder]) -> RunPlan:
+    """The run folder of a launch that was decided (training/launch.decide): for "fill" and
+    "resume" the run's lock is taken, then the folder must still be as ``planned`` (another
+    process may have started, finished or replaced the run in between). A new run (mode "new")
+    is locked when it is staged. Writes nothing but the lock file."""
+    if mode == "new":
+        if path is None:
+            return RunPlan(Path("runs") / time.strftime("%Y%m%d-%H%M%S"), "create", default_name=True)
         return RunPlan(path, "create")
+    lock = lock_run_dir(path)
     try:
-        empty = _is_empty(path)
-    except OSError as e:
-        raise RunDirError(f"cannot read run directory {path}: {e.strerror or e}") from None
-    if not empty and not is_unstarted_run(path):
-        # A run killed before its first checkpoint is restarted in place without --force; a
-        # run with checkpoints, or a folder charlm did not make, needs a decision.
-        if not force:
-            raise RunDirError(f"run directory {path} already exists; pass --resume to continue it "
-                              f"or --force to replace it")
-        if not is_run_dir(path):
-            raise RunDirError(f"{path} is not a charlm run directory (it has no {RUN_MARKER} marker); "
-                              f"refusing to delete it with --force")
-        if path.is_symlink():
-            raise RunDirError(f"run directory {path} is a symbolic link; refusing to replace what it "
-                              f"points to with --force (give the folder itself)")
-    _check_obstacles(path)
-    return RunPlan(path, "fill", lock=lock_run_dir(path))
+        now = look(path)
+    except BaseException:
+        lock.release()
+        raise
+    if now != planned:
+        lock.release()
+        raise RunDirError(f"run directory {path} changed while this launch was being prepared (another "
+                          f"charlm process?); run the command again")
+    return RunPlan(path, "resume" if mode == "resume" else "fill", lock=lock)
 
 
-def _check_obstacles(path: Path) -> None:
+def check_obstacles(path: Path) -> None:
     """Refuse a folder where a name charlm writes is taken by something it cannot replace (a
     symbolic link, a folder where a file goes, a file where data/ goes): found now, before
     anything is written, rather than half-way through replacing a run."""
@@ -491,16 +506,3 @@ def _rename_into_place(staging: Path, target: Path, default_name: bool) -> Path:
                               f"being prepared); pass --resume to continue it or --force to replace it")
         n += 1
         target = base.with_name(f"{base.name}-{n}")
-
-
-def prepare_run_dir(out: Optional[str], resume: bool, force: bool) -> Path:
-    """Plan, stage and commit in one go, for a caller with nothing to validate in between (the
-    lock is released on return)."""
-    plan = plan_run_dir(out, resume, force)
-    try:
-        if plan.mode != "resume":
-            stage(plan)
-            commit(plan)
-        return plan.path
-    finally:
-        plan.release()

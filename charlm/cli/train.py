@@ -84,12 +84,12 @@ def train(
     from ..training import plan_launch
 
     launch = plan_launch(options, str(config) if config else None)
-    model_config, train_config = launch.model_config, launch.config
+    train_config = launch.config
     if print_config:
-        typer.echo(to_toml(model_config or ModelConfig(), train_config), nl=False)
+        typer.echo(to_toml(launch.model_config or ModelConfig(), train_config), nl=False)
         return
 
-    from ..training import train as run_training
+    from ..training import train_launch
 
     probe = None
     if train_config.grad_report_every:   # the lab's instrument, wired in here: the trainer never imports the lab
@@ -98,8 +98,7 @@ def train(
     console = get_console()
     view = TrainingView(console, quiet=cli_state["quiet"])
     try:
-        run_dir = run_training(train_config, model_config, on_event=view, grad_probe=probe,
-                               resume_from=launch.resume_from)
+        run_dir = train_launch(launch, on_event=view, grad_probe=probe)
     finally:
         view.close()
     # Under torchrun every rank returns here with the same run: only rank 0 shows its sample.

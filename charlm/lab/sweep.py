@@ -31,7 +31,7 @@ from ..events import Event, Notice
 from ..limits import check_model_fits
 from ..metrics import read_metrics
 from ..plotting import literal, new_figure, save_figure
-from ..training import resolve_options, train
+from ..training import plan_launch, resolve_options, train_launch
 from ..util import is_finite_number, json_safe
 from .context import study as context_study
 from .gradients import horizon_summary
@@ -224,7 +224,7 @@ def _preflight(points: list[PointResult], configs: list[tuple[ModelConfig, Train
         _check_same_corpus(point, config, digests)
         try:
             device = resolve_device(config.device)
-            if device.type != "cuda":       # as the launch does (training/setup.prepare_device)
+            if device.type != "cuda":       # a GPU's precision is asked by its own launch (training/setup._precision)
                 check_precision(device, config.precision)
             key = (config.corpus, config.tokenizer, config.normalize)
             if key not in bounds:
@@ -305,9 +305,9 @@ def _read_figures(point: PointResult) -> bool:
 
 
 def _train_point(options: dict[str, Any], resume: bool, on_event: Callable[[Event], None]) -> None:
-    model_config, train_config = resolve_options({**options, "resume": resume or None})
-    train(train_config, model_config, on_event=on_event,
-          grad_probe=horizon_summary if train_config.grad_report_every else None)
+    launch = plan_launch({**options, "resume": resume or None})
+    train_launch(launch, on_event=on_event,
+                 grad_probe=horizon_summary if launch.config.grad_report_every else None)
 
 
 def _inspect_point(point: PointResult, emit: Callable[[Event], None]) -> None:

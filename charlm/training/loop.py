@@ -4,9 +4,9 @@ Each step trains one BPTT chunk of k tokens per stream. The hidden state is carr
 chunk and detached at the border, so the forward pass remembers the whole stream while the
 gradient reaches back at most k steps: BPTT(k). The state is reset at every epoch start.
 
-``train`` reads top to bottom: check the device, build the run (setup.py), then ``loop``, which
-reads like nanoGPT's train.py. What the loop does besides stepping is in named functions below
-it: reading losses back (``flush_reports``), the DDP stop agreement (``agreed_stop``), saving and
+``train_launch`` reads top to bottom: take the launch decided in launch.py, check the device,
+build the run (setup.py), then ``loop``, which reads like nanoGPT's train.py. What the loop does
+besides stepping is in named functions below it: reading losses back (``flush_reports``), the DDP stop agreement (``agreed_stop``), saving and
 evaluating, the numeric rollback and the end of the run.
 
 The loop never prints. It reports through ``on_event`` (the CLI's display on rank 0) and records
@@ -40,7 +40,7 @@ from ..records import reset_mask, separator_id
 from ..rundir import write_run_file
 from ..threads import ThreadChooser, plan_threads
 from .samples import SamplesLog, eval_sample
-from .options import LoadedCheckpoint
+from .launch import Launch, plan_configs
 from .setup import Setup, build, prepare_device
 from .signals import StopRequest, graceful_signals
 from .step import EvalCadence, StepResult, lr_at, time_budget, train_step
@@ -56,26 +56,32 @@ MAX_ROLLBACKS = 3
 def train(config: TrainConfig, model_config: Optional[ModelConfig] = None,
           on_event: Optional[EventCallback] = None,
           should_stop: Optional[Callable[[], bool]] = None,
-          grad_probe: Optional[ChunkProbe] = None,
-          resume_from: Optional[LoadedCheckpoint] = None) -> Path:
-    """Train a model; return the run directory. Raises CharLMError for user mistakes.
+          grad_probe: Optional[ChunkProbe] = None) -> Path:
+    """Train a model from configs given as they are; return the run directory. Raises CharLMError
+    for user mistakes.
 
-    ``model_config`` may be None when resuming (the checkpoint's is used). ``should_stop`` is
-    polled after every step; when it returns True the run saves last.pt and returns, exactly as
-    on Ctrl-C (but without raising). ``grad_probe`` measures the chunk every
-    ``config.grad_report_every`` steps (a GradientReport event); it is required when that is set.
-    ``resume_from`` is the last.pt that option resolution read (``plan_launch``): a resume restores
-    from it rather than reading the file again, unless the file changed since.
+    ``model_config`` may be None when resuming (the checkpoint's is used) or fine-tuning (the
+    source's). ``should_stop`` is polled after every step; when it returns True the run saves
+    last.pt and returns, exactly as on Ctrl-C (but without raising). ``grad_probe`` measures the
+    chunk every ``config.grad_report_every`` steps (a GradientReport event); it is required when
+    that is set.
     """
-    if config.grad_report_every and grad_probe is None:
+    return train_launch(plan_configs(config, model_config), on_event, should_stop, grad_probe)
+
+
+def train_launch(launch: Launch, on_event: Optional[EventCallback] = None,
+                 should_stop: Optional[Callable[[], bool]] = None,
+                 grad_probe: Optional[ChunkProbe] = None) -> Path:
+    """Train the launch ``plan_launch`` or ``plan_configs`` decided; return the run directory."""
+    if launch.config.grad_report_every and grad_probe is None:
         raise ConfigError("grad_report_every needs a probe to measure with: pass "
                           "grad_probe=charlm.lab.gradients.horizon_summary (the CLI does)")
-    device, ctx, config = prepare_device(config)
+    device, ctx = prepare_device(launch)
     stop = StopRequest()
     threads_before = torch.get_num_threads()   # --threads changes it for the run, not for the caller
     try:
         with graceful_signals(stop):
-            run = build(config, model_config, device, ctx, resume_from)
+            run = build(launch, device, ctx)
             sinks = Sinks(on_event if (on_event is not None and ctx.is_main) else None)
             try:
                 return loop(run, sinks, stop, should_stop, grad_probe)

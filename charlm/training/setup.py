@@ -1,20 +1,21 @@
 """Set-up: everything a run needs, built and validated into one value before the loop starts.
 
-Validate, then act. The options, the resumed checkpoint, the corpus, the tokenizer and the sizes
-are all checked, and the model is built, before the run directory is created, replaced or
-written: a new run is prepared in a hidden sibling folder (rundir.stage) and moved into place
+Validate, then act. The launch (launch.py) has decided, from the options and the disk, what the
+run is and what happens to its folder, and has read and checked the checkpoint it resumes. Here
+the device's precision, the corpus, the tokenizer and the sizes are checked, and the model is
+built, before the run directory is created, replaced or written: a new run is prepared in a hidden sibling folder (rundir.stage) and moved into place
 (rundir.commit) as the very last step. A mistyped corpus path with --force, a --seq-len too long
 for the text or a corpus that is not UTF-8 leave the old run exactly as it was.
 
-Under torchrun rank 0 plans, locks and prepares the run directory and encodes the data; the
-other ranks reuse its files with the very same tokenizer. An error on rank 0 is sent to every
+Under torchrun every rank plans its launch from the same disk and they must agree; rank 0 locks
+and prepares the run directory and encodes the data; the other ranks reuse its files with the very same tokenizer. An error on rank 0 is sent to every
 rank, so all of them stop with the same message.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -22,20 +23,20 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import distributed
-from ..checkpoint import Checkpoint, check_resumable, read_checkpoint
-from ..config import DEFAULT_MAX_TIME, DERIVED, ModelConfig, TrainConfig, option_name
+from ..checkpoint import Checkpoint
+from ..config import DEFAULT_MAX_TIME, ModelConfig, TrainConfig
 from ..corpus.dataset import Dataset, StreamBatches, prepare_dataset
 from ..corpus.text import Corpus
 from ..corpus.tokenizers import tokenizer_from_dict
 from ..devices import check_precision, grad_scaler, resolve_device, resolve_precision
-from ..errors import CharLMError, CheckpointError, ConfigError, CorpusError, DeviceError, RunDirError
+from ..errors import CharLMError, CorpusError, DeviceError, RunDirError
 from ..limits import check_model_fits
 from ..model import build_model
 from ..records import separator_id
-from ..rundir import (RunPlan, commit, discard, name_the_run, new_run_id, plan_run_dir, read_marker, stage,
+from ..rundir import (RunPlan, commit, discard, name_the_run, new_run_id, open_run_dir, read_marker, stage,
                       write_marker)
 from .finetune import Source, load_source, transfer_weights
-from .options import LoadedCheckpoint
+from .launch import Launch
 from .state import Progress, TrainState
 
 
@@ -82,28 +83,27 @@ def _on_main(ctx: distributed.DistContext, fn: Callable[[], Any]) -> Any:
     return result
 
 
-def prepare_device(config: TrainConfig) -> tuple[torch.device, distributed.DistContext, TrainConfig]:
-    """Check the options and the device, then join the process group (under torchrun)."""
-    config.validate()
-    if config.tensorboard:
+def prepare_device(launch: Launch) -> tuple[torch.device, distributed.DistContext]:
+    """What this machine must offer the launch (its device, an extra), then the process group
+    (under torchrun)."""
+    if launch.config.tensorboard:
         from ..tb import require
         require()  # before anything else: a missing extra must not leave a half-made run
-    device = resolve_device(config.device)
-    if device.type != "cuda" and not config.resume:
-        check_precision(device, config.precision)  # refuse before joining a process group
+    device = resolve_device(launch.config.device)
     ctx = distributed.setup(device)
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
-    return device, ctx, distributed.elastic_resume(config, ctx)
+    return device, ctx
 
 
-def build(config: TrainConfig, model_config: Optional[ModelConfig], device: torch.device,
-          ctx: distributed.DistContext, resume_from: Optional[LoadedCheckpoint] = None) -> Setup:
-    """Validate everything, then create (or lock, for a resume) the run directory."""
-    # Rank 0's plan (None on the others): no disk writes yet, but the lock of an existing run.
-    plan: Optional[RunPlan] = _on_main(ctx, lambda: plan_run_dir(config.out, config.resume, config.force))
+def build(launch: Launch, device: torch.device, ctx: distributed.DistContext) -> Setup:
+    """Validate what needs the machine and the corpus, then create (or lock, for a resume) the
+    run directory as the launch decided."""
+    _agree(launch, ctx)
+    # Rank 0's run folder (None on the others): no disk writes yet, but the lock of an existing run.
+    plan: Optional[RunPlan] = _on_main(ctx, lambda: open_run_dir(launch.run_dir, launch.mode, launch.folder))
     try:
-        return _build(config, model_config, device, ctx, plan, resume_from)
+        return _build(launch, device, ctx, plan)
     except BaseException as e:
         staging = plan.staging if plan is not None else None
         if plan is not None:
@@ -114,21 +114,24 @@ def build(config: TrainConfig, model_config: Optional[ModelConfig], device: torc
         raise
 
 
-def _build(config: TrainConfig, model_config: Optional[ModelConfig], device: torch.device,
-           ctx: distributed.DistContext, plan: Optional[RunPlan],
-           resume_from: Optional[LoadedCheckpoint] = None) -> Setup:
-    path, mode = distributed.broadcast_object((plan.path, plan.mode) if plan else None, ctx)
-    notes: list[str] = []
-    ckpt = None
-    if mode == "resume":
-        ckpt, config, model_config = _resume_inputs(path, config, model_config, device, ctx, notes, resume_from)
-    elif config.resume:
-        # Killed or failed before its first checkpoint: nothing to resume, start from step 0.
-        notes.append(f"{path} has no checkpoint yet: starting the run from step 0")
+def _agree(launch: Launch, ctx: distributed.DistContext) -> None:
+    """Every rank planned its own launch from the same disk: they must have decided alike."""
+    modes = distributed.all_gather_object(launch.mode, ctx)
+    if len(set(modes)) > 1:
+        seen = ", ".join(f"rank {r}: {m}" for r, m in enumerate(modes))
+        raise RunDirError(f"the processes see the run folder {launch.run_dir} differently ({seen}); "
+                          f"give every node the same shared path for --out")
+
+
+def _build(launch: Launch, device: torch.device, ctx: distributed.DistContext,
+           plan: Optional[RunPlan]) -> Setup:
+    path = distributed.broadcast_object(plan.path if plan else None, ctx)
+    config, model_config, ckpt = launch.config, launch.model_config, launch.checkpoint
+    notes = list(launch.notes)
+    config, precision, amp_dtype = _precision(config, device, ckpt is not None, notes)
     source: Optional[Source] = None
-    if mode != "resume" and config.init_from:
+    if ckpt is None and config.init_from:
         source, config, model_config = load_source(config, model_config, device)
-    model_config = (model_config or ModelConfig()).validate()
     if model_config.cell == "transformer":
         model_config = replace(model_config, window=config.seq_len)   # a chunk is its attention window
     corpus = Corpus.resolve(config.corpus)
@@ -144,7 +147,7 @@ def _build(config: TrainConfig, model_config: Optional[ModelConfig], device: tor
     # run); the others reuse its files with the same tokenizer (sentencepiece trained twice
     # could differ).
     def main_data() -> tuple[Dataset, dict]:
-        data_dir = path / "data" if mode == "resume" else stage(plan) / "data"
+        data_dir = path / "data" if launch.resuming else stage(plan) / "data"
         dataset = (source.dataset(corpus, data_dir, config) if source is not None
                    else prepare(data_dir, ckpt.tokenizer if ckpt else None))
         _check_sizes(dataset, config, ctx, ckpt, corpus)
@@ -159,8 +162,8 @@ def _build(config: TrainConfig, model_config: Optional[ModelConfig], device: tor
     if source is not None:
         notes.append(f"fine-tuning from {source.path} (step {source.record['step']}): vocabulary "
                      f"{source.tokenizer.vocab_size} -> {model_config.vocab_size} tokens; fresh optimizer and schedule")
-    state, train_model, amp_dtype, precision = _model(config, model_config, device, ctx,
-                                                      source.weights if source is not None else None)
+    state, train_model = _model(config, model_config, device, ctx, amp_dtype,
+                                source.weights if source is not None else None)
     if ckpt is not None:
         state.load_state_dict(ckpt, str(path / "last.pt"))
 
@@ -176,6 +179,22 @@ def _build(config: TrainConfig, model_config: Optional[ModelConfig], device: tor
                  dataset=dataset, batches=batches, total_steps=total_steps, max_time=max_time,
                  state=state, train_model=train_model, ckpt=ckpt, notes=notes,
                  origin=source.record if source is not None else (ckpt.init_from if ckpt else None))
+
+
+def _precision(config: TrainConfig, device: torch.device, resuming: bool,
+               notes: list[str]) -> tuple[TrainConfig, str, Optional[torch.dtype]]:
+    """The run's precision and its autocast dtype (None: fp32), checked once, here: on a CUDA
+    device it can only be asked once the process's own GPU is chosen. A new run refuses one the
+    device lacks; a resume goes on in fp32 there, since a checkpoint resumes anywhere."""
+    try:
+        precision = resolve_precision(device, config.precision)
+        return config, precision, check_precision(device, precision)
+    except DeviceError:
+        if not resuming:
+            raise
+        notes.append(f"resuming a --precision {config.precision} run on {device.type}, which "
+                     f"lacks it: continuing in fp32")
+        return replace(config, precision="fp32"), "fp32", None
 
 
 def _check_sizes(dataset: Dataset, config: TrainConfig, ctx: distributed.DistContext,
@@ -217,8 +236,8 @@ def _budget(config: TrainConfig, batches: StreamBatches) -> tuple[Optional[int],
     return total_steps, max_time
 
 
-def _model(config: TrainConfig, model_config: ModelConfig, device: torch.device,
-           ctx: distributed.DistContext, init_weights: Optional[dict] = None):
+def _model(config: TrainConfig, model_config: ModelConfig, device: torch.device, ctx: distributed.DistContext,
+           amp_dtype: Optional[torch.dtype], init_weights: Optional[dict] = None):
     """Model (seeded), its DDP wrapper, optimizer and loss scaler, as a fresh TrainState.
     ``init_weights``: a fine-tuned run's source weights, over the fresh initialisation."""
     torch.manual_seed(config.seed)
@@ -242,84 +261,10 @@ def _model(config: TrainConfig, model_config: ModelConfig, device: torch.device,
     # fp16 also scales the loss so small gradients survive fp16's narrow range. The scaler only
     # unscales and tracks its scale; the step itself stays ours (found_inf on the fused
     # optimizer, see step.py). The weights, the optimizer and the carried state stay fp32.
-    precision = resolve_precision(device, config.precision)
-    amp_dtype = check_precision(device, precision)
     scaler = grad_scaler(device, amp_dtype)
     state = TrainState(model=model, optimizer=optimizer, scaler=scaler,
                        hidden=model.init_state(config.batch_size, device), progress=Progress(),
                        device=device, rank=ctx.rank)
-    return state, train_model, amp_dtype, precision
+    return state, train_model
 
 
-# ----------------------------------------------------------------------------------------------
-# Resume: the checkpoint's model and tokenizer win; options may only agree with them
-
-
-_MUST_AGREE = ("tokenizer", "vocab_size", "normalize", "min_char_count", "val_fraction", "seq_len",
-               "batch_size", "state_reset", "records", "record_sep")
-
-
-def _resume_inputs(path: Path, config: TrainConfig, model_config: Optional[ModelConfig],
-                   device: torch.device, ctx: distributed.DistContext, notes: list[str],
-                   resume_from: Optional[LoadedCheckpoint] = None):
-    """The checkpoint to resume from, checked against this launch; the configs it implies."""
-    ckpt_path = path / "last.pt"
-    # The last.pt option resolution read, unless it changed since (then the file as it is now).
-    ckpt = resume_from.record if resume_from and resume_from.current(ckpt_path) else read_checkpoint(ckpt_path)
-    check_resumable(ckpt, ckpt_path)
-    _check_run_id(ckpt, path)
-    Progress.from_dict(ckpt.progress, str(ckpt_path))
-    if model_config is None:
-        try:
-            model_config = ModelConfig(**ckpt.model_config).validate()
-        except (TypeError, ConfigError) as e:
-            raise CheckpointError(f"cannot resume from {ckpt_path}: invalid model config ({e})") from None
-    _check_compatible(ckpt, model_config, config)
-    if config.corpus is None:
-        corpus = ckpt.corpus_path
-        if corpus is None:
-            raise CheckpointError(f"cannot resume from {ckpt_path}: its corpus entry names no path")
-        config = replace(config, corpus=corpus)
-    try:
-        check_precision(device, config.precision)
-    except DeviceError:
-        # A checkpoint resumes anywhere: where its precision is not available, go on in fp32.
-        notes.append(f"resuming a --precision {config.precision} run on {device.type}, which "
-                     f"lacks it: continuing in fp32")
-        config = replace(config, precision="fp32")
-    if distributed.restart_count() > 0:
-        notes.append(f"torchrun restart {distributed.restart_count()}: resuming from {ckpt_path}")
-    saved_world = ckpt.world_size if ckpt.world_size is not None else 1
-    if saved_world != ctx.world_size:
-        raise ConfigError(f"cannot resume: the run was trained with {saved_world} processes, this "
-                          f"launch has {ctx.world_size}; resume with the same --nproc_per_node")
-    return ckpt, config, model_config
-
-
-def _check_run_id(ckpt: Checkpoint, path: Path) -> None:
-    """A last.pt copied in from another run is refused: resuming it would overwrite this run's
-    best.pt with the other run's model and cut its metrics.jsonl."""
-    marker = read_marker(path)
-    theirs = ckpt.run_id
-    if marker is not None and theirs is not None and theirs != marker["run_id"]:
-        raise RunDirError(f"cannot resume: {path / 'last.pt'} belongs to another run (run id "
-                          f"{str(theirs)[:12]}, this folder's is {marker['run_id'][:12]}); it was copied "
-                          f"from elsewhere: put back this run's last.pt, or start a new run")
-
-
-def _check_compatible(ckpt: Checkpoint, model_config: ModelConfig, config: TrainConfig) -> None:
-    saved_model = ckpt.model_config
-    for key, value in asdict(model_config).items():
-        # A key an older checkpoint lacks had its default then (e.g. weight_drop 0).
-        saved = saved_model.get(key, getattr(ModelConfig(), key))
-        if key not in DERIVED and saved != value:
-            option = "--" + option_name(key).replace('_', '-')
-            raise ConfigError(f"cannot resume: the checkpoint's model has {option} {saved}, "
-                              f"but {value} was given (drop the option, or start a new run)")
-    saved_train = ckpt.train_config
-    for key in (k for k in _MUST_AGREE if hasattr(config, k)):
-        # A key an older checkpoint lacks had its default then (e.g. state_reset "epoch").
-        if saved_train.get(key, getattr(TrainConfig(), key)) != getattr(config, key):
-            option = f"--{key.replace('_', '-')}"
-            raise ConfigError(f"cannot resume: the run was trained with {option} {saved_train.get(key)}, "
-                              f"but {getattr(config, key)} was given (drop the option, or start a new run)")

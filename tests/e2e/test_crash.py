@@ -267,7 +267,7 @@ def test_unwritable_run_directory(tmp_path, monkeypatch):
         return real_write(self, data)
     monkeypatch.setattr(Path, "write_bytes", refuse)
     with pytest.raises(RunDirError, match="cannot write to run directory .*Permission denied"):
-        rundir_mod.prepare_run_dir(str(tmp_path / "run"), resume=False, force=False)
+        rundir_mod.stage(rundir_mod.open_run_dir(tmp_path / "run", "new", None))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -142,15 +142,14 @@ def test_resume_under_another_world_size_is_refused(full_run, tmp_path):
     import shutil
 
     from charlm.errors import ConfigError
-    from charlm.training import resolve_options, train
+    from charlm.training import plan_launch
 
     full, _ = full_run
     copy = tmp_path / "copy"
     shutil.copytree(full, copy)
-    model_config, config = resolve_options({"out": str(copy), "resume": True,
-                                            "max_steps": TOTAL + 4, "device": "cpu"})
+    # Refused when the launch is decided, before any process group or device is set up.
     with pytest.raises(ConfigError, match=r"trained with 2 processes.*same --nproc_per_node"):
-        train(config, model_config)   # one process here
+        plan_launch({"out": str(copy), "resume": True, "max_steps": TOTAL + 4, "device": "cpu"})   # one process here
     assert load_checkpoint(copy / "last.pt")["progress"]["step"] == TOTAL   # untouched
 
 

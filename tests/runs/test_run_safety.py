@@ -15,6 +15,7 @@ from charlm.checkpoint import load_checkpoint
 from charlm.config import ModelConfig, TrainConfig
 from charlm.errors import RunDirError
 from charlm.training import train
+from charlm.training.launch import decide
 from charlm.util import RUN_MARKER
 from test_rundir import TINY, cli, corpus, finished_run, one_line_error  # noqa: F401 (fixtures)
 
@@ -35,7 +36,8 @@ def snapshot(folder: Path) -> dict[str, object]:
 
 def _staged_replacement(run: Path) -> rundir.RunPlan:
     """A --force replacement of run, staged by hand: a marker and three data files."""
-    plan = rundir.plan_run_dir(str(run), resume=False, force=True)
+    path, folder, mode = decide(str(run), resume=False, force=True)
+    plan = rundir.open_run_dir(path, mode, folder)
     staging = rundir.stage(plan)
     rundir.write_marker(staging, "f" * 32)
     (staging / "data").mkdir()

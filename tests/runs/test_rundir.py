@@ -134,7 +134,7 @@ def test_a_bad_size_on_a_default_run_leaves_no_folder(tmp_path, corpus, monkeypa
 def test_default_names_started_in_the_same_second_do_not_collide(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(rundir.time, "strftime", lambda fmt, *a: "20260101-000000")
-    plans = [rundir.plan_run_dir(None, False, False) for _ in range(2)]
+    plans = [rundir.open_run_dir(None, "new", None) for _ in range(2)]
     for plan in plans:                 # both staged before either is committed, as in a race
         rundir.stage(plan)
     made = [rundir.commit(plan) for plan in plans]

@@ -19,6 +19,7 @@ from charlm.metrics import read_metrics
 from charlm.model import CharRNN
 from charlm.training import resolve_options, train
 from charlm.training.samples import read_samples
+from charlm.training import plan_configs
 from charlm.training.setup import build, prepare_device
 from helpers import make_text, stop_after
 
@@ -73,8 +74,9 @@ def test_old_rows_kept_new_rows_fresh(source, new_text, tmp_path):
     """Before any step: every source weight in place, and the new id's embedding and output rows
     are those of a freshly initialised model of the new size (same seed)."""
     config = TrainConfig(**options(new_text, tmp_path / "tuned", max_steps=1, init_from=str(source)))
-    device, ctx, config = prepare_device(config)
-    run = build(config, None, device, ctx)
+    launch = plan_configs(config)
+    device, ctx = prepare_device(launch)
+    run = build(launch, device, ctx)
     try:
         model = run.state.model
         old = load_checkpoint(source / "best.pt")["model"]

@@ -12,7 +12,7 @@ from charlm.checkpoint import load_checkpoint
 from charlm.cli import app
 from charlm.config import ModelConfig, TrainConfig
 from charlm.errors import ConfigError
-from charlm.training.options import explicit_options
+from charlm.training.launch import explicit_options
 from helpers import make_text
 
 runner = CliRunner()
@@ -44,8 +44,8 @@ def test_the_library_still_refuses_a_contradicting_option(run):
 
 
 def test_a_resume_reads_last_pt_once(run, monkeypatch):
-    """Option resolution reads last.pt, and the set-up restores from that same read (a value,
-    Launch.resume_from, handed over: no module-level cache)."""
+    """The launch reads last.pt, and the set-up restores from that same read (a value,
+    Launch.checkpoint, handed over: no module-level cache)."""
     import charlm.checkpoint as checkpoint_mod
 
     reads = []

@@ -147,7 +147,8 @@ def test_resolve_options_on_resume(tmp_path, small_corpus):
     train(tiny_config(small_corpus, run, max_steps=5, lr=0.01),
           ModelConfig(cell="gru", hidden_size=8, embedding_size=8))
     model, cfg = resolve_options({"out": str(run), "resume": True})
-    assert model is None and cfg.lr == 0.01 and cfg.max_steps == 5 and cfg.seq_len == 8
+    assert (model.cell, model.hidden_size, model.embedding_size) == ("gru", 8, 8)   # the checkpoint's model
+    assert cfg.lr == 0.01 and cfg.max_steps == 5 and cfg.seq_len == 8
     model, cfg = resolve_options({"out": str(run), "resume": True, "hidden_size": 8, "max_time": 60.0})
     assert model.cell == "gru" and model.hidden_size == 8
     assert cfg.max_steps is None and cfg.max_time == 60.0   # a new stopping rule replaces the old one
