@@ -210,7 +210,9 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, model: Optional[Mod
 
     ``config`` is a TrainConfig (with ``model`` a ModelConfig, or None for the default shape), a
     dict of option names as on the command line (``{"corpus": "input.txt", "hidden_size": 256}``),
-    or the path of a TOML file like ``charlm train --config`` reads. ``TrainConfig(out=RUN,
+    or the path of a TOML file like ``charlm train --config`` reads; options given by name get the
+    named model's own defaults where they set no value (``charlm.config.RECIPES``: a transformer
+    is 2 x 128 at lr 5e-3), dataclasses are taken as they are. ``TrainConfig(out=RUN,
     resume=True)`` continues RUN with the options it was started with. Progress arrives as events
     through ``on_event`` when given; metrics.jsonl in the run directory records them either way.
     ``should_stop`` is polled after every step (True: save last.pt and return, as on Ctrl-C).

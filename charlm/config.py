@@ -34,6 +34,14 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 STATE_RESETS = ("epoch", "chunk")
 
+# What a model kind starts from where an option is not given (defaults < recipe < checkpoint <
+# TOML file < flags), by option name. The recurrent cells have the fields' own defaults; a
+# transformer has the recipe that won a 135 s sweep on a 2-core CPU (BENCHMARKS.md, "The
+# transformer recipe for 135 s"): the fields' 1x320 at lr 1e-2 trains a transformer badly.
+RECIPES: dict[str, dict[str, Any]] = {
+    "transformer": {"layers": 2, "hidden_size": 128, "lr": 5e-3},
+}
+
 # When a run names no stopping rule at all, it trains for this many seconds: long enough for a
 # readable sample on a 2-core CPU, short enough that `charlm train` "just works".
 DEFAULT_MAX_TIME = 180.0
@@ -478,6 +486,7 @@ class Option:
     field: str      # the field's name in owner
     type: type      # int, float, str or bool (Optional[...] unwrapped)
     default: Any    # the dataclass default; None means "unset" (the run decides)
+    recipes: dict   # {model: its default} where a model's recipe (RECIPES) sets another
     help: str       # the field's docstring, folded to one paragraph
     group: str      # its group in `charlm train --help` (OPTION_GROUPS), from the field's metadata
 
@@ -521,8 +530,9 @@ def train_options() -> list[Option]:
             if cls is ModelConfig and f.name in DERIVED:   # set from the tokenizer and --seq-len
                 continue
             name = inverse.get(f.name, f.name) if cls is ModelConfig else f.name
-            options.append(Option(name, cls, f.name, _base_type(types[f.name]),
-                                  getattr(defaults, f.name), docs.get(f.name, ""), f.metadata.get("group", OUTPUT)))
+            recipes = {model: recipe[name] for model, recipe in RECIPES.items() if name in recipe}
+            options.append(Option(name, cls, f.name, _base_type(types[f.name]), getattr(defaults, f.name),
+                                  recipes, docs.get(f.name, ""), f.metadata.get("group", OUTPUT)))
     return options
 
 
@@ -578,11 +588,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def split_options(options: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
-    """Build validated configs from {option_name: value} (CLI flags merged over a TOML file)."""
+    """Build validated configs from {option_name: value} (CLI flags merged over a TOML file), over
+    the recipe of the model they name (``RECIPES``) and the fields' defaults."""
     keys = config_keys()
     model_kw: dict[str, Any] = {}
     train_kw: dict[str, Any] = {}
-    for name, value in options.items():
+    for name, value in {**RECIPES.get(options.get("model"), {}), **options}.items():
         cls, field_name = keys[name]    # an unknown name: ConfigError "did you mean ..."
         (model_kw if cls is ModelConfig else train_kw)[field_name] = value
     return ModelConfig(**model_kw).validate(), TrainConfig(**train_kw).validate()

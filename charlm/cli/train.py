@@ -31,9 +31,14 @@ def _help(option) -> str:
     value = option.default
     if value is None or isinstance(value, bool):
         return text
-    # A string default is shown escaped, so a newline reads "\\n" rather than a blank.
-    shown = format(value, "g") if isinstance(value, float) else str(value).encode("unicode_escape").decode()
+    # A model's recipe (config.RECIPES) beside the default it replaces: "[default: 320; transformer: 128]".
+    shown = "; ".join([_shown(value), *(f"{model}: {_shown(v)}" for model, v in option.recipes.items())])
     return f"{text} \\[default: {escape(shown)}]"
+
+
+def _shown(value) -> str:
+    """A default as --help shows it; a string escaped, so a newline reads "\\n" rather than a blank."""
+    return format(value, "g") if isinstance(value, float) else str(value).encode("unicode_escape").decode()
 
 
 def _parameter(option) -> inspect.Parameter:

@@ -143,13 +143,15 @@ def test_train_options_come_from_the_dataclasses():
         if o.default is not None and not isinstance(o.default, bool):
             # A string default is shown escaped: record_sep's newline reads \n, not a blank.
             shown = format(o.default, "g") if isinstance(o.default, float) else str(o.default).encode("unicode_escape").decode()
-            assert p.help.endswith(f"\\[default: {shown}]"), p.help
+            recipes = "".join(f"; {model}: {format(v, 'g') if isinstance(v, float) else v}"
+                              for model, v in o.recipes.items())   # a model's own default beside it
+            assert p.help.endswith(f"\\[default: {shown}{recipes}]"), p.help
     names = {o.name for o in options}
     assert "model" in names and "cell" not in names and "vocab_size" in names   # ModelConfig.vocab_size is not
     assert [o.name for o in options][:2] == ["model", "embedding_size"]
     help_text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).stdout
     # The shown default is the dataclass's, whatever it is tuned to (a literal here went stale once).
-    assert f"Units per recurrent layer (H); for a transformer, its width (the embedding's too). [default: {ModelConfig().hidden_size}]" in " ".join(help_text.split())
+    assert f"Units per recurrent layer (H); for a transformer, its width (the embedding's too). [default: {ModelConfig().hidden_size}; transformer: 128]" in " ".join(help_text.split())
     assert "--max-bad-steps" in help_text and "[default: 0.1]" in help_text
 
 

@@ -18,7 +18,7 @@ from charlm.checkpoint import load_checkpoint
 from charlm.cli import app
 from charlm.config import ModelConfig, TrainConfig
 from charlm.errors import ConfigError, DeviceError, RunDirError
-from charlm.training import plan_configs, plan_launch, train_launch
+from charlm.training import plan_configs, plan_launch, resolve_options, train_launch
 from charlm.training.launch import decide
 from charlm.util import RUN_MARKER
 
@@ -185,3 +185,20 @@ def test_a_new_run_refuses_a_precision_the_device_lacks_before_writing(tmp_path,
     with pytest.raises(DeviceError, match="--precision fp16 needs a CUDA GPU"):
         train_launch(plan_configs(config(corpus, tmp_path / "n", precision="fp16"), ModelConfig(**TINY)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]
+
+
+def test_a_transformer_named_by_option_gets_its_own_recipe(tmp_path):
+    """`--model transformer` alone is the 135 s recipe, not the recurrent 1x320 at lr 1e-2; a flag
+    or a TOML value still wins, and the recurrent cells keep the fields' defaults."""
+    model, config = resolve_options({"model": "transformer"})
+    assert (model.layers, model.hidden_size, config.lr) == (2, 128, 5e-3)
+    model, config = resolve_options({"model": "transformer", "hidden_size": 64, "lr": 1e-3})
+    assert (model.layers, model.hidden_size, config.lr) == (2, 64, 1e-3)
+    toml = tmp_path / "t.toml"
+    toml.write_text('model = "transformer"\nlayers = 3\n')
+    model, config = resolve_options({}, str(toml))
+    assert (model.cell, model.layers, model.hidden_size) == ("transformer", 3, 128)
+    model, config = resolve_options({"model": "gru"})
+    assert (model.layers, model.hidden_size, config.lr) == (1, 320, 1e-2)
+    r = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert "[default: 320; transformer: 128]" in r.output
