@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .errors import DeviceError
+from .threads import usable_cpus
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -55,7 +56,10 @@ def describe_device(device: torch.device) -> str:
         return f"cuda:{index} ({torch.cuda.get_device_name(index)}, cuDNN {cudnn})"
     if device.type == "mps":
         return "mps (Apple GPU)"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    # The CPUs this process may use; the thread count is the run's own line (--threads), since
+    # `auto` times 1 and 2 threads and may change its choice as the machine gets busier.
+    cpus = usable_cpus()
+    return f"cpu ({cpus} usable CPU{'s' if cpus != 1 else ''})"
 
 
 # ----------------------------------------------------------------------------------------------
