@@ -63,6 +63,7 @@ class EvalCadence:
     every_seconds: Optional[float] = None
     next_time: float = math.inf
     last_step: int = -1          # the step of the last evaluation in this launch
+    last_by_clock: bool = False  # whether the clock, not the step count, asked for it
 
     @classmethod
     def of(cls, config: TrainConfig, total_steps: Optional[int], max_time: Optional[float],
@@ -76,12 +77,20 @@ class EvalCadence:
     def due(self, step: int, elapsed: float) -> bool:
         """True when step (just trained) should be evaluated; marks it evaluated."""
         by_time = self.every_seconds is not None and elapsed >= self.next_time
-        if not (step % self.every_steps == 0 or by_time):
+        by_steps = step % self.every_steps == 0
+        if not (by_steps or by_time):
             return False
         if self.every_seconds is not None:
             self.next_time = self.every_seconds * (math.floor(elapsed / self.every_seconds) + 1)
-        self.last_step = step
+        # Two schedules, one evaluation: the clock's a few steps from the step count's (either way
+        # round) would add a near-duplicate row, so the second is skipped.
+        if self._near(step) and self.last_by_clock != (not by_steps):
+            return False
+        self.last_step, self.last_by_clock = step, not by_steps
         return True
+
+    def _near(self, step: int) -> bool:
+        return self.last_step >= 0 and step - self.last_step <= max(1, self.every_steps // 20)
 
     def evaluated(self, step: int) -> bool:
         """Whether step had its evaluation (by the step cadence, or by the clock in this launch)."""

@@ -245,3 +245,19 @@ def test_eval_cadence_follows_a_time_budget():
     assert resumed.next_time == 30.0
     assert resumed.evaluated(100) and not resumed.evaluated(7)
     assert resumed.due(7, 31.0) and resumed.evaluated(7)
+
+
+def test_the_clock_and_the_step_count_give_one_evaluation_not_two_a_few_steps_apart():
+    """A time-budgeted run evaluates by both schedules; where they meet a few steps apart (here
+    the clock at step 99, the count at 100) the table gets one row, whichever came first."""
+    from charlm.config import TrainConfig
+    from charlm.training.step import EvalCadence
+
+    cfg = TrainConfig(eval_every=100).validate()
+    cadence = EvalCadence.of(cfg, None, 60.0, 0.0)        # every 10 s
+    # 0.102 s a step: the clock passes 10 s at step 99, 20 s at 197, 30 s at 295, 40 s at 393;
+    # the count's 100, 200 and 300 are within 5 steps of those, its 400 is not.
+    due = [s for s in range(1, 401) if cadence.due(s, s * 0.102)]
+    assert due == [99, 197, 295, 393, 400]
+    every_step = EvalCadence.of(TrainConfig(eval_every=1).validate(), None, 60.0, 0.0)
+    assert all(every_step.due(s, s * 3.0) for s in range(1, 50))   # --eval-every 1 is every step
