@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -106,6 +107,21 @@ def broadcast_object(obj, ctx: DistContext, src: int = 0):
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()
+
+
+def on_main(ctx: DistContext, fn: Callable[[], Any]) -> Any:
+    """fn() on rank 0 (None elsewhere); its error, if any, raised on every rank, so all of them
+    stop together (a rank left going on alone would wait forever in its next collective)."""
+    result, error = None, None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except Exception as e:  # passed to every rank so all of them stop with the same message
+            error = e
+    error = broadcast_object(error, ctx)
+    if error is not None:
+        raise error
+    return result
 
 
 def all_gather_object(obj, ctx: DistContext) -> list:

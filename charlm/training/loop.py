@@ -6,8 +6,9 @@ gradient reaches back at most k steps: BPTT(k). The state is reset at every epoc
 
 ``train_launch`` reads top to bottom: take the launch decided in launch.py, check the device,
 build the run (setup.py), then ``loop``, which reads like nanoGPT's train.py. What the loop does
-besides stepping is in named functions below it: reading losses back (``flush_reports``), the DDP stop agreement (``agreed_stop``), saving and
-evaluating, the numeric rollback and the end of the run.
+besides stepping is in named functions below it: reading losses back (``flush_reports``), the DDP
+stop agreement (``agreed_stop``), saving and evaluating, the numeric rollback and the end of the
+run.
 
 The loop never prints. It reports through ``on_event`` (the CLI's display on rank 0) and records
 the same events in metrics.jsonl. Losses stay on the device and are read back every
@@ -357,6 +358,8 @@ def _all_finite(model: torch.nn.Module) -> bool:
 def save(run: Setup, sinks: Sinks, name: str, elapsed: float) -> None:
     """Write run_dir/name atomically (rank 0 writes; the other ranks send their parts)."""
     ctx, state, p = run.ctx, run.state, run.state.progress
+    # The lock file removed or replaced: another writer may be in the run. Every rank stops.
+    distributed.on_main(ctx, lambda: run.plan.lock.check() if run.plan and run.plan.lock else None)
     gather = lambda obj: distributed.all_gather_object(obj, ctx)   # every rank's value, in rank order
     p.elapsed, p.metrics_offset = elapsed, sinks.offset()
     owned = state.state_dict(gather)
@@ -364,8 +367,6 @@ def save(run: Setup, sinks: Sinks, name: str, elapsed: float) -> None:
     digests = gather(distributed.weights_digest(state.model)) if ctx.enabled else None
     if not ctx.is_main:
         return
-    if run.plan is not None and run.plan.lock is not None:
-        run.plan.lock.check()   # the lock file removed or replaced: another writer may be in the run
     if digests is not None and len(set(digests)) > 1:
         sinks.emit(Notice(f"the {ctx.world_size} replicas' weights differ at step {p.step}; this is a "
                           f"bug in charlm's DDP set-up, please report it", p.step, "warning"))

@@ -3,13 +3,15 @@
 Validate, then act. The launch (launch.py) has decided, from the options and the disk, what the
 run is and what happens to its folder, and has read and checked the checkpoint it resumes. Here
 the device's precision, the corpus, the tokenizer and the sizes are checked, and the model is
-built, before the run directory is created, replaced or written: a new run is prepared in a hidden sibling folder (rundir.stage) and moved into place
-(rundir.commit) as the very last step. A mistyped corpus path with --force, a --seq-len too long
-for the text or a corpus that is not UTF-8 leave the old run exactly as it was.
+built, before the run directory is created, replaced or written: a new run is prepared in a hidden
+sibling folder (rundir.stage) and moved into place (rundir.commit) as the very last step. A
+mistyped corpus path with --force, a --seq-len too long for the text or a corpus that is not UTF-8
+leave the old run exactly as it was.
 
 Under torchrun every rank plans its launch from the same disk and they must agree; rank 0 locks
-and prepares the run directory and encodes the data; the other ranks reuse its files with the very same tokenizer. An error on rank 0 is sent to every
-rank, so all of them stop with the same message.
+and prepares the run directory and encodes the data; the other ranks reuse its files with the very
+same tokenizer. An error on rank 0 is sent to every rank, so all of them stop with the same
+message.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -69,20 +71,6 @@ class Setup:
         return self.dataset.tokenizer
 
 
-def _on_main(ctx: distributed.DistContext, fn: Callable[[], Any]) -> Any:
-    """fn() on rank 0 (None elsewhere); its error, if any, raised on every rank."""
-    result, error = None, None
-    if ctx.is_main:
-        try:
-            result = fn()
-        except Exception as e:  # passed to every rank so all of them stop with the same message
-            error = e
-    error = distributed.broadcast_object(error, ctx)
-    if error is not None:
-        raise error
-    return result
-
-
 def prepare_device(launch: Launch) -> tuple[torch.device, distributed.DistContext]:
     """What this machine must offer the launch (its device, an extra), then the process group
     (under torchrun)."""
@@ -101,7 +89,8 @@ def build(launch: Launch, device: torch.device, ctx: distributed.DistContext) ->
     run directory as the launch decided."""
     _agree(launch, ctx)
     # Rank 0's run folder (None on the others): no disk writes yet, but the lock of an existing run.
-    plan: Optional[RunPlan] = _on_main(ctx, lambda: open_run_dir(launch.run_dir, launch.mode, launch.folder))
+    plan: Optional[RunPlan] = distributed.on_main(
+        ctx, lambda: open_run_dir(launch.run_dir, launch.mode, launch.folder))
     try:
         return _build(launch, device, ctx, plan)
     except BaseException as e:
@@ -155,7 +144,7 @@ def _build(launch: Launch, device: torch.device, ctx: distributed.DistContext,
         check_model_fits(model_config, dataset.tokenizer.vocab_size, device, config.batch_size, config.seq_len)
         return dataset, dataset.tokenizer.to_dict()
 
-    dataset, tok_dict = _on_main(ctx, main_data) or (None, None)
+    dataset, tok_dict = distributed.on_main(ctx, main_data) or (None, None)
     tok_dict = distributed.broadcast_object(tok_dict, ctx)
     model_config = replace(model_config, vocab_size=tokenizer_from_dict(tok_dict).vocab_size
                            if dataset is None else dataset.tokenizer.vocab_size)
@@ -169,7 +158,7 @@ def _build(launch: Launch, device: torch.device, ctx: distributed.DistContext,
 
     # Everything is known to be good: now, and only now, the run directory is made or replaced.
     # (The staged memmaps stay valid when their folder is renamed: a mapping follows the file.)
-    run_id, path = distributed.broadcast_object(_on_main(ctx, lambda: _commit(plan, ckpt)), ctx)
+    run_id, path = distributed.broadcast_object(distributed.on_main(ctx, lambda: _commit(plan, ckpt)), ctx)
     if not ctx.is_main:
         dataset = prepare(path / "data", tok_dict)
     batches = StreamBatches(dataset.train.ids, config.batch_size, config.seq_len, ctx.rank, ctx.world_size)

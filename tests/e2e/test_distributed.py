@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,9 +20,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_text
 
 from charlm.checkpoint import load_checkpoint
-from helpers import make_text
 
 TOTAL = 24
 ARGS = ["--model", "lstm", "--hidden-size", "16", "--embedding-size", "8", "--batch-size", "4",
@@ -151,6 +152,54 @@ def test_resume_under_another_world_size_is_refused(full_run, tmp_path):
     with pytest.raises(ConfigError, match=r"trained with 2 processes.*same --nproc_per_node"):
         plan_launch({"out": str(copy), "resume": True, "max_steps": TOTAL + 4, "device": "cpu"})   # one process here
     assert load_checkpoint(copy / "last.pt")["progress"]["step"] == TOTAL   # untouched
+
+
+TRANSFORMER = ["--model", "transformer", "--hidden-size", "16", "--heads", "2", "--layers", "1",
+               "--memory", "8", "--lr", "1e-2"]
+
+
+def test_a_transformer_with_memory_keeps_ranks_identical_and_resumes_exactly(corpus, tmp_path):
+    """The memory is the transformer's carried state: each rank carries its own streams' keys and
+    values, the replicas' weights stay identical, and a 2-process resume equals the
+    uninterrupted run bit for bit."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    for out, steps, extra in ((full, 16, ()), (part, 8, ()), (part, 16, ("--resume",))):
+        proc = torchrun(corpus, out, steps, *TRANSFORMER, *extra)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    a, b = load_checkpoint(part / "last.pt"), load_checkpoint(full / "last.pt")
+    assert b["model_config"]["cell"] == "transformer" and b["model_config"]["memory"] == 8
+    assert b["replica_digests"][0] == b["replica_digests"][1]
+    (k0, v0, _), (k1, v1, _) = b["hidden_state"]
+    assert k0.shape == k1.shape and not torch.equal(k0, k1)       # each rank's own memory
+    losses = [[(r["step"], r["loss"]) for r in records(run, "chunk")] for run in (part, full)]
+    assert losses[0] == losses[1] and len(losses[0]) == 16
+    for k in b["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for x, y in zip(a["hidden_state"], b["hidden_state"]):
+        assert all(torch.equal(s, t) for s, t in zip(x, y))
+
+
+def test_a_removed_lock_stops_every_rank_with_the_same_message(corpus, tmp_path):
+    """The lock is rank 0's; when its file is removed mid-run every rank stops at the next save
+    with one message (a rank left training alone would wait in its next all-reduce)."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "charlm", "-q", "train", str(corpus), "--out", str(out), "--max-steps", "100000",
+           *ARGS, "--eval-every", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not (out / "last.pt").exists() and launcher.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert (out / "last.pt").exists(), launcher.communicate()[1]
+    (out / ".charlm-lock").unlink()
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0
+    stopped = [line for line in stderr.splitlines() if "was removed or replaced while this run trained" in line]
+    assert len(stopped) == 1, stderr    # said once, by rank 0
+    # Both ranks raised it and exited 1; neither was killed by torchrun for hanging on.
+    assert len(re.findall(r"exitcode\s*: 1 ", stderr)) == 2, stderr
+    assert "SIGTERM" not in stderr and "Signals.SIG" not in stderr, stderr
 
 
 def _children(pid: int) -> list[int]:
