@@ -47,11 +47,21 @@ RECIPES: dict[str, dict[str, Any]] = {
 DEFAULT_MAX_TIME = 180.0
 
 
-def _check_paths(corpus: object, init_from: object) -> None:
-    """The corpus and --init-from paths are text charlm can record: a str (or None) that is valid
-    UTF-8. A file name of raw bytes (b'\\xff.txt' arrives as a lone surrogate) cannot go into
-    config.toml, metrics.jsonl or a checkpoint, so it is refused before anything is created."""
-    for option, value in (("corpus", corpus), ("--init-from", init_from)):
+def check_launch_options(out: object, resume: object, force: object) -> None:
+    """What decides a launch's run folder, checked before the folder is looked at: --out a path
+    (or None; a name that is not UTF-8 is the run folder's to refuse), --resume and --force
+    switches (a TOML `resume = "no"` is not a yes)."""
+    _check(out is None or isinstance(out, str), f"--out must be a path given as a str, got {type(out).__name__}")
+    for option, value in (("--resume", resume), ("--force", force)):
+        _check(value is None or isinstance(value, bool), f"{option} is a switch: true or false, got {value!r}")
+
+
+def _check_paths(**paths: object) -> None:
+    """Paths are text charlm can record: a str (or None) that is valid UTF-8. A file name of raw
+    bytes (b'\\xff.txt' arrives as a lone surrogate) cannot go into config.toml, metrics.jsonl or a
+    checkpoint, so it is refused before anything is created."""
+    for name, value in paths.items():
+        option = "corpus" if name == "corpus" else "--" + name.replace("_", "-")
         _check(value is None or isinstance(value, str),
                f"{option} must be a path given as a str, got {type(value).__name__}")
         if value is not None:
@@ -333,7 +343,8 @@ class TrainConfig:
                "--records needs --tokenizer char (a sentencepiece model merges pieces across the "
                "separator, so a record boundary is not one token)")
         check_seed(self.seed)
-        _check_paths(self.corpus, self.init_from)
+        _check_paths(corpus=self.corpus, init_from=self.init_from)
+        check_launch_options(self.out, self.resume, self.force)
         _check(isinstance(self.eval_sample_length, int) and not isinstance(self.eval_sample_length, bool)
                and 0 <= self.eval_sample_length <= MAX_TRAIN_SAMPLE_CHARS,
                f"--eval-sample-length must be from 0 (no samples) to {MAX_TRAIN_SAMPLE_CHARS:,}, got "

@@ -28,8 +28,8 @@ from typing import Any, Optional
 
 from .. import distributed
 from ..checkpoint import Checkpoint, check_resumable, read_checkpoint, resolve_checkpoint
-from ..config import (DERIVED, ModelConfig, TrainConfig, check_contradictions, config_keys, load_toml,
-                      option_name, split_options)
+from ..config import (DERIVED, ModelConfig, TrainConfig, check_contradictions, check_launch_options,
+                      config_keys, load_toml, option_name, split_options)
 from ..errors import CheckpointError, ConfigError, RunDirError
 from ..rundir import RUN_MARKER, Folder, check_obstacles, look, read_marker
 from .finetune import refuse_other_tokenizer
@@ -74,9 +74,7 @@ def plan_launch(explicit: dict, config_file: Optional[str] = None) -> Launch:
     On a resume a model option that is named must agree with the checkpoint; the others are the
     checkpoint's.
     """
-    file_options = load_toml(config_file) if config_file else {}
-    options = {**file_options, **{k: v for k, v in explicit.items() if v is not None}}
-    check_contradictions(options.get("resume"), options.get("force"), options.get("init_from"))
+    options, file_options = _given(explicit, config_file)
     notes: list[str] = []
     if _restarted(options.get("out"), options.get("resume")):
         options = {**options, "resume": True, "force": None, "init_from": None}
@@ -120,12 +118,10 @@ def plan_configs(config: TrainConfig, model_config: Optional[ModelConfig] = None
 def resolve_options(explicit: dict, config_file: Optional[str] = None) -> tuple[ModelConfig, TrainConfig]:
     """The configs a launch of these options trains with, without deciding its run folder unless it
     resumes (a sweep checks every point's options up front, and its points' folders may exist)."""
-    if explicit.get("resume"):
+    options, file_options = _given(explicit, config_file)
+    if options.get("resume"):
         launch = plan_launch(explicit, config_file)
         return launch.model_config, launch.config
-    file_options = load_toml(config_file) if config_file else {}
-    options = {**file_options, **{k: v for k, v in explicit.items() if v is not None}}
-    check_contradictions(options.get("resume"), options.get("force"), options.get("init_from"))
     if options.get("init_from"):
         options = _init_from_options(options)
     return _split(options, file_options, explicit, config_file)
@@ -205,16 +201,33 @@ def _restart_note(out: str) -> str:
 # Where the options come from
 
 
+def _given(explicit: dict, config_file: Optional[str]) -> tuple[dict, dict]:
+    """(the options given: flags over the TOML file, the file's own), with what decides the run
+    folder checked before the folder is looked at."""
+    file_options = load_toml(config_file) if config_file else {}
+    options = {**file_options, **{k: v for k, v in explicit.items() if v is not None}}
+    try:
+        check_launch_options(options.get("out"), options.get("resume"), options.get("force"))
+        check_contradictions(options.get("resume"), options.get("force"), options.get("init_from"))
+    except ConfigError as e:
+        raise _naming_the_file(e, file_options, explicit, config_file) from None
+    return options, file_options
+
+
 def _split(options: dict, file_options: dict, explicit: dict,
            config_file: Optional[str]) -> tuple[ModelConfig, TrainConfig]:
     try:
         return split_options(options)
     except ConfigError as e:
-        # A bad value that came from the file (not a flag): say which file, so it can be found.
-        from_file = [k for k in file_options if explicit.get(k) is None]
-        if any(f"--{k.replace('_', '-')} " in f"{e} " for k in from_file):
-            raise ConfigError(f"{config_file}: {e}") from None
-        raise
+        raise _naming_the_file(e, file_options, explicit, config_file) from None
+
+
+def _naming_the_file(e: ConfigError, file_options: dict, explicit: dict, config_file: Optional[str]) -> ConfigError:
+    """A bad value that came from the file (not a flag) says which file, so it can be found."""
+    from_file = [k for k in file_options if explicit.get(k) is None]
+    if any(f"--{k.replace('_', '-')} " in f"{e} " for k in from_file):
+        return ConfigError(f"{config_file}: {e}")
+    return e
 
 
 def _read_last(run_dir: Path) -> Checkpoint:

@@ -202,3 +202,18 @@ def test_a_transformer_named_by_option_gets_its_own_recipe(tmp_path):
     assert (model.layers, model.hidden_size, config.lr) == (1, 320, 1e-2)
     r = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
     assert "[default: 320; transformer: 128]" in r.output
+
+
+@pytest.mark.parametrize("given,message", [
+    ({"out": 5}, "--out must be a path given as a str, got int"),
+    ({"out": "r", "resume": "no"}, "--resume is a switch: true or false, got 'no'"),
+    ({"out": "r", "force": 1}, "--force is a switch: true or false, got 1"),
+])
+def test_what_decides_the_folder_is_checked_before_the_folder_is_looked_at(tmp_path, given, message):
+    """A dict of options (the library) is not typed like a TOML file (load_toml checks those)."""
+    with pytest.raises(ConfigError, match=message):
+        plan_launch(given)
+    with pytest.raises(ConfigError, match=message):
+        resolve_options(given)
+    with pytest.raises(ConfigError, match=message):
+        plan_configs(TrainConfig(**given))
