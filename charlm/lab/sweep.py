@@ -192,8 +192,11 @@ def _check_manifest(folder: Path, axes: dict[str, list[Any]], base: dict[str, An
                           f"{', '.join(differ)}); rerun it with the same options or choose another --out")
 
 
-def plan(axes: dict[str, list[Any]], base: dict[str, Any], folder: Path) -> list[tuple[PointResult, dict]]:
-    """Each point with its full option dict, validated (configs built) before any run starts."""
+def plan(axes: dict[str, list[Any]], base: dict[str, Any], folder: Path,
+         pending: Optional[dict[str, int]] = None) -> list[tuple[PointResult, dict]]:
+    """Each point with its full option dict, validated (configs built) before any run starts.
+    ``pending``: {corpus path: its size in bytes} for corpora a command built on the sweep writes
+    only once the plan has passed (truncation-table's echo corpora, made from their names)."""
 
     _check_base(base, axes)
     _check_manifest(folder, axes, base)
@@ -207,11 +210,22 @@ def plan(axes: dict[str, list[Any]], base: dict[str, Any], folder: Path) -> list
     names = [p.name for p, _ in planned]
     if len(set(names)) != len(names):
         raise ConfigError("two grid points would share a folder name; make the values distinct")
-    _preflight([p for p, _ in planned], configs)
+    _preflight([p for p, _ in planned], configs, pending or {})
     return planned
 
 
-def _preflight(points: list[PointResult], configs: list[tuple[ModelConfig, TrainConfig]]) -> None:
+def check_sweep(axes: dict[str, list[Any]], base: dict[str, Any], folder: str | Path,
+                words: Optional[dict[str, str]] = None, pending: Optional[dict[str, int]] = None) -> None:
+    """What ``run_sweep`` would refuse, said (in the words of the command built on it) without
+    writing anything: a command that runs several sweeps checks them all before the first."""
+    try:
+        plan(axes, base, Path(folder), pending)
+    except CharLMError as e:
+        raise _reworded(e, words) from None
+
+
+def _preflight(points: list[PointResult], configs: list[tuple[ModelConfig, TrainConfig]],
+               pending: dict[str, int]) -> None:
     """What a point's own launch refuses, checked for every point before the first one trains, so a
     sweep does not fail at its last point after hours: the device (--grid device=cpu,cuda on a
     machine without CUDA), a chunk the corpus cannot fill, and a model the memory cannot hold. The
@@ -221,14 +235,14 @@ def _preflight(points: list[PointResult], configs: list[tuple[ModelConfig, Train
     bounds: dict[Any, tuple[str, int]] = {}
     digests: dict[Any, str] = {}
     for point, (model_config, config) in zip(points, configs):
-        _check_same_corpus(point, config, digests)
+        _check_same_corpus(point, config, digests, pending)
         try:
             device = resolve_device(config.device)
             if device.type != "cuda":       # a GPU's precision is asked by its own launch (training/setup._precision)
                 check_precision(device, config.precision)
             key = (config.corpus, config.tokenizer, config.normalize)
             if key not in bounds:
-                bounds[key] = _token_bound(config)
+                bounds[key] = _token_bound(config, pending)
             corpus_name, most = bounds[key]
             need = config.batch_size * (config.seq_len + 1)
             if need > most:
@@ -241,7 +255,8 @@ def _preflight(points: list[PointResult], configs: list[tuple[ModelConfig, Train
             raise type(e)(f"grid point {point.name}: {e}; nothing was trained") from None
 
 
-def _check_same_corpus(point: PointResult, config: TrainConfig, digests: dict[Any, str]) -> None:
+def _check_same_corpus(point: PointResult, config: TrainConfig, digests: dict[Any, str],
+                       pending: dict[str, int]) -> None:
     """A point trained before (finished, to be skipped, or cut short, to be resumed) must have read
     the corpus as it is now: a finished point is otherwise skipped and its figures, from another
     text, sit in the table beside points trained on this one. Its data/meta.json records the
@@ -250,6 +265,8 @@ def _check_same_corpus(point: PointResult, config: TrainConfig, digests: dict[An
         recorded = json.loads((Path(point.run_dir) / "data" / "meta.json").read_text(encoding="utf-8"))["key"]["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         return       # not trained yet (or not by charlm): its own launch decides
+    if config.corpus in pending:
+        return       # to be written again from its name, the very text the point read
     if config.corpus not in digests:
         digest = hashlib.sha256()
         for _ in Corpus.resolve(config.corpus).blocks(digest):
@@ -262,10 +279,14 @@ def _check_same_corpus(point: PointResult, config: TrainConfig, digests: dict[An
                           f"that point's folder to train it again; nothing was trained")
 
 
-def _token_bound(config: TrainConfig) -> tuple[str, int]:
+def _token_bound(config: TrainConfig, pending: dict[str, int]) -> tuple[str, int]:
     """(the corpus's name, the most tokens it can encode to) without reading it: one per byte for
     characters as they are or composed (a UTF-8 character is at least one byte); three per byte where
-    decomposition (nfd, nfkd) or sentencepiece's byte fallback and space marks can add tokens."""
+    decomposition (nfd, nfkd) or sentencepiece's byte fallback and space marks can add tokens.
+    A pending corpus (not written yet) has the size its writer gave."""
+    per_byte = 1 if config.tokenizer == "char" and config.normalize in ("none", "nfc") else 3
+    if config.corpus in pending:
+        return Path(config.corpus).name, pending[config.corpus] * per_byte
     corpus = Corpus.resolve(config.corpus)
     size = 0
     for path in corpus.files:
@@ -273,7 +294,6 @@ def _token_bound(config: TrainConfig) -> tuple[str, int]:
             size += path.stat().st_size
         except OSError as e:
             raise CorpusError(f"cannot read {path}: {e.strerror or e}") from None
-    per_byte = 1 if config.tokenizer == "char" and config.normalize in ("none", "nfc") else 3
     return corpus.name, size * per_byte
 
 

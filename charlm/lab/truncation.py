@@ -37,7 +37,7 @@ from ..checkpoint import load_model
 from ..config import CELLS, check_seed
 from ..errors import ConfigError, RunDirError
 from ..threads import torch_threads
-from .sweep import run_sweep
+from .sweep import check_sweep, run_sweep
 
 KEYS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 FILLER = "abcdefghij"
@@ -224,9 +224,16 @@ def truncation_grid(models: Sequence[str] = ("rnn", "lstm", "gru"), distances: S
     total = len(models) * len(distances) * len(chunks) * len(seeds)
     # Tiny models: one thread is faster than two that wait on each other.
     with torch_threads(1), tempfile.TemporaryDirectory(prefix="charlm-echo-") as tmp:
-        folder = _writable_folder(Path(workdir)) if workdir is not None else Path(tmp)
-        for seed in seeds:
-            _grid_for_seed(result, folder, seed, total, on_cell, workdir is not None)
+        folder = Path(workdir) if workdir is not None else Path(tmp)
+        sweeps = [SeedSweep.of(result, folder, seed, workdir is not None) for seed in seeds]
+        # Every seed's every point (sizes, memory, a kept --workdir's earlier sweep) is checked
+        # before the work folder or a single echo corpus is written.
+        for sweep in sweeps:
+            check_sweep(sweep.axes, sweep.base, sweep.runs, sweep.words, sweep.pending())
+        if workdir is not None:
+            _writable_folder(folder)
+        for sweep in sweeps:
+            sweep.run(result, total, on_cell)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -254,41 +261,60 @@ def _check_grid(models, distances, chunks, hidden_size, batch_size, steps, keys,
             check_echo(d, _held_out_records(d), keys, seed + 10_000)
 
 
-def _grid_for_seed(result: GridResult, folder: Path, seed: int, total: int,
-                   on_cell: Optional[Callable[[GridCell, int, int], None]], workdir: bool = True) -> None:
+@dataclass
+class SeedSweep:
     """One seed's grid: a sweep over echo corpora (one per D), chunk lengths and cells, with the
     same seed and step budget for every point; charlm.lab.sweep trains it (resumable with
     --workdir: a rerun skips the points that finished)."""
-    keys, steps = result.keys, result.steps
-    corpora = {}
-    for d in result.distances:
+
+    seed: int
+    keys: int                         # the echo corpora's key alphabet
+    corpora: dict[int, Path]          # distance -> its echo corpus
+    axes: dict[str, list]
+    base: dict[str, Any]
+    runs: Path
+    words: dict[str, str]
+
+    @classmethod
+    def of(cls, result: GridResult, folder: Path, seed: int, workdir: bool) -> "SeedSweep":
+        keys, steps = result.keys, result.steps
         # The name holds everything the text depends on, so a kept --workdir never reuses a
         # corpus made with other settings (the sweep would then skip its points as finished).
-        corpora[d] = folder / f"echo-d{d}-keys{keys}-n{_records(d)}-seed{seed}.txt"
-        if not corpora[d].exists():
-            write_echo(corpora[d], d, _records(d), keys, seed=seed)
-    by_path = {str(path): d for d, path in corpora.items()}
-    clock = {"last": time.perf_counter()}
+        corpora = {d: folder / f"echo-d{d}-keys{keys}-n{_records(d)}-seed{seed}.txt" for d in result.distances}
+        axes = {"model": list(result.models), "corpus": [str(corpora[d]) for d in result.distances],
+                "seq_len": list(result.chunks)}
+        base = {"hidden_size": result.hidden_size, "embedding_size": 16, "batch_size": result.batch_size,
+                "lr": result.lr, "warmup_steps": min(50, steps // 10), "max_steps": steps, "eval_every": steps,
+                "val_fraction": 0.02, "seed": seed, "device": "cpu", "sample_length": 0}
+        runs = folder / f"runs-seed{seed}"
+        rerun = ("the same `charlm truncation-table` command again (same --workdir)" if workdir else
+                 "`charlm truncation-table` again with --workdir DIR, which keeps the runs (these were in a "
+                 "temporary folder, now removed)")
+        words = {"--seq-len": "--chunks", "reduce --hidden-size, --embedding-size, --layers or the vocabulary":
+                 "reduce --hidden-size",
+                 f"the same `charlm sweep` command again with --out {runs}": rerun}
+        return cls(seed, keys, corpora, axes, base, runs, words)
 
-    def score(point) -> None:
-        d, k, cell = by_path[point.values["corpus"]], point.values["seq_len"], point.values["model"]
-        now = time.perf_counter()
-        c = score_cell(point.run_dir, cell, d, k, keys, seed, steps, now - clock["last"])
-        clock["last"] = now
-        result.cells.append(c)
-        if on_cell is not None:
-            on_cell(c, len(result.cells), total)
+    def pending(self) -> dict[str, int]:
+        """{path: size in bytes} of the echo corpora not written yet."""
+        return {str(path): len(echo_text(d, _records(d), self.keys, self.seed).encode("utf-8"))
+                for d, path in self.corpora.items() if not path.exists()}
 
-    axes = {"model": list(result.models), "corpus": [str(corpora[d]) for d in result.distances],
-            "seq_len": list(result.chunks)}
-    base = {"hidden_size": result.hidden_size, "embedding_size": 16, "batch_size": result.batch_size,
-            "lr": result.lr, "warmup_steps": min(50, steps // 10), "max_steps": steps, "eval_every": steps,
-            "val_fraction": 0.02, "seed": seed, "device": "cpu", "sample_length": 0}
-    runs = folder / f"runs-seed{seed}"
-    rerun = ("the same `charlm truncation-table` command again (same --workdir)" if workdir else
-             "`charlm truncation-table` again with --workdir DIR, which keeps the runs (these were in a "
-             "temporary folder, now removed)")
-    words = {"--seq-len": "--chunks", "reduce --hidden-size, --embedding-size, --layers or the vocabulary":
-             "reduce --hidden-size",
-             f"the same `charlm sweep` command again with --out {runs}": rerun}
-    run_sweep(axes, base, runs, on_point=score, words=words)
+    def run(self, result: GridResult, total: int,
+            on_cell: Optional[Callable[[GridCell, int, int], None]]) -> None:
+        for d, path in self.corpora.items():
+            if not path.exists():
+                write_echo(path, d, _records(d), self.keys, seed=self.seed)
+        by_path = {str(path): d for d, path in self.corpora.items()}
+        clock = {"last": time.perf_counter()}
+
+        def score(point) -> None:
+            d, k, cell = by_path[point.values["corpus"]], point.values["seq_len"], point.values["model"]
+            now = time.perf_counter()
+            c = score_cell(point.run_dir, cell, d, k, result.keys, self.seed, result.steps, now - clock["last"])
+            clock["last"] = now
+            result.cells.append(c)
+            if on_cell is not None:
+                on_cell(c, len(result.cells), total)
+
+        run_sweep(self.axes, self.base, self.runs, on_point=score, words=self.words)

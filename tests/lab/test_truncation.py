@@ -85,3 +85,16 @@ def test_a_kept_workdir_never_reuses_a_corpus_made_with_other_settings(tmp_path)
     corpora = sorted(p.name for p in (tmp_path / "w").glob("echo-*.txt"))
     assert len(corpora) == 2 and any("keys2" in c for c in corpora) and any("keys4" in c for c in corpora)
     assert json.loads((tmp_path / "k4.json").read_text())["chance"] == 0.25
+
+
+def test_a_grid_the_pre_flight_refuses_writes_nothing(tmp_path):
+    """Every seed's sweep is checked before the work folder or an echo corpus is written: a batch
+    the echo corpus cannot fill is one line, and --workdir is not even made."""
+    work = tmp_path / "w"
+    r = CliRunner().invoke(app, ["truncation-table", "--models", "gru", "--distances", "3", "--chunks", "8",
+                                 "--steps", "3", "--hidden-size", "4", "--batch-size", "100000",
+                                 "--seeds", "0,1", "--workdir", str(work)])
+    assert r.exit_code == 1, r.output
+    assert "lower --batch-size or --chunks" in r.output and "nothing was trained" in r.output
+    assert not work.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
