@@ -216,20 +216,35 @@ def export_model(model: Model, tokenizer: Tokenizer, path: str | Path, format: s
     try:
         model_tmp = _written(path, lambda tmp: writer(step, model, tmp), temps)
         vocab_tmp = _written(vocab, lambda tmp: tmp.write_text(text, encoding="utf-8"), temps)
-        os.replace(model_tmp, path)
-        temps.remove(model_tmp)
-        try:
-            os.replace(vocab_tmp, vocab)
-            temps.remove(vocab_tmp)
-        except OSError:
-            path.unlink(missing_ok=True)   # the model just written: never one without its vocabulary
-            raise
+        _replace_pair(model_tmp, path, vocab_tmp, vocab, temps)
     except OSError as e:
         raise CharLMError(f"cannot write {path}: {e.strerror or e}; nothing was written") from None
     finally:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
     return path, vocab
+
+
+def _replace_pair(model_tmp: Path, path: Path, vocab_tmp: Path, vocab: Path, temps: list[Path]) -> None:
+    """Rename both written files into place. With --force the old model is first set aside (a
+    rename in the same folder), so if the vocabulary's rename then fails the old pair is put back
+    as it was, rather than a new model without its vocabulary or no model at all."""
+    old = path.with_name(f".{path.name}.charlm-old-{os.getpid()}") if path.exists() else None
+    if old is not None:
+        os.replace(path, old)
+        temps.append(old)   # removed at the end, once the new pair is in place
+    try:
+        os.replace(model_tmp, path)
+        temps.remove(model_tmp)
+        os.replace(vocab_tmp, vocab)
+        temps.remove(vocab_tmp)
+    except OSError:
+        if model_tmp not in temps:
+            path.unlink(missing_ok=True)   # the new model: never one without its vocabulary
+        if old is not None:
+            os.replace(old, path)          # the old model, beside its old vocabulary, untouched
+            temps.remove(old)
+        raise
 
 
 def _check_target(p: Path, force: bool) -> None:
