@@ -138,10 +138,7 @@ class LanguageModel:
             raise ConfigError(f"evaluate_file() takes a file path, got {type(path).__name__}")
         if tail is not None and not (is_finite_number(tail) and 0 < tail <= 1):
             raise ConfigError(f"tail must be a number in (0, 1], got {tail!r}")
-        text = "".join(Corpus.resolve(str(path)).blocks())
-        if tail is not None:
-            text = text[len(text) - int(round(len(text) * tail)):]
-        return self.evaluate(text, records=records, progress=progress)
+        return self.evaluate(Corpus.resolve(str(path)).text(tail), records=records, progress=progress)
 
     def score(self, text: str, top: int = 3, progress: Optional[ProgressCallback] = None):
         """Surprisal of each character of text, in bits, and the model's ``top`` guesses at each.

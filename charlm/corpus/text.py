@@ -75,6 +75,23 @@ class Corpus:
         for path in self.files:
             yield from _file_blocks(path, digest)
 
+    def text(self, tail: Optional[float] = None) -> str:
+        """The whole text, or only its last ``tail`` fraction of characters (the validation split,
+        as `evaluate --tail` reads it). For a tail the text is read twice, once to count, so that
+        memory holds the tail alone, not the whole corpus."""
+        if tail is None:
+            return "".join(self.blocks())
+        total = sum(len(block) for block in self.blocks())
+        skip = total - int(round(total * tail))
+        kept = []
+        for block in self.blocks():
+            if skip >= len(block):
+                skip -= len(block)
+                continue
+            kept.append(block[skip:])
+            skip = 0
+        return "".join(kept)
+
     def line_blocks(self, digest=None) -> Iterator[str]:
         """Blocks cut at line ends, so that per-block normalisation equals whole-text normalisation."""
         carry = ""

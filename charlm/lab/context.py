@@ -492,16 +492,12 @@ def evaluation_text(ckpt: Checkpoint, file: Optional[str] = None,
         if tail is None:
             tail = float(ckpt.trained("val_fraction", 0.1))
         try:
-            text = "".join(Corpus.resolve(str(spec)).blocks())
+            corpus = Corpus.resolve(str(spec))
         except CorpusError:
             raise CorpusError(f"the checkpoint's corpus {spec} is gone; give a text FILE to read") from None
-        what = f"{spec} (last {tail:g}: the validation split)"
-    else:
-        text = "".join(Corpus.resolve(str(file)).blocks())
-        what = str(file) if tail is None else f"{file} (last {tail:g})"
-    if tail is not None:
-        text = text[len(text) - int(round(len(text) * tail)):]
-    return text, what
+        return corpus.text(tail), f"{spec} (last {tail:g}: the validation split)"
+    text = Corpus.resolve(str(file)).text(tail)
+    return text, str(file) if tail is None else f"{file} (last {tail:g})"
 
 
 def gradient_horizon(model, tokenizer, ckpt: Checkpoint, text: str, lags: int = 100,

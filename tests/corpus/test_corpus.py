@@ -419,3 +419,25 @@ def test_a_file_cut_in_the_middle_of_a_character_says_so(tmp_path, head, last, d
     assert "latin1" not in str(caught.value) and "0xend" not in str(caught.value)
     with open(path, "rb") as f, pytest.raises(CorpusError, match="ends in the middle of a character"):
         read_limited(f, 1000, "--file cut.txt")
+
+
+@settings(max_examples=40, deadline=None)
+@given(texts=st.lists(st.text(alphabet="ab\né한😀", min_size=1, max_size=40), min_size=1, max_size=3),
+       tail=st.floats(min_value=1e-3, max_value=1.0))
+def test_a_corpus_tail_is_the_last_fraction_of_its_text(tmp_path_factory, texts, tail):
+    """Corpus.text(tail) keeps only the tail in memory (the text is read twice), and equals the
+    last fraction of the whole text, across files and block borders (7-byte blocks here)."""
+    import charlm.corpus.text as text_mod
+
+    folder = tmp_path_factory.mktemp("tail")
+    for i, t in enumerate(texts):
+        (folder / f"{i}.txt").write_text(t, encoding="utf-8")
+    corpus = text_mod.Corpus.resolve(str(folder))
+    old = text_mod.BLOCK_BYTES
+    text_mod.BLOCK_BYTES = 7
+    try:
+        whole = corpus.text()
+        assert whole == "".join(texts)
+        assert corpus.text(tail) == whole[len(whole) - int(round(len(whole) * tail)):]
+    finally:
+        text_mod.BLOCK_BYTES = old
