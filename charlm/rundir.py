@@ -44,6 +44,7 @@ except ImportError:  # Windows: no flock; one writer per run is then the user's 
     fcntl = None
 
 LOCK_FILE = ".charlm-lock"
+ASIDE = ".charlm-old-"          # a replaced run's files, moved aside until the new ones are in
 CHECKPOINTS = ("last.pt", "best.pt")
 # The files charlm writes at the top of a run folder: each must be a regular file (or absent) for
 # a launch to use the folder, so that nothing is written through a link or fails half-way.
@@ -277,6 +278,7 @@ class Folder:
     has_last: bool = False        # last.pt is a file
     unstarted: bool = False       # a charlm run killed before its first checkpoint
     last_identity: Optional[tuple] = None   # last.pt's (size, mtime, inode)
+    cut_short: Optional[str] = None  # a .charlm-old-* folder: a replacement killed half-way
 
 
 def look(path: Path) -> Folder:
@@ -293,9 +295,11 @@ def look(path: Path) -> Folder:
         if last.is_file():
             st = last.stat()
             identity = (st.st_size, st.st_mtime_ns, st.st_ino)
+        cut_short = next((p.name for p in sorted(path.glob(f"{ASIDE}*"))
+                          if p.is_dir() and not p.is_symlink()), None)
         return Folder(exists=True, is_dir=True, is_link=path.is_symlink(), empty=_is_empty(path),
                       is_run=is_run_dir(path), has_last=identity is not None,
-                      unstarted=is_unstarted_run(path), last_identity=identity)
+                      unstarted=is_unstarted_run(path), last_identity=identity, cut_short=cut_short)
     except OSError as e:  # a name component too long, a folder that cannot be searched or read
         raise RunDirError(f"cannot use run directory {path}: {e.strerror or e}") from None
 
@@ -354,6 +358,7 @@ def stage(plan: RunPlan) -> Path:
     moving it in is a rename). Parent folders made for it are noted and removed on ``discard``."""
     where = plan.path.absolute()   # `--out .` too: staged beside the folder, not inside it
     parent = where.parent
+    _remove_stale_staging(where, holds_run_lock=plan.lock is not None)
     missing = []
     p = parent
     while not p.exists() and p != p.parent:
@@ -374,6 +379,25 @@ def stage(plan: RunPlan) -> Path:
         # The lock goes with the folder when it is renamed into place.
         plan.lock = lock_run_dir(plan.staging)
     return plan.staging
+
+
+def _remove_stale_staging(where: Path, holds_run_lock: bool) -> None:
+    """Staging folders of this run's name that a launch killed while preparing left behind (a
+    SIGKILL gives it no chance to remove its own; one may hold a whole encoded corpus). A new
+    run's staging folder holds its own lock, so it is stale when that lock can be taken; a
+    replacement's has none, and while this launch holds the run's lock no other can be staging a
+    replacement of it."""
+    for folder in where.parent.glob(f".{where.name}.charlm-new-*"):
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        if os.path.lexists(folder / LOCK_FILE):
+            try:
+                lock_run_dir(folder).release()
+            except RunDirError:
+                continue   # a live launch is preparing it
+        elif not holds_run_lock:
+            continue       # perhaps a new run's, made a moment ago and not locked yet
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def discard(plan: RunPlan) -> None:
@@ -430,7 +454,7 @@ def _replace_contents(staging: Path, run: Path) -> None:
     new ones moved in, and only then the old ones deleted. A failure at any move undoes the moves
     made so far, in reverse, and the old run is as it was."""
     try:
-        aside = Path(tempfile.mkdtemp(prefix=".charlm-old-", dir=run))
+        aside = Path(tempfile.mkdtemp(prefix=ASIDE, dir=run))
     except OSError as e:
         raise RunDirError(f"cannot write to run directory {run}: {e.strerror or e}") from None
     journal: list[tuple[str, Path, Path]] = []   # ("move", src, dst) or ("mkdir", dir, dir)
@@ -447,6 +471,9 @@ def _replace_contents(staging: Path, run: Path) -> None:
                               f"is unchanged") from None
         raise
     shutil.rmtree(aside, ignore_errors=True)
+    for left in run.glob(f"{ASIDE}*"):   # an earlier replacement's, cut short: replaced now too
+        if left.is_dir() and not left.is_symlink():
+            shutil.rmtree(left, ignore_errors=True)
     try:
         (run / "tensorboard").rmdir()   # only when nothing of the user's is left in it
     except OSError:

@@ -161,6 +161,10 @@ def decide(out: Optional[str], resume: bool, force: bool) -> tuple[Optional[Path
     if folder.exists and not folder.is_dir:
         what = "a symbolic link to no folder" if folder.is_link else "a file"
         raise RunDirError(f"run directory {path} is {what}; choose another --out")
+    if folder.cut_short and not force:
+        raise RunDirError(f"{path} holds {folder.cut_short}, the earlier run's files from a --force "
+                          f"replacement that was killed half-way; keep what you want of it, remove it, "
+                          f"then run the command again (or pass --force to replace both)")
     if resume:
         if folder.has_last:
             return path, folder, "resume"

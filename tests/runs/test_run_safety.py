@@ -257,3 +257,49 @@ def test_a_log_write_error_advises_by_its_cause(tmp_path, code, fix):
     message = run_write_error(tmp_path / "samples.txt", OSError(code, os.strerror(code)))
     assert fix in message and message.endswith("continue with --resume)")
     assert ("free some space" in message) == (code == errno.ENOSPC)
+
+
+# --- what a SIGKILL at the wrong moment leaves, found by the next launch -----------------------
+
+def test_a_staging_folder_left_by_a_killed_launch_is_removed_by_the_next(tmp_path, corpus):
+    """A SIGKILL while a new run is prepared leaves its hidden staging folder (it may hold a whole
+    encoded corpus). The next launch of that name removes it: its lock is free. A staging folder
+    whose lock a live launch holds is left alone."""
+    run = tmp_path / "run"
+    stale = tmp_path / ".run.charlm-new-dead"
+    (stale / "data").mkdir(parents=True)
+    (stale / "data" / "train.bin").write_bytes(b"\0" * 4096)
+    rundir.lock_run_dir(stale).release()             # its holder died: the lock file, unlocked
+    live = tmp_path / ".run.charlm-new-live"
+    live.mkdir()
+    held = rundir.lock_run_dir(live)                 # another launch, still preparing
+    try:
+        r = cli("train", corpus, "--out", run, *TINY)
+        assert r.exit_code == 0, r.output
+        assert not stale.exists() and live.exists()
+        # A replacement holds the run's lock: a staging folder without a lock of its own is
+        # a replacement's that was killed, and goes too.
+        lockless = tmp_path / ".run.charlm-new-old"
+        lockless.mkdir()
+        r = cli("train", corpus, "--out", run, *TINY, "--force")
+        assert r.exit_code == 0, r.output
+        assert not lockless.exists() and live.exists()
+    finally:
+        held.release()
+
+
+def test_a_replacement_killed_half_way_is_named_and_force_clears_it(finished_run, corpus):
+    """A SIGKILL among --force's renames leaves the earlier run's files in .charlm-old-*: a later
+    launch that would keep the folder says so (the user's old run is in there); --force, which
+    replaces the folder anyway, removes it."""
+    aside = finished_run / ".charlm-old-k3j2"
+    aside.mkdir()
+    (aside / "last.pt").write_bytes((finished_run / "last.pt").read_bytes())
+    before = snapshot(finished_run)
+    for extra in (["--resume"], []):
+        r = cli("train", corpus, "--out", finished_run, *TINY, *extra)
+        one_line_error(r, ".charlm-old-k3j2, the earlier run's files from a --force replacement")
+        assert snapshot(finished_run) == before
+    r = cli("train", corpus, "--out", finished_run, *TINY, "--force")
+    assert r.exit_code == 0, r.output
+    assert not aside.exists() and load_checkpoint(finished_run / "last.pt")["progress"]["step"] == 3
