@@ -5,7 +5,7 @@ raises CharLMError and emits events, and these modules turn them into one line o
 
 # Each module registers its commands on app when imported; this order is the order of --help.
 from . import train, generate, score, runs, corpus, export  # noqa: F401,I001
-from .lab import gradients, truncation, context, sweep, cells  # noqa: F401,I001
+from .lab import gradients, truncation, context, sweep, cells, attention  # noqa: F401,I001
 from .app import app, main
 
 __all__ = ["app", "main"]
