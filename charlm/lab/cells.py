@@ -87,8 +87,9 @@ class Trace:
 def check_recurrent(model) -> None:
     cell = getattr(getattr(model, "config", None), "cell", None)
     if cell not in RECURRENT:
+        also = " (`charlm inspect-attention` reads a transformer's heads)" if cell == "transformer" else ""
         raise ConfigError(f"inspect-cells reads recurrent cells ({', '.join(RECURRENT)}); this model is "
-                          f"a {cell}, which has none")
+                          f"a {cell}, which has none{also}")
 
 
 def _one_layer(rnn, l: int):

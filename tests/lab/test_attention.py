@@ -106,3 +106,5 @@ def test_the_command_reports_every_head_and_writes_json(run, tmp_path):
     r = runner.invoke(app, ["inspect-attention", str(gru)])
     assert r.exit_code == 1 and "this model is a gru, which has none" in r.stderr
     assert "inspect-cells" in r.stderr
+    r = runner.invoke(app, ["inspect-cells", str(tr), "--order", "0"])      # and the other way round
+    assert r.exit_code == 1 and "`charlm inspect-attention` reads a transformer's heads" in r.stderr
