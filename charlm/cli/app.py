@@ -172,7 +172,9 @@ def is_rank_zero() -> bool:
 
 
 def fail(message: str, code: int = 1) -> None:
-    """Print one red line on stderr and exit."""
+    """Print one red line on stderr and exit. A value quoted in the message may span lines (a
+    tensor's repr, from a hostile checkpoint): its lines are joined, so the line stays one."""
+    message = " ".join(part.strip() for part in message.splitlines() if part.strip())
     get_console(stderr=True).print(f"[red]error:[/] {message}", soft_wrap=True, markup=True)
     raise typer.Exit(code)
 

@@ -452,3 +452,23 @@ def markdown_table() -> str:
 
 if __name__ == "__main__":
     print(markdown_table())
+
+
+def test_a_message_quoting_a_value_of_several_lines_is_still_one_line():
+    """A hostile checkpoint's model config can hold a tensor, whose repr spans lines; the error
+    quoting it stays one line (found by the slow tier's mutated checkpoints)."""
+    import torch
+    import typer
+
+    from charlm.cli.app import handles_errors
+    from charlm.errors import CheckpointError
+
+    @handles_errors
+    def command():
+        raise CheckpointError(f"checkpoint has an invalid model config: got {torch.zeros(2, 1)!r}")
+
+    app_ = typer.Typer()
+    app_.command()(command)
+    r = CliRunner().invoke(app_, [])
+    assert r.exit_code == 1
+    assert r.stderr.strip() == "error: checkpoint has an invalid model config: got tensor([[0.], [0.]])"
