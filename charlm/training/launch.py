@@ -35,19 +35,16 @@ from ..rundir import RUN_MARKER, Folder, check_obstacles, look, read_marker
 from .finetune import refuse_other_tokenizer
 from .state import Progress
 
-MODES = ("new", "fill", "resume")
-
-
 @dataclass(frozen=True)
 class Launch:
     """One launch, decided and validated: what it trains and what it does with its run folder.
 
-    ``model_config`` is None only for a fine-tuning launch that names no model option (the
-    source's is used). ``run_dir`` is None when --out was left out (rank 0 names the run when it
-    creates it).
-    ``folder`` is what the run folder held when this was decided (the set-up checks, under the
-    run's lock, that it still does); ``checkpoint`` is the last.pt a resume continues from, read
-    once; ``notes`` are said once the run has started.
+    ``mode`` is "new", "fill" or "resume" (see ``decide``). ``model_config`` is None only for a
+    fine-tuning launch that names no model option (the source's is used). ``run_dir`` is None when
+    --out was left out (rank 0 names the run when it creates it). ``folder`` is what the run
+    folder held when this was decided (the set-up checks, under the run's lock, that it still
+    does); ``checkpoint`` is the last.pt a resume continues from, read once; ``notes`` are said
+    once the run has started.
     """
 
     model_config: Optional[ModelConfig]
