@@ -297,9 +297,10 @@ def look(path: Path) -> Folder:
             identity = (st.st_size, st.st_mtime_ns, st.st_ino)
         cut_short = next((p.name for p in sorted(path.glob(f"{ASIDE}*"))
                           if p.is_dir() and not p.is_symlink()), None)
+        is_run = is_run_dir(path)
         return Folder(exists=True, is_dir=True, is_link=path.is_symlink(), empty=_is_empty(path),
-                      is_run=is_run_dir(path), has_last=identity is not None,
-                      unstarted=is_unstarted_run(path), last_identity=identity, cut_short=cut_short)
+                      is_run=is_run, has_last=identity is not None,
+                      unstarted=is_run and not has_checkpoint(path), last_identity=identity, cut_short=cut_short)
     except OSError as e:  # a name component too long, a folder that cannot be searched or read
         raise RunDirError(f"cannot use run directory {path}: {e.strerror or e}") from None
 

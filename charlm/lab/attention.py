@@ -116,6 +116,7 @@ def _read(model, ids: torch.Tensor, pairs_by_query: dict[int, int], tally_layers
     heads = config.heads
     tally = _Tally(tally_layers, heads)
     start = {"at": 0}
+    queries = np.array(sorted(pairs_by_query), dtype=np.int64)   # the positions that predict a closing bracket
     outputs: dict[int, torch.Tensor] = {}
 
     def keep_output(index: int):
@@ -152,10 +153,9 @@ def _read(model, ids: torch.Tensor, pairs_by_query: dict[int, int], tally_layers
             if index == 0:
                 tally.queries += T
             s = start["at"]
-            for t in range(T):
-                opening = pairs_by_query.get(s + t)
-                j = None if opening is None else opening - (s - P)
-                if j is None or not 0 <= j < P + T or not bool(vis[t, j]):
+            for query in queries[np.searchsorted(queries, s):np.searchsorted(queries, s + T)]:
+                t, j = int(query) - s, pairs_by_query[int(query)] - (s - P)
+                if not 0 <= j < P + T or not bool(vis[t, j]):
                     continue          # beyond the reach of this query (or cut off by a record start)
                 tally.partner[index] += w[:, t, j].numpy()
                 if index == 0:

@@ -54,6 +54,12 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def echo_size(distance: int, records: int) -> int:
+    """An echo corpus's length in characters, and in bytes (every character is ASCII): a record
+    is its key, D - 1 fillers, the cue, the key again and a newline."""
+    return records * (distance + 3)
+
+
 def check_echo(distance: int, records: int, keys: int, seed: int) -> None:
     """Refuse echo settings that are wrong, or too big to make, before anything is allocated."""
     if not _whole(distance) or distance < 1:
@@ -63,7 +69,7 @@ def check_echo(distance: int, records: int, keys: int, seed: int) -> None:
     if not _whole(records) or records < 1:
         raise ConfigError(f"--records must be a whole number >= 1, got {records!r}")
     check_seed(seed)
-    size = records * (distance + 3)   # key, D - 1 fillers, cue, key, newline
+    size = echo_size(distance, records)
     if size > MAX_ECHO_CHARS:
         raise ConfigError(f"an echo corpus of {records:,} records x {distance + 3:,} characters is too "
                           f"big ({size:,} characters; at most {MAX_ECHO_CHARS:,}): lower --records "
@@ -297,8 +303,7 @@ class SeedSweep:
 
     def pending(self) -> dict[str, int]:
         """{path: size in bytes} of the echo corpora not written yet."""
-        return {str(path): len(echo_text(d, _records(d), self.keys, self.seed).encode("utf-8"))
-                for d, path in self.corpora.items() if not path.exists()}
+        return {str(path): echo_size(d, _records(d)) for d, path in self.corpora.items() if not path.exists()}
 
     def run(self, result: GridResult, total: int,
             on_cell: Optional[Callable[[GridCell, int, int], None]]) -> None:
