@@ -112,6 +112,18 @@ def json_option(what: str) -> Any:
                         help=f"Write {what} as one JSON document to <file> ('-': stdout, and nothing else there).")
 
 
+def csv_option(what: str) -> Any:
+    """The `--csv FILE` option of the lab's commands, beside --json."""
+    return typer.Option("--csv", metavar="<file>", show_default=False,
+                        help=f"Write {what} as CSV to <file> ('-': stdout, and nothing else there).")
+
+
+def text_file_argument(verb: str = "read") -> Any:
+    """The optional TEXT argument of the lab's commands that read a run on some text."""
+    return typer.Argument(help=f"UTF-8 text to {verb} (default: the validation split of the checkpoint's corpus).",
+                          show_default=False)
+
+
 def threads_option() -> Any:
     """The `--threads` option of the commands that use a model (train's comes from TrainConfig)."""
     return typer.Option(help="CPU threads: 'auto' (the command's own choice, one thread for small work, "

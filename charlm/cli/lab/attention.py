@@ -15,25 +15,22 @@ from rich.text import Text
 from typing_extensions import Annotated
 
 from ...threads import use
-from ..app import (CONTEXT, app, cli_state, device_option, get_console, handles_errors, json_option,
-                   say_written, stdout_taken, threads_option, write_study)
+from ..app import (CONTEXT, app, cli_state, csv_option, device_option, get_console, handles_errors,
+                   json_option, say_written, stdout_taken, text_file_argument, threads_option, write_study)
 
 
 @app.command("inspect-attention", context_settings=CONTEXT)
 @handles_errors
 def inspect_attention(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint file of a transformer, or its run directory (best.pt).")],
-    text_file: Annotated[Optional[str], typer.Argument(
-        help="UTF-8 text to read (default: the validation split of the checkpoint's corpus).",
-        show_default=False)] = None,
+    text_file: Annotated[Optional[str], text_file_argument()] = None,
     chars: Annotated[Optional[int], typer.Option(
         help="Read the first this many characters of the text (default 20,000; at most 200,000).",
         show_default=False)] = None,
     threads: Annotated[str, threads_option()] = "auto",
     device: Annotated[str, device_option()] = "cpu",
     json_out: Annotated[Optional[str], json_option("every head's figures")] = None,
-    csv_out: Annotated[Optional[str], typer.Option(
-        "--csv", metavar="<file>", help="Write one row per head as CSV to <file> ('-': stdout, and nothing else there).")] = None,
+    csv_out: Annotated[Optional[str], csv_option("one row per head")] = None,
 ) -> None:
     """What a transformer's heads look at: how far back each one reaches, how much it keeps to the
     last few tokens, and whether it finds the opening bracket a closing one needs, each beside an

@@ -18,8 +18,8 @@ from typing_extensions import Annotated
 
 from ...plotting import check_plot_path
 from ...threads import use
-from ..app import (CONTEXT, app, cli_state, device_option, get_console, handles_errors, json_option,
-                   say_written, stdout_taken, threads_option, write_study)
+from ..app import (CONTEXT, app, cli_state, csv_option, device_option, get_console, handles_errors,
+                   json_option, say_written, stdout_taken, text_file_argument, threads_option, write_study)
 
 
 def _html_path(path: Optional[Path]) -> None:
@@ -38,9 +38,7 @@ def _html_path(path: Optional[Path]) -> None:
 @handles_errors
 def inspect_cells(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint file, or run directory (its best.pt).")],
-    text_file: Annotated[Optional[str], typer.Argument(
-        help="UTF-8 text to read (default: the validation split of the checkpoint's corpus).",
-        show_default=False)] = None,
+    text_file: Annotated[Optional[str], text_file_argument()] = None,
     chars: Annotated[Optional[int], typer.Option(
         help="Read the first this many characters of the text (default 20,000, fewer for a model of more "
              "than 1,500 units; at most 200,000, and 30 M divided by the units).", show_default=False)] = None,
@@ -63,8 +61,7 @@ def inspect_cells(
     threads: Annotated[str, threads_option()] = "auto",
     device: Annotated[str, device_option()] = "cpu",
     json_out: Annotated[Optional[str], json_option("every number")] = None,
-    csv_out: Annotated[Optional[str], typer.Option(
-        "--csv", metavar="<file>", help="Write the figures as one long CSV table to <file> ('-': stdout, and nothing else there).")] = None,
+    csv_out: Annotated[Optional[str], csv_option("the figures, one long table,")] = None,
     plot: Annotated[Optional[Path], typer.Option(
         help="Draw the gate scatter, bits saved by distance and by class to this .png or .svg file (needs matplotlib).")] = None,
 ) -> None:
@@ -198,17 +195,14 @@ def cells_report(study, verbose: bool = True) -> Group:
 @handles_errors
 def ngram(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint file, or run directory: its tokenizer and corpus split.")],
-    text_file: Annotated[Optional[str], typer.Argument(
-        help="UTF-8 text to score (default: the validation split of the checkpoint's corpus).",
-        show_default=False)] = None,
+    text_file: Annotated[Optional[str], text_file_argument("score")] = None,
     order: Annotated[int, typer.Option(help="Highest order, 1-20: every order up to it is scored.")] = 10,
     train: Annotated[Optional[str], typer.Option(
         help="Train on this text (default: the checkpoint's training split).", show_default=False)] = None,
     max_train_tokens: Annotated[int, typer.Option(
         help="Count at most this many training tokens (its last ones; bounds the memory).")] = 8_000_000,
     json_out: Annotated[Optional[str], json_option("every number")] = None,
-    csv_out: Annotated[Optional[str], typer.Option(
-        "--csv", metavar="<file>", help="Write one row per order as CSV to <file> ('-': stdout, and nothing else there).")] = None,
+    csv_out: Annotated[Optional[str], csv_option("one row per order")] = None,
 ) -> None:
     """An interpolated Kneser-Ney n-gram baseline with the run's tokenizer and training split,
     in the run's bits per character.

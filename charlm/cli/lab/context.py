@@ -18,17 +18,15 @@ from typing_extensions import Annotated
 
 from ...plotting import check_plot_path
 from ...threads import use
-from ..app import (CONTEXT, app, cli_state, device_option, get_console, handles_errors, json_option,
-                   say_written, stdout_taken, threads_option, write_study)
+from ..app import (CONTEXT, app, cli_state, csv_option, device_option, get_console, handles_errors,
+                   json_option, say_written, stdout_taken, text_file_argument, threads_option, write_study)
 
 
 @app.command("inspect-context", context_settings=CONTEXT)
 @handles_errors
 def inspect_context(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint file, or run directory (its best.pt).")],
-    text_file: Annotated[Optional[str], typer.Argument(
-        help="UTF-8 text to read (default: the validation tail of the checkpoint's corpus).",
-        show_default=False)] = None,
+    text_file: Annotated[Optional[str], text_file_argument()] = None,
     tail: Annotated[Optional[float], typer.Option(
         help="Read only this last fraction of the text's characters (default: all of it; the "
              "checkpoint's --val-fraction for its own corpus).")] = None,
@@ -42,8 +40,7 @@ def inspect_context(
     threads: Annotated[str, threads_option()] = "auto",
     device: Annotated[str, device_option()] = "auto",
     json_out: Annotated[Optional[str], json_option("every number")] = None,
-    csv_out: Annotated[Optional[str], typer.Option(
-        "--csv", metavar="<file>", help="Write one row per curve point as CSV to <file> ('-': stdout, and nothing else there).")] = None,
+    csv_out: Annotated[Optional[str], csv_option("one row per curve point")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Draw the curves to this .png or .svg file (needs matplotlib).")] = None,
 ) -> None:
     """How many tokens of the past the model uses: loss given only the last n tokens, and when the

@@ -19,7 +19,7 @@ from typing_extensions import Annotated
 from ...config import check_seed
 from ...plotting import check_plot_path
 from ...threads import use
-from ..app import (CONTEXT, app, cli_state, get_console, handles_errors, json_option, say_written,
+from ..app import (CONTEXT, app, cli_state, csv_option, get_console, handles_errors, json_option, say_written,
                    stdout_taken, threads_option, write_study)
 
 
@@ -40,8 +40,7 @@ def inspect_gradients(
     warmup: Annotated[int, typer.Option(help="Tokens run before each window to give a realistic state.")] = 50,
     seed: Annotated[int, typer.Option(help="Seed for weights and windows.")] = 0,
     json_out: Annotated[Optional[str], json_option("every number")] = None,
-    csv_out: Annotated[Optional[str], typer.Option(
-        "--csv", metavar="<file>", help="Write one row per lag as CSV to <file> ('-': stdout, and nothing else there).")] = None,
+    csv_out: Annotated[Optional[str], csv_option("one row per lag")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Draw the curves to this .png or .svg file (needs matplotlib).")] = None,
     threads: Annotated[str, threads_option()] = "auto",
 ) -> None:

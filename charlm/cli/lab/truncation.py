@@ -13,8 +13,9 @@ from rich.table import Table
 from rich.text import Text
 from typing_extensions import Annotated
 
-from ..app import CONTEXT, json_option, get_console, cli_state, app, handles_errors, stdout_taken, write_document
 from ...errors import ConfigError
+from ..app import (CONTEXT, app, cli_state, get_console, handles_errors, json_option, stdout_taken,
+                   write_document)
 
 
 def _int_list(option: str, value: str) -> list[int]:
